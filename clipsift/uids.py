@@ -1,0 +1,184 @@
+"""DataComp uids: 32 hex chars <-> numpy ``u8,u8`` records (hi, lo), fully vectorised.
+
+A uid's numeric value is ``int(uid, 16)``; ``hi = int(uid[:16], 16)`` and ``lo = int(uid[16:], 16)``.
+Sorting records by (hi, lo) equals the numeric order and the order of lowercase hex strings.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from clipsift.errors import SubsetError
+
+UID_DTYPE = np.dtype("u8,u8")
+UID_HEX_LEN = 32
+
+_HEX_LUT = np.full(256, 255, dtype=np.uint8)
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _HEX_LUT[_c] = _i
+for _i, _c in enumerate(b"ABCDEF"):
+    _HEX_LUT[_c] = 10 + _i
+_HEX_CHARS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+
+class UidFormatError(ValueError):
+    """Raised with the row of the first malformed uid; callers add the file name."""
+
+    def __init__(self, row: int, value: str, reason: str):
+        super().__init__(f"row {row}: uid {value!r} {reason}")
+        self.row = row
+        self.value = value
+        self.reason = reason
+
+
+def _fixed_width_bytes(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """(n, 32) uint8 view of a string column whose values are all 32 bytes long."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    if pa.types.is_large_string(arr.type) or pa.types.is_string_view(arr.type):
+        arr = arr.cast(pa.string())
+    if not pa.types.is_string(arr.type):
+        raise UidFormatError(0, str(arr.type), "is not a string column")
+    n = len(arr)
+    if n == 0:
+        return np.empty((0, UID_HEX_LEN), dtype=np.uint8)
+    if arr.null_count:
+        row = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
+        raise UidFormatError(row, "None", "is null")
+    lengths = pc.binary_length(arr).to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(lengths != UID_HEX_LEN)
+    if bad.size:
+        row = int(bad[0])
+        raise UidFormatError(row, arr[row].as_py(), f"must be {UID_HEX_LEN} hex characters")
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + n + 1]
+    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)
+    start = int(offsets[0])
+    return data[start : start + n * UID_HEX_LEN].reshape(n, UID_HEX_LEN)
+
+
+def hex_to_records(uids) -> np.ndarray:
+    """Convert hex uid strings (pyarrow array, numpy or list) to a ``u8,u8`` record array.
+
+    Raises ``UidFormatError`` naming the first bad row (null, wrong length, non-hex).
+    """
+    if not isinstance(uids, (pa.Array, pa.ChunkedArray)):
+        uids = pa.array(np.asarray(uids, dtype=object), type=pa.string())
+    raw = _fixed_width_bytes(uids)
+    nib = _HEX_LUT[raw]
+    bad = np.flatnonzero((nib == 255).any(axis=1))
+    if bad.size:
+        row = int(bad[0])
+        raise UidFormatError(row, bytes(raw[row]).decode("utf-8", "replace"), "is not hexadecimal")
+    packed = (nib[:, 0::2] << 4) | nib[:, 1::2]  # (n, 16) big-endian bytes
+    out = np.empty(len(packed), dtype=UID_DTYPE)
+    be = np.ascontiguousarray(packed).view(">u8")  # (n, 2)
+    out["f0"] = be[:, 0]
+    out["f1"] = be[:, 1]
+    return out
+
+
+def records_to_hex(records: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`hex_to_records`: lowercase 32-char strings as a numpy ``U32`` array."""
+    records = as_records(records)
+    be = np.empty((len(records), 2), dtype=">u8")
+    be[:, 0] = records["f0"]
+    be[:, 1] = records["f1"]
+    b = be.view(np.uint8).reshape(len(records), 16)
+    chars = np.empty((len(records), 32), dtype=np.uint8)
+    chars[:, 0::2] = _HEX_CHARS[b >> 4]
+    chars[:, 1::2] = _HEX_CHARS[b & 15]
+    return chars.view("S32").reshape(-1).astype("U32")
+
+
+def as_records(arr: np.ndarray) -> np.ndarray:
+    """Check that ``arr`` has DataComp's exact dtype ``u8,u8`` (fields f0, f1, little-endian)."""
+    arr = np.asarray(arr)
+    if arr.dtype != UID_DTYPE:
+        raise SubsetError(f"uid array has dtype {arr.dtype}, expected {UID_DTYPE} (fields f0, f1)")
+    return arr
+
+
+def sort_order(records: np.ndarray) -> np.ndarray:
+    """Stable argsort by (hi, lo); uses a one-key sort when every hi is distinct (the usual case)."""
+    hi = records["f0"]
+    order = np.argsort(hi, kind="stable")
+    sorted_hi = hi[order]
+    if len(sorted_hi) > 1 and np.any(sorted_hi[1:] == sorted_hi[:-1]):
+        order = np.lexsort((records["f1"], hi))
+    return order
+
+
+def sort_records(records: np.ndarray) -> np.ndarray:
+    """Records sorted ascending by (hi, lo), duplicates kept (as DataComp's resharder needs)."""
+    records = as_records(records)
+    if is_sorted(records):
+        return np.ascontiguousarray(records)
+    return records[sort_order(records)]
+
+
+def is_sorted(records: np.ndarray) -> bool:
+    """True when records are in non-decreasing (hi, lo) order."""
+    if len(records) < 2:
+        return True
+    hi, lo = records["f0"], records["f1"]
+    lt = hi[1:] > hi[:-1]
+    eq = hi[1:] == hi[:-1]
+    return bool(np.all(lt | (eq & (lo[1:] >= lo[:-1]))))
+
+
+def first_unsorted(records: np.ndarray) -> int:
+    """Index i of the first record smaller than record i-1, or -1 when sorted."""
+    if len(records) < 2:
+        return -1
+    hi, lo = records["f0"], records["f1"]
+    bad = (hi[1:] < hi[:-1]) | ((hi[1:] == hi[:-1]) & (lo[1:] < lo[:-1]))
+    idx = np.flatnonzero(bad)
+    return int(idx[0]) + 1 if idx.size else -1
+
+
+def count_duplicates(sorted_records: np.ndarray) -> int:
+    """Number of records equal to their predecessor in a sorted array."""
+    if len(sorted_records) < 2:
+        return 0
+    hi, lo = sorted_records["f0"], sorted_records["f1"]
+    return int(np.count_nonzero((hi[1:] == hi[:-1]) & (lo[1:] == lo[:-1])))
+
+
+def unique_sorted(sorted_records: np.ndarray) -> np.ndarray:
+    """Drop repeats from a sorted record array."""
+    if len(sorted_records) < 2:
+        return sorted_records
+    hi, lo = sorted_records["f0"], sorted_records["f1"]
+    keep = np.ones(len(sorted_records), dtype=bool)
+    keep[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
+    return sorted_records[keep]
+
+
+def _keys(records: np.ndarray) -> np.ndarray:
+    """Records as a 1-d array of 16-byte big-endian strings: same order, fast comparisons."""
+    be = np.empty((len(records), 2), dtype=">u8")
+    be[:, 0] = records["f0"]
+    be[:, 1] = records["f1"]
+    return be.view("S16").reshape(-1)
+
+
+def isin_sorted(query: np.ndarray, sorted_ref: np.ndarray) -> np.ndarray:
+    """Boolean mask: which ``query`` records occur in the sorted record array ``sorted_ref``."""
+    if len(sorted_ref) == 0 or len(query) == 0:
+        return np.zeros(len(query), dtype=bool)
+    ref = _keys(sorted_ref)
+    q = _keys(query)
+    pos = np.searchsorted(ref, q, side="left")
+    pos_c = np.minimum(pos, len(ref) - 1)
+    return (pos < len(ref)) & (ref[pos_c] == q)
+
+
+def count_in_sorted(query: np.ndarray, sorted_ref: np.ndarray) -> np.ndarray:
+    """How many times each ``query`` record occurs in ``sorted_ref`` (resharder semantics)."""
+    if len(sorted_ref) == 0:
+        return np.zeros(len(query), dtype=np.int64)
+    ref = _keys(sorted_ref)
+    q = _keys(query)
+    return np.searchsorted(ref, q, side="right") - np.searchsorted(ref, q, side="left")
