@@ -30,7 +30,7 @@ def configure_logging(verbosity: int = 0) -> None:
     os.environ.setdefault("CLIPSIFT_PROGRESS", "0" if verbosity < 0 else "1")
 
 
-def progress(iterable=None, *, total=None, desc: str = "", unit: str = "it", **kw):
+def progress(iterable=None, *, total=None, desc: str = "", unit: str = "it", disable: bool = False, **kw):
     """A tqdm bar on stderr, silenced by -q or CLIPSIFT_PROGRESS=0 and when stderr is not a tty."""
-    disable = os.environ.get("CLIPSIFT_PROGRESS", "1") == "0" or not sys.stderr.isatty()
+    disable = disable or os.environ.get("CLIPSIFT_PROGRESS", "1") == "0" or not sys.stderr.isatty()
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, file=sys.stderr, leave=False, **kw)

@@ -37,6 +37,8 @@ def _fixed_width_bytes(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """(n, 32) uint8 view of a string column whose values are all 32 bytes long."""
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    if len(arr) == 0:
+        return np.empty((0, UID_HEX_LEN), dtype=np.uint8)
     if pa.types.is_large_string(arr.type) or pa.types.is_string_view(arr.type):
         arr = arr.cast(pa.string())
     if not pa.types.is_string(arr.type):

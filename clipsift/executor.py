@@ -1,0 +1,116 @@
+"""Executors run per-shard map steps; filters never know where they run.
+
+``LocalExecutor`` runs tasks inline (1 worker) or in a process pool, yields results in input
+order and keeps at most ``2 * workers`` tasks in flight, so memory does not grow with the pool.
+A Ray executor can implement the same ``map`` for pools beyond one machine.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+
+import numpy as np
+
+from clipsift.log import progress
+
+
+def default_workers() -> int:
+    env = os.environ.get("CLIPSIFT_WORKERS")
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def _mp_context():
+    """fork is cheapest, but unsafe once CUDA is initialised in the parent: then use spawn."""
+    torch = sys.modules.get("torch")
+    if sys.platform != "linux" or (torch is not None and torch.cuda.is_initialized()):
+        return mp.get_context("spawn")
+    return mp.get_context("fork")
+
+
+class LocalExecutor:
+    """Run ``fn`` over items in worker processes on this machine."""
+
+    def __init__(self, workers: int | None = None, show_progress: bool = True):
+        self.workers = default_workers() if workers is None else max(1, int(workers))
+        self.show_progress = show_progress
+
+    def map(self, fn: Callable, items: Iterable, *, desc: str = "", unit: str = "shard", total: int | None = None) -> Iterator:
+        items = list(items)
+        bar = progress(total=total or len(items), desc=desc, unit=unit, disable=not self.show_progress)
+        try:
+            if self.workers <= 1 or len(items) <= 1:
+                for item in items:
+                    yield fn(item)
+                    bar.update(1)
+                return
+            with ProcessPoolExecutor(max_workers=min(self.workers, len(items)), mp_context=_mp_context()) as pool:
+                pending: deque = deque()
+                it = iter(items)
+                for item in it:
+                    pending.append(pool.submit(fn, item))
+                    if len(pending) >= 2 * self.workers:
+                        break
+                while pending:
+                    result = pending.popleft().result()
+                    nxt = next(it, _END)
+                    if nxt is not _END:
+                        pending.append(pool.submit(fn, nxt))
+                    bar.update(1)
+                    yield result
+        finally:
+            bar.close()
+
+
+_END = object()
+
+
+def _read_and_apply(fn, pool, columns, keys, candidates, shard):
+    if isinstance(candidates, str):
+        candidates = np.load(candidates, mmap_mode="r")
+    return fn(pool.read(shard, columns=columns, keys=keys, candidates=candidates))
+
+
+def map_shards(
+    pool,
+    fn: Callable,
+    *,
+    columns: Iterable[str] = (),
+    keys: Iterable[str] = (),
+    candidates: np.ndarray | None = None,
+    executor: LocalExecutor | None = None,
+    desc: str = "",
+    shards=None,
+) -> Iterator:
+    """Apply ``fn(ShardBatch)`` to every shard (restricted to sorted ``candidates``), in shard order.
+
+    ``fn`` must be picklable (a module-level function, a ``functools.partial`` or a method of a
+    picklable object) because it may run in another process.
+    """
+    executor = executor or LocalExecutor()
+    columns, keys = tuple(columns), tuple(keys)
+    pool.require(columns, keys)
+    shards = pool.shards if shards is None else shards
+    tmpdir = None
+    cand = candidates
+    if candidates is not None and executor.workers > 1 and len(candidates) > 65536:
+        tmpdir = tempfile.TemporaryDirectory(prefix="clipsift-cand-")
+        cand = os.path.join(tmpdir.name, "candidates.npy")
+        np.save(cand, np.ascontiguousarray(candidates))
+    try:
+        task = partial(_read_and_apply, fn, pool, columns, keys, cand)
+        yield from executor.map(task, shards, desc=desc or "shards")
+    finally:
+        if tmpdir is not None:
+            tmpdir.cleanup()

@@ -1,0 +1,187 @@
+"""DataComp pool reader: pairs ``<stem>.parquet`` with ``<stem>.npz`` and streams shards.
+
+Follows DataComp's discovery rule (a path is a shard if ``.parquet`` occurs in it; its npz is the
+text before ``.parquet`` plus ``.npz``), orders shards by path, and gives every row a global index
+``offset(shard) + row``. Reads only the columns and embedding keys asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from dataclasses import dataclass, field
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from clipsift.errors import PoolError
+from clipsift.uids import UidFormatError, hex_to_records, isin_sorted
+
+EMBEDDING_DIMS = {"b32_img": 512, "b32_txt": 512, "l14_img": 768, "l14_txt": 768}
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One parquet/npz pair; ``offset`` is the global index of its first row."""
+
+    rank: int
+    stem: str
+    parquet: str
+    npz: str
+    num_rows: int
+    offset: int
+
+    @property
+    def name(self) -> str:
+        return self.stem.rsplit("/", 1)[-1]
+
+
+@dataclass
+class ShardBatch:
+    """Rows of one shard (optionally restricted to candidate uids), with the requested inputs."""
+
+    shard: ShardInfo
+    uids: np.ndarray  # u8,u8 records
+    rows: np.ndarray  # int64 positions inside the shard
+    table: pa.Table  # requested parquet columns, row-aligned with ``uids``
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    @property
+    def global_index(self) -> np.ndarray:
+        return self.rows + self.shard.offset
+
+    def column(self, name: str) -> pa.ChunkedArray:
+        return self.table.column(name)
+
+    def numpy(self, name: str, dtype=None) -> np.ndarray:
+        """A column as numpy (nulls become NaN for floating columns)."""
+        col = self.table.column(name)
+        arr = col.to_numpy() if col.null_count == 0 else col.to_pandas().to_numpy()
+        return arr.astype(dtype, copy=False) if dtype is not None else arr
+
+
+class Pool:
+    """A DataComp metadata directory (local path or any fsspec URL)."""
+
+    def __init__(self, root: str, storage_options: dict | None = None):
+        self.root = str(root).rstrip("/")
+        self.storage_options = storage_options or {}
+        self.fs, self._root_path = fsspec.core.url_to_fs(self.root, **self.storage_options)
+        if not self.fs.exists(self._root_path) or not self.fs.isdir(self._root_path):
+            raise PoolError(f"{self.root}: pool directory not found; pass the DataComp metadata folder")
+        listing = sorted(p for p in self.fs.ls(self._root_path, detail=False) if ".parquet" in p.rsplit("/", 1)[-1])
+        if not listing:
+            raise PoolError(f"{self.root}: no .parquet files; pass the DataComp metadata folder")
+        self._listing = set(self.fs.ls(self._root_path, detail=False))
+        shards, offset = [], 0
+        for rank, path in enumerate(listing):
+            stem = path.split(".parquet")[0]
+            try:
+                with self.fs.open(path, "rb") as fh:
+                    meta = pq.ParquetFile(fh).metadata
+                    n = meta.num_rows
+                    if rank == 0:
+                        self.schema = meta.schema.to_arrow_schema()
+            except Exception as exc:
+                raise PoolError(f"{path}: unreadable parquet ({exc}); re-download this shard") from exc
+            shards.append(ShardInfo(rank, stem, path, stem + ".npz", n, offset))
+            offset += n
+        self.shards: list[ShardInfo] = shards
+        self.num_rows = offset
+
+    # ---- description -------------------------------------------------------------------------
+    @property
+    def columns(self) -> list[str]:
+        return list(self.schema.names)
+
+    def has_npz(self, shard: ShardInfo) -> bool:
+        return shard.npz in self._listing
+
+    def embedding_shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Keys of the first shard's npz with (shape, dtype), read from array headers only."""
+        shard = self.shards[0]
+        if not self.has_npz(shard):
+            return {}
+        out = {}
+        with self.fs.open(shard.npz, "rb") as fh, zipfile.ZipFile(fh) as zf:
+            for name in zf.namelist():
+                with zf.open(name) as member:
+                    version = np.lib.format.read_magic(member)
+                    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read_header(member)
+                out[name.removesuffix(".npy")] = (shape, str(dtype))
+        return out
+
+    def fingerprint(self) -> dict:
+        """Shard names and row counts plus a digest of them: identifies the pool in manifests."""
+        shards = [[s.name, s.num_rows] for s in self.shards]
+        digest = hashlib.sha256(repr(shards).encode()).hexdigest()[:16]
+        return {"root": self.root, "num_shards": len(shards), "num_rows": self.num_rows, "digest": digest, "shards": shards}
+
+    # ---- validation --------------------------------------------------------------------------
+    def require(self, columns=(), keys=()) -> None:
+        """Fail early, with one line, if a needed column or npz file is absent."""
+        missing = [c for c in columns if c not in self.schema.names]
+        if missing:
+            raise PoolError(
+                f"{self.shards[0].parquet}: missing column(s) {', '.join(missing)}; "
+                f"this pool has {', '.join(self.schema.names)}"
+            )
+        if keys:
+            for shard in self.shards:
+                if not self.has_npz(shard):
+                    raise PoolError(
+                        f"{shard.npz}: missing embeddings file for {shard.parquet}; "
+                        "download the pool with --download_npz"
+                    )
+
+    # ---- reading -----------------------------------------------------------------------------
+    def read(self, shard: ShardInfo, columns=(), keys=(), candidates: np.ndarray | None = None) -> ShardBatch:
+        """Read one shard's ``uid`` plus ``columns`` and npz ``keys``, restricted to ``candidates``."""
+        cols = ["uid"] + [c for c in columns if c != "uid"]
+        try:
+            with self.fs.open(shard.parquet, "rb") as fh:
+                table = pq.read_table(fh, columns=cols)
+        except (pa.ArrowInvalid, KeyError) as exc:
+            raise PoolError(f"{shard.parquet}: cannot read columns {cols} ({exc})") from exc
+        if table.num_rows != shard.num_rows:
+            raise PoolError(f"{shard.parquet}: changed while reading; re-run")
+        try:
+            uids = hex_to_records(table.column("uid"))
+        except UidFormatError as exc:
+            raise PoolError(f"{shard.parquet}: {exc}; uids must be 32 hex characters") from exc
+        rows = np.arange(shard.num_rows, dtype=np.int64)
+        mask = None
+        if candidates is not None:
+            mask = isin_sorted(uids, candidates)
+            rows, uids = rows[mask], uids[mask]
+            table = table.filter(pa.array(mask))
+        embeddings = {k: self._read_key(shard, k, mask) for k in keys}
+        return ShardBatch(shard, uids, rows, table, embeddings)
+
+    def _read_key(self, shard: ShardInfo, key: str, mask: np.ndarray | None) -> np.ndarray:
+        if not self.has_npz(shard):
+            raise PoolError(f"{shard.npz}: missing embeddings file for {shard.parquet}; download the pool with --download_npz")
+        try:
+            with self.fs.open(shard.npz, "rb") as fh:
+                with np.load(fh) as npz:
+                    if key not in npz.files:
+                        raise PoolError(f"{shard.npz}: no key {key!r} (has {', '.join(npz.files)}); choose another embedding key")
+                    arr = npz[key]
+        except PoolError:
+            raise
+        except Exception as exc:
+            raise PoolError(f"{shard.npz}: unreadable npz ({exc}); re-download this shard") from exc
+        if arr.ndim != 2 or arr.shape[0] != shard.num_rows:
+            raise PoolError(
+                f"{shard.npz}: {key} has shape {arr.shape} but {shard.parquet} has {shard.num_rows} rows; "
+                "the npz is not row-aligned with its parquet, re-download the pair"
+            )
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise PoolError(f"{shard.npz}: {key} has dtype {arr.dtype}, expected float16/float32")
+        return arr[mask] if mask is not None else arr

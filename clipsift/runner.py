@@ -1,0 +1,64 @@
+"""Run a filter or pipeline on a pool and write the subset with its manifest."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from clipsift import __version__
+from clipsift.filter import RunContext, Selection
+from clipsift.log import get_logger
+from clipsift.subset import write_subset
+
+log = get_logger("runner")
+
+
+def peak_memory_mb() -> dict:
+    """Peak resident memory of this process and of its largest finished child, in MiB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"self": round(own, 1), "children": round(kids, 1)}
+
+
+def uids_digest(uids: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(uids).tobytes()).hexdigest()
+
+
+def build_manifest(step, ctx: RunContext, sel: Selection, wall: float, recipe: str | None = None) -> dict:
+    return {
+        "clipsift_version": __version__,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        **step.describe(),
+        **({"recipe": recipe} if recipe else {}),
+        "pool": ctx.pool.fingerprint(),
+        "input_count": ctx.num_candidates,
+        "output_count": len(sel),
+        "uids_sha256": uids_digest(sel.uids),
+        "counters": sel.counters,
+        "details": sel.details,
+        "wall_time_s": round(wall, 3),
+        "peak_memory_mb": peak_memory_mb(),
+        "workers": ctx.executor.workers,
+        "command": sys.argv,
+    }
+
+
+def run_step(step, ctx: RunContext) -> tuple[Selection, float]:
+    t0 = time.perf_counter()
+    sel = step.select(ctx)
+    return sel, time.perf_counter() - t0
+
+
+def run_to_subset(step, ctx: RunContext, out: str | Path, recipe: str | None = None) -> tuple[Path, dict]:
+    """Select, then write ``out`` (sorted ``u8,u8`` .npy) and ``out.json`` atomically."""
+    sel, wall = run_step(step, ctx)
+    manifest = build_manifest(step, ctx, sel, wall, recipe)
+    path = write_subset(out, sel.uids, manifest)
+    log.info("%s: kept %d of %d rows in %.1f s -> %s", manifest.get("filter", manifest.get("pipeline")), len(sel), ctx.num_candidates, wall, path)
+    return path, manifest

@@ -1,0 +1,145 @@
+"""DataComp subset files: read (.npy or raw 16-byte records), write sorted with a manifest, check,
+and combine by sorted merge."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clipsift.errors import SubsetError
+from clipsift.io import atomic_write, write_json
+from clipsift.uids import (
+    UID_DTYPE,
+    count_duplicates,
+    first_unsorted,
+    isin_sorted,
+    records_to_hex,
+    sort_records,
+    unique_sorted,
+)
+
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def subset_path(path: str | os.PathLike) -> Path:
+    """DataComp's ``np.save`` appends ``.npy`` when the name lacks it; so do we."""
+    path = Path(path)
+    return path if path.suffix == ".npy" else path.with_name(path.name + ".npy")
+
+
+def manifest_path(path: str | os.PathLike) -> Path:
+    """The manifest lives beside the subset as ``FILE.json``."""
+    return Path(f"{subset_path(path)}.json")
+
+
+def read_subset(path: str | os.PathLike) -> np.ndarray:
+    """Read a subset file as the resharder does: ``.npy`` memory-mapped, else raw records."""
+    path = Path(path)
+    if not path.is_file():
+        raise SubsetError(f"{path}: subset file not found")
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+    if magic == NPY_MAGIC:
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except Exception as exc:
+            raise SubsetError(f"{path}: unreadable .npy ({exc}); rewrite it with np.save") from exc
+        if arr.dtype != UID_DTYPE or arr.ndim != 1:
+            raise SubsetError(
+                f"{path}: array has dtype {arr.dtype} and shape {arr.shape}; DataComp needs a 1-d "
+                "np.dtype('u8,u8') array (fields f0, f1 little-endian); convert with clipsift.uids.hex_to_records"
+            )
+        return arr
+    size = path.stat().st_size
+    if size % UID_DTYPE.itemsize:
+        raise SubsetError(f"{path}: {size} bytes is not a whole number of 16-byte uid records and not .npy")
+    if size == 0:
+        return np.empty(0, dtype=UID_DTYPE)
+    return np.memmap(path, dtype=UID_DTYPE, mode="r")
+
+
+def write_subset(path: str | os.PathLike, uids: np.ndarray, manifest: dict | None = None) -> Path:
+    """Sort (duplicates kept) and ``np.save`` atomically; write ``FILE.json`` beside it."""
+    path = subset_path(path)
+    arr = sort_records(np.asarray(uids))
+    with atomic_write(path) as fh:
+        np.save(fh, arr)
+    if manifest is not None:
+        write_json(manifest_path(path), manifest)
+    return path
+
+
+def write_uid_text(path: str | os.PathLike, uids: np.ndarray) -> None:
+    """Plain-text listing (one hex uid per line), for humans and other tools."""
+    with atomic_write(path, "w", encoding="ascii") as fh:
+        if len(uids):
+            fh.write("\n".join(records_to_hex(uids)))
+            fh.write("\n")
+
+
+@dataclass
+class SubsetReport:
+    """What ``clipsift subset check`` reports."""
+
+    path: str
+    count: int
+    dtype: str
+    sorted: bool
+    first_unsorted: int
+    duplicates: int
+    missing_from_pool: int | None
+    pool_rows: int | None
+
+    @property
+    def ok(self) -> bool:
+        return self.sorted and (self.missing_from_pool in (None, 0))
+
+
+def check_subset(path: str | os.PathLike, pool=None, executor=None) -> SubsetReport:
+    """Dtype, sortedness, duplicates and (with a pool) how many uids the pool lacks."""
+    arr = read_subset(path)
+    bad = first_unsorted(arr)
+    srt = arr if bad < 0 else sort_records(np.asarray(arr))
+    missing = pool_rows = None
+    if pool is not None:
+        from clipsift.executor import map_shards
+
+        uniq = unique_sorted(np.asarray(srt))
+        found = 0
+        for n in map_shards(pool, _count_found, executor=executor, candidates=uniq, desc="check"):
+            found += n
+        missing = len(uniq) - found
+        pool_rows = pool.num_rows
+    return SubsetReport(str(path), len(arr), str(arr.dtype), bad < 0, bad, count_duplicates(srt), missing, pool_rows)
+
+
+def _count_found(batch) -> int:
+    return len(batch)
+
+
+def _unique(path) -> np.ndarray:
+    return unique_sorted(sort_records(np.asarray(read_subset(path))))
+
+
+def combine(op: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Set algebra on uid arrays (result sorted, unique): ``intersect``, ``union`` or ``diff`` (a - b)."""
+    a = unique_sorted(sort_records(np.asarray(a)))
+    b = unique_sorted(sort_records(np.asarray(b)))
+    if op == "intersect":
+        return a[isin_sorted(a, b)]
+    if op == "diff":
+        return a[~isin_sorted(a, b)]
+    if op == "union":
+        return unique_sorted(sort_records(np.concatenate([a, b])))
+    raise SubsetError(f"unknown subset operation {op!r}; use intersect, union or diff")
+
+
+def combine_files(op: str, paths: list[str | os.PathLike]) -> np.ndarray:
+    """Fold ``combine`` over several subset files, left to right."""
+    result = _unique(paths[0])
+    for p in paths[1:]:
+        result = combine(op, result, _unique(p))
+    return result

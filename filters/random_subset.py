@@ -1,0 +1,65 @@
+"""Uniform random subset with an exact size, reproducible from the seed alone.
+
+Each uid gets a 64-bit key hashed from (seed, uid); the rows with the smallest keys win (ties by
+uid). The result depends only on the seed and the set of candidate uids, never on shard layout,
+worker count or processing order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clipsift.errors import ParamError
+from clipsift.filter import Filter, RunContext, Selection
+from clipsift.params import Param
+from clipsift.uids import UID_DTYPE
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLD = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser, vectorised (uint64 arithmetic wraps)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * _M1
+    x = x ^ (x >> np.uint64(27))
+    x = x * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+def uid_hash(uids: np.ndarray, seed: int) -> np.ndarray:
+    s = np.uint64(seed & 0xFFFFFFFFFFFFFFFF)
+    with np.errstate(over="ignore"):
+        return _mix(uids["f0"] ^ _mix(uids["f1"] + _GOLD * (s + np.uint64(1))))
+
+
+def target_size(n: int, fraction: float | None, count: int | None) -> int:
+    """``int(fraction * n)`` (Python float semantics) or ``min(count, n)``."""
+    return int(fraction * n) if fraction is not None else min(count, n)
+
+
+class RandomFilter(Filter):
+    name = "random"
+    description = "Uniform random subset of an exact size (fraction or count), seeded."
+    params = (
+        Param("fraction", float, None, "share of candidate rows to keep: int(fraction*N) rows", min=0.0, max=1.0),
+        Param("count", int, None, "number of rows to keep", min=0),
+        Param("seed", int, 0, "random seed"),
+    )
+    columns = ("uid",)
+
+    def validate(self) -> None:
+        if (self.fraction is None) == (self.count is None):
+            raise ParamError("random: give exactly one of fraction or count")
+
+    def _keys(self, batch):
+        return batch.uids, uid_hash(batch.uids, self.seed)
+
+    def select(self, ctx: RunContext) -> Selection:
+        parts = list(ctx.map_shards(self._keys, desc=self.name))
+        uids = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, dtype=UID_DTYPE)
+        keys = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, dtype=np.uint64)
+        k = target_size(len(uids), self.fraction, self.count)
+        order = np.lexsort((uids["f1"], uids["f0"], keys))[:k]
+        return Selection(uids[order], counters={"input": len(uids), "kept": k, "dropped": len(uids) - k})

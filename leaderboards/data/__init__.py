@@ -1,0 +1,1 @@
+"""Data shipped with clipsift.leaderboards: DataComp task list, published leaderboards, scales."""

@@ -1,0 +1,61 @@
+"""Shared fixtures: small hand-built DataComp pools (independent of the synthetic generator)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+
+def make_uids(n: int, seed: int = 0) -> list[str]:
+    return [hashlib.md5(f"{seed}-{i}".encode()).hexdigest() for i in range(n)]
+
+
+def unit(rng, n, d):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def write_pool(root: Path, shard_sizes, seed: int = 0, texts=None, extra_columns=None, npz=True) -> Path:
+    """A DataComp-layout pool: one parquet+npz pair per shard, row-aligned, float16 embeddings.
+
+    ``texts``/``extra_columns`` (lists over all rows) override generated values.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    n = int(sum(shard_sizes))
+    uids = make_uids(n, seed)
+    emb = {k: unit(rng, n, d).astype(np.float16) for k, d in (("b32_img", 512), ("b32_txt", 512), ("l14_img", 768), ("l14_txt", 768))}
+    cols = {
+        "uid": uids,
+        "url": [f"http://example.com/{i}.jpg" for i in range(n)],
+        "text": texts if texts is not None else [f"a photo of thing number {i}" for i in range(n)],
+        "original_width": rng.integers(50, 1000, n),
+        "original_height": rng.integers(50, 1000, n),
+        "clip_b32_similarity_score": (emb["b32_img"].astype(np.float32) * emb["b32_txt"].astype(np.float32)).sum(1).astype(np.float64),
+        "clip_l14_similarity_score": (emb["l14_img"].astype(np.float32) * emb["l14_txt"].astype(np.float32)).sum(1).astype(np.float64),
+        "sha256": [hashlib.sha256(u.encode()).hexdigest() for u in uids],
+    }
+    cols.update(extra_columns or {})
+    start = 0
+    for s, size in enumerate(shard_sizes):
+        stem = hashlib.md5(f"shard-{seed}-{s}".encode()).hexdigest()[:16]
+        sl = slice(start, start + size)
+        table = pa.table({k: v[sl] for k, v in cols.items()})
+        if size == 0:
+            table = pa.Table.from_batches([], schema=pa.table({k: v[:1] for k, v in cols.items()}).schema)
+        pq.write_table(table, root / f"{stem}.parquet")
+        if npz:
+            np.savez(root / f"{stem}.npz", **{k: v[sl] for k, v in emb.items()})
+        start += size
+    return root
+
+
+@pytest.fixture
+def small_pool(tmp_path) -> Path:
+    return write_pool(tmp_path / "pool", [40, 0, 25, 35])
