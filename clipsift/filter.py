@@ -114,6 +114,7 @@ class Filter(abc.ABC):
 
     def validate(self) -> None:
         """Cross-parameter checks; raise ParamError. Single parameters are checked by their Param."""
+        return None
 
     def get_params(self) -> dict:
         return dict(self._params)

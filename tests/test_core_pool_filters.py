@@ -1,0 +1,239 @@
+"""Pool reader, filter plugins, registry, recipes and CLI behaviour on small generated pools."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import write_pool
+
+from clipsift.cli import main
+from clipsift.errors import ParamError, PoolError
+from clipsift.executor import LocalExecutor
+from clipsift.filter import RunContext
+from clipsift.grouped import GroupedStore
+from clipsift.pool import Pool
+from clipsift.recipe import load_recipe
+from clipsift.registry import create_filter
+from clipsift.subset import read_subset
+from clipsift.uids import hex_to_records, records_to_hex, sort_records
+
+
+def pool_uids(root) -> np.ndarray:
+    tables = [pq.read_table(p, columns=["uid"]) for p in sorted(Path(root).glob("*.parquet"))]
+    return sort_records(np.concatenate([hex_to_records(t.column("uid")) for t in tables]))
+
+
+def test_pool_reader_offsets_and_columns(small_pool):
+    pool = Pool(small_pool)
+    assert pool.num_rows == 100 and sorted(s.num_rows for s in pool.shards) == [0, 25, 35, 40]
+    assert [s.parquet for s in pool.shards] == sorted(s.parquet for s in pool.shards)
+    assert [s.offset for s in pool.shards] == list(np.cumsum([0] + [s.num_rows for s in pool.shards])[:-1])
+    batch = pool.read(pool.shards[0], columns=["text"], keys=["b32_img"])
+    assert batch.table.column_names == ["uid", "text"]
+    assert batch.embeddings["b32_img"].shape == (len(batch), 512)
+    assert batch.embeddings["b32_img"].dtype == np.float16
+    cand = sort_records(batch.uids[::2])
+    sub = pool.read(pool.shards[0], keys=["l14_img"], candidates=cand)
+    assert len(sub) == len(cand) and (sub.rows == np.arange(0, len(batch), 2)).all()
+    np.testing.assert_array_equal(sub.embeddings["l14_img"], batch_l14 := pool.read(pool.shards[0], keys=["l14_img"]).embeddings["l14_img"][::2])
+    assert batch_l14.shape[1] == 768
+
+
+def test_cli_no_filter_equals_pool_and_check_passes(small_pool, tmp_path, capsys):
+    out = tmp_path / "all.npy"
+    assert main(["-q", "filter", "no_filter", "--pool", str(small_pool), "--out", str(out), "--workers", "2"]) == 0
+    np.testing.assert_array_equal(read_subset(out), pool_uids(small_pool))
+    manifest = json.loads((tmp_path / "all.npy.json").read_text())
+    assert manifest["filter"] == "no_filter" and manifest["output_count"] == 100
+    assert manifest["pool"]["num_rows"] == 100 and manifest["peak_memory_mb"]["self"] > 0
+    assert main(["-q", "subset", "check", str(out), "--pool", str(small_pool)]) == 0
+    assert "status      ok" in capsys.readouterr().out
+
+
+def test_random_exact_fraction_and_reproducible(small_pool, tmp_path):
+    runs = []
+    for i, workers in enumerate(["1", "2", "1"]):
+        seed = "7" if i < 2 else "8"
+        out = tmp_path / f"r{i}.npy"
+        assert main(["-q", "filter", "random", "--pool", str(small_pool), "--out", str(out), "--set", "fraction=0.3", "--set", f"seed={seed}", "--workers", workers]) == 0
+        runs.append(read_subset(out))
+    assert len(runs[0]) == int(0.3 * 100)
+    np.testing.assert_array_equal(runs[0], runs[1])  # same seed, any worker count
+    assert not np.array_equal(runs[0], runs[2])  # another seed, another subset
+    assert np.isin(records_to_hex(runs[0]), records_to_hex(pool_uids(small_pool))).all()
+
+
+def test_random_count_and_validation(small_pool):
+    ctx = RunContext(Pool(small_pool), LocalExecutor(1, False))
+    assert len(create_filter("random", {"count": 7}).select(ctx)) == 7
+    with pytest.raises(ParamError, match="exactly one"):
+        create_filter("random", {"count": 7, "fraction": 0.1})
+    with pytest.raises(ParamError, match="maximum"):
+        create_filter("random", {"fraction": 1.5})
+
+
+@pytest.mark.parametrize(
+    "argv,msg",
+    [
+        (["filter", "nope"], "unknown filter 'nope'"),
+        (["filter", "random", "--set", "bogus=1"], "unknown parameter 'bogus'"),
+        (["filter", "random", "--set", "fraction=abc"], "not a valid float"),
+    ],
+)
+def test_bad_filter_requests_fail_cleanly(small_pool, tmp_path, capsys, argv, msg):
+    out = tmp_path / "o.npy"
+    rc = main(["-q", *argv, "--pool", str(small_pool), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1 and msg in err and err.count("\n") == 1
+    assert not list(tmp_path.glob("*o.npy*"))
+
+
+def _break(pool_dir: Path, how: str) -> Path:
+    first = sorted(pool_dir.glob("*.parquet"))[-1]
+    npz = first.with_suffix(".npz")
+    if how == "missing_npz":
+        npz.unlink()
+    elif how == "misaligned":
+        data = dict(np.load(npz))
+        data["l14_img"] = data["l14_img"][:-1]
+        np.savez(npz, **data)
+    elif how == "nonhex":
+        t = pq.read_table(first)
+        uids = t.column("uid").to_pylist()
+        uids[3] = "z" * 32
+        pq.write_table(t.set_column(0, "uid", pa.array(uids)), first)
+    return first
+
+
+@pytest.mark.parametrize("how,msg", [("missing_npz", "missing embeddings file"), ("misaligned", "not row-aligned"), ("nonhex", "row 3")])
+def test_bad_pools_name_the_shard_and_write_nothing(tmp_path, how, msg):
+    pool = write_pool(tmp_path / "pool", [30, 20])
+    bad = _break(pool, how)
+    out = tmp_path / "out" / "x.npy"
+    # test_emb (a test-local plugin) reads l14_img, so npz problems surface
+    rc, err, _ = _run_with_test_plugin(["-q", "filter", "test_emb", "--pool", str(pool), "--out", str(out)], tmp_path)
+    assert rc == 1 and msg in err and bad.stem in err and err.count("\n") == 1, err
+    assert not out.exists() and not list(out.parent.glob("*x.npy*"))
+
+
+PLUGIN = textwrap.dedent(
+    '''
+    import numpy as np
+    from clipsift.filter import RowFilter
+    from clipsift.params import Param
+
+    class TestEmb(RowFilter):
+        """Keeps rows whose first l14_img coordinate exceeds a threshold."""
+        name = "test_emb"
+        description = "test plugin"
+        params = (Param("threshold", float, 0.0, "cut on l14_img[:, 0]"),)
+        columns = ("uid",)
+        embedding_keys = ("l14_img",)
+
+        def keep(self, batch):
+            return batch.embeddings["l14_img"][:, 0].astype(np.float32) > self.threshold
+    '''
+)
+
+
+def _install_plugin(tmp_path: Path) -> Path:
+    site = tmp_path / "plugin_site"
+    (site / "test_plugin-0.1.dist-info").mkdir(parents=True, exist_ok=True)
+    (site / "test_plugin.py").write_text(PLUGIN)
+    (site / "test_plugin-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: test-plugin\nVersion: 0.1\n")
+    (site / "test_plugin-0.1.dist-info" / "entry_points.txt").write_text("[clipsift.filters]\ntest_emb = test_plugin:TestEmb\n")
+    return site
+
+
+def _run_with_test_plugin(args, tmp_path):
+    site = _install_plugin(tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "clipsift.cli", *args], capture_output=True, text=True, env=env)
+    return proc.returncode, proc.stderr, proc.stdout
+
+
+def test_entry_point_plugin_is_listed_and_runs(tmp_path, small_pool):
+    rc, err, out = _run_with_test_plugin(["filters"], tmp_path)
+    assert rc == 0 and "test_emb  test plugin" in out and "threshold: float = 0.0" in out
+    target = tmp_path / "p.npy"
+    rc, err, out = _run_with_test_plugin(["-q", "filter", "test_emb", "--pool", str(small_pool), "--out", str(target), "--set", "threshold=0.01"], tmp_path)
+    assert rc == 0, err
+    pool = Pool(small_pool)
+    expect = []
+    for s in pool.shards:
+        b = pool.read(s, keys=["l14_img"])
+        expect.append(b.uids[b.embeddings["l14_img"][:, 0].astype(np.float32) > 0.01])
+    np.testing.assert_array_equal(read_subset(target), sort_records(np.concatenate(expect)))
+
+
+def test_recipe_chain_and_union(small_pool, tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        textwrap.dedent(
+            """
+            name = "demo"
+            [[step]]
+            filter = "random"
+            params = { fraction = 0.5, seed = 1 }
+            [[step]]
+            union = [ { filter = "random", params = { count = 10, seed = 2 } },
+                      { filter = "random", params = { count = 10, seed = 3 } } ]
+            """
+        )
+    )
+    step = load_recipe(recipe)
+    ctx = RunContext(Pool(small_pool), LocalExecutor(1, False))
+    sel = step.select(ctx)
+    half = create_filter("random", {"fraction": 0.5, "seed": 1}).select(ctx)
+    sub = ctx.with_candidates(half.uids)
+    a = create_filter("random", {"count": 10, "seed": 2}).select(sub).uids
+    b = create_filter("random", {"count": 10, "seed": 3}).select(sub).uids
+    expect = np.union1d(records_to_hex(a), records_to_hex(b))
+    assert list(records_to_hex(sel.uids)) == list(expect)
+    assert sel.details["stages"][0]["output"] == 50
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[step]]\nfilter = 'random'\nparams = { fraction = 2.0 }\n")
+    with pytest.raises(ParamError, match="bad.toml"):
+        load_recipe(bad)
+
+
+def _group_fn(batch):
+    emb = batch.embeddings["b32_img"].astype(np.float32)
+    return np.argmax(emb[:, :4], axis=1) - (emb[:, 5] > 0.08), {"gidx": batch.global_index, "emb": batch.embeddings["b32_img"]}
+
+
+def test_grouped_store_equals_in_memory_grouping(tmp_path):
+    pool = Pool(write_pool(tmp_path / "pool", [50, 0, 30, 45], seed=5))
+    ctx = RunContext(pool, LocalExecutor(2, False))
+    store = GroupedStore.build(ctx, _group_fn, keys=["b32_img"], num_groups=4, path=tmp_path / "g")
+    batches = [pool.read(s, keys=["b32_img"]) for s in pool.shards]
+    gids = np.concatenate([_group_fn(b)[0] for b in batches])
+    gidx = np.concatenate([b.global_index for b in batches])
+    emb = np.concatenate([b.embeddings["b32_img"] for b in batches])
+    for g in range(4):
+        got = store.read(g)
+        np.testing.assert_array_equal(got["gidx"], gidx[gids == g])
+        np.testing.assert_array_equal(got["emb"], emb[gids == g])
+    assert store.sizes.sum() == (gids >= 0).sum()
+    reopened = GroupedStore.open(tmp_path / "g")
+    np.testing.assert_array_equal(reopened.read(2)["gidx"], store.read(2)["gidx"])
+    with pytest.raises(Exception, match="not a complete grouped store"):
+        GroupedStore.open(tmp_path / "nothing")
+
+
+def test_pool_errors_are_one_line(tmp_path):
+    with pytest.raises(PoolError, match="pool directory not found"):
+        Pool(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PoolError, match="no .parquet files"):
+        Pool(tmp_path / "empty")
+    pool = Pool(write_pool(tmp_path / "p", [5]))
+    with pytest.raises(PoolError, match="missing column"):
+        pool.require(["nonexistent_column"])
