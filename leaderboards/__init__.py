@@ -1,0 +1,1 @@
+"""Leaderboards: DataComp-exact aggregation, results store, tables, plots, HTML and submission packs."""
