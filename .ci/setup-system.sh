@@ -2,6 +2,8 @@
 # System packages the tests use (Debian). Idempotent: installs only what is missing.
 set -euo pipefail
 PACKAGES=(
+  wordnet-base  # WordNet 3.0 for the text_based baseline
+  chromium      # headless browser for the leaderboard HTML test
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
