@@ -153,7 +153,10 @@ class RowFilter(Filter):
 
     def _map_shard(self, batch):
         mask = np.asarray(self.keep(batch), dtype=bool)
-        return batch.uids[mask], len(batch)
+        if mask.shape != (len(batch),):
+            raise ValueError(f"{self.name}.keep returned shape {mask.shape} for {len(batch)} rows")
+        # sorted per shard (in the worker), so the global sort only merges runs
+        return sort_records(batch.uids[mask]), len(batch)
 
     def select(self, ctx: RunContext) -> Selection:
         parts, seen = [], 0

@@ -7,6 +7,7 @@ text before ``.parquet`` plus ``.npz``), orders shards by path, and gives every 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import zipfile
 from dataclasses import dataclass, field
@@ -72,6 +73,7 @@ class Pool:
         self.root = str(root).rstrip("/")
         self.storage_options = storage_options or {}
         self.fs, self._root_path = fsspec.core.url_to_fs(self.root, **self.storage_options)
+        self._local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
         if not self.fs.exists(self._root_path) or not self.fs.isdir(self._root_path):
             raise PoolError(f"{self.root}: pool directory not found; pass the DataComp metadata folder")
         listing = sorted(p for p in self.fs.ls(self._root_path, detail=False) if ".parquet" in p.rsplit("/", 1)[-1])
@@ -145,8 +147,11 @@ class Pool:
         """Read one shard's ``uid`` plus ``columns`` and npz ``keys``, restricted to ``candidates``."""
         cols = ["uid"] + [c for c in columns if c != "uid"]
         try:
-            with self.fs.open(shard.parquet, "rb") as fh:
-                table = pq.read_table(fh, columns=cols)
+            if self._local:  # pyarrow's native reader is ~2x faster than a Python file object
+                table = pq.ParquetFile(shard.parquet).read(columns=cols)
+            else:
+                with self.fs.open(shard.parquet, "rb") as fh:
+                    table = pq.ParquetFile(fh).read(columns=cols)
         except (pa.ArrowInvalid, KeyError) as exc:
             raise PoolError(f"{shard.parquet}: cannot read columns {cols} ({exc})") from exc
         if table.num_rows != shard.num_rows:
@@ -168,11 +173,12 @@ class Pool:
         if not self.has_npz(shard):
             raise PoolError(f"{shard.npz}: missing embeddings file for {shard.parquet}; download the pool with --download_npz")
         try:
-            with self.fs.open(shard.npz, "rb") as fh:
-                with np.load(fh) as npz:
-                    if key not in npz.files:
-                        raise PoolError(f"{shard.npz}: no key {key!r} (has {', '.join(npz.files)}); choose another embedding key")
-                    arr = npz[key]
+            with contextlib.ExitStack() as stack:
+                src = shard.npz if self._local else stack.enter_context(self.fs.open(shard.npz, "rb"))
+                npz = stack.enter_context(np.load(src))
+                if key not in npz.files:
+                    raise PoolError(f"{shard.npz}: no key {key!r} (has {', '.join(npz.files)}); choose another embedding key")
+                arr = npz[key]
         except PoolError:
             raise
         except Exception as exc:

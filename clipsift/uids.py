@@ -69,8 +69,8 @@ def hex_to_records(uids) -> np.ndarray:
         uids = pa.array(np.asarray(uids, dtype=object), type=pa.string())
     raw = _fixed_width_bytes(uids)
     nib = _HEX_LUT[raw]
-    bad = np.flatnonzero((nib == 255).any(axis=1))
-    if bad.size:
+    if nib.max(initial=0) == 255:
+        bad = np.flatnonzero((nib == 255).any(axis=1))
         row = int(bad[0])
         raise UidFormatError(row, bytes(raw[row]).decode("utf-8", "replace"), "is not hexadecimal")
     packed = (nib[:, 0::2] << 4) | nib[:, 1::2]  # (n, 16) big-endian bytes

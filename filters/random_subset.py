@@ -61,5 +61,21 @@ class RandomFilter(Filter):
         uids = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, dtype=UID_DTYPE)
         keys = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, dtype=np.uint64)
         k = target_size(len(uids), self.fraction, self.count)
-        order = np.lexsort((uids["f1"], uids["f0"], keys))[:k]
-        return Selection(uids[order], counters={"input": len(uids), "kept": k, "dropped": len(uids) - k})
+        chosen = smallest_keys(keys, uids, k)
+        return Selection(uids[chosen], counters={"input": len(uids), "kept": k, "dropped": len(uids) - k})
+
+
+def smallest_keys(keys: np.ndarray, uids: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` smallest keys, ties at the cut broken by ascending uid (exact, O(n))."""
+    n = len(keys)
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    if k >= n:
+        return np.arange(n)
+    kth = np.partition(keys, k - 1)[k - 1]
+    below = np.flatnonzero(keys < kth)
+    tied = np.flatnonzero(keys == kth)
+    need = k - len(below)
+    if need < len(tied):
+        tied = tied[np.lexsort((uids["f1"][tied], uids["f0"][tied]))[:need]]
+    return np.concatenate([below, tied])
