@@ -117,3 +117,25 @@ def test_set_operations():
     assert as_int(combine("intersect", a, b)) == [3, 9]
     assert as_int(combine("union", a, b)) == [1, 3, 4, 5, 9]
     assert as_int(combine("diff", a, b)) == [1, 5]
+
+
+def test_cli_check_unsorted_fails_and_combine_writes_sorted(tmp_path, small_pool, capsys):
+    from clipsift.cli import main
+    from clipsift.pool import Pool
+
+    pool = Pool(small_pool)
+    uids = np.concatenate([pool.read(s).uids for s in pool.shards])
+    np.save(tmp_path / "unsorted.npy", uids[::-1])
+    assert main(["-q", "subset", "check", str(tmp_path / "unsorted.npy"), "--pool", str(small_pool)]) == 1
+    captured = capsys.readouterr()
+    assert "NO (first out of order" in captured.out and "unsorted.npy: not sorted" in captured.err
+    np.save(tmp_path / "a.npy", uids[:60])
+    np.save(tmp_path / "b.npy", uids[40:])
+    out = tmp_path / "u"
+    assert main(["-q", "subset", "union", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "-o", str(out)]) == 0
+    merged = read_subset(tmp_path / "u.npy")
+    np.testing.assert_array_equal(merged, np.sort(uids))
+    assert main(["-q", "subset", "check", str(tmp_path / "u.npy"), "--pool", str(small_pool), "--json"]) == 0
+    assert '"ok": true' in capsys.readouterr().out
+    assert main(["-q", "subset", "check", str(tmp_path / "absent.npy")]) == 1
+    assert "absent.npy: subset file not found" in capsys.readouterr().err
