@@ -24,10 +24,10 @@ __all__ = [
 ]
 
 
-def initial_scores(r, e, l, centre) -> np.ndarray:
+def initial_scores(r, e, lsim, centre) -> np.ndarray:
     """u = ((r + 2·e) + 0.5·l) − (tic + itc), fp64 in exactly this order (spec §4)."""
-    r, e, l, centre = (np.asarray(v, dtype=np.float64) for v in (r, e, l, centre))
-    return ((r + 2.0 * e) + 0.5 * l) - centre
+    r, e, lsim, centre = (np.asarray(v, dtype=np.float64) for v in (r, e, lsim, centre))
+    return ((r + 2.0 * e) + 0.5 * lsim) - centre
 
 
 class DenseKernel:
@@ -111,7 +111,7 @@ class ClassProblem:
     gidx: np.ndarray
     u0: np.ndarray
     r: np.ndarray
-    l: np.ndarray
+    lsim: np.ndarray
     kernel: object
     extra: dict = field(default_factory=dict)
 
@@ -120,13 +120,13 @@ class ClassProblem:
         return len(self.gidx)
 
 
-def dense_problem(gidx, S, l, centre, e=None) -> ClassProblem:
+def dense_problem(gidx, S, lsim, centre, e=None) -> ClassProblem:
     """Core-level class from an injected S (thresholded q-values): r from S, e = S_ii unless given."""
     kern = DenseKernel(S)
     n = len(gidx)
     r = kern.coverage_sums() / n
     e = kern.diag() if e is None else np.asarray(e, dtype=np.float64)
-    return ClassProblem(np.asarray(gidx, dtype=np.int64), initial_scores(r, e, l, centre), r, np.asarray(l, dtype=np.float64), kern)
+    return ClassProblem(np.asarray(gidx, dtype=np.int64), initial_scores(r, e, lsim, centre), r, np.asarray(lsim, dtype=np.float64), kern)
 
 
 def embedding_problem(
@@ -141,10 +141,10 @@ def embedding_problem(
         kern = DenseKernel(kern.dense())
     r = kern.coverage_sums() / n
     e = q_np(rowdot_exact(img, txt))
-    l = q_np(np.asarray(txt, dtype=np.float64) @ np.asarray(label_vec, dtype=np.float64))
+    lsim = q_np(np.asarray(txt, dtype=np.float64) @ np.asarray(label_vec, dtype=np.float64))
     m_txt = unit_canonical(np.asarray(txt, dtype=np.float64).sum(axis=0)[None])[0]
     m_img = unit_canonical(np.asarray(img, dtype=np.float64).sum(axis=0)[None])[0]
     itc = q_np(np.asarray(img, dtype=np.float64) @ m_txt.astype(np.float64))
     tic = q_np(np.asarray(txt, dtype=np.float64) @ m_img.astype(np.float64))
-    u0 = initial_scores(r, e, l, tic + itc)
-    return ClassProblem(np.asarray(gidx, dtype=np.int64), u0, r, l, kern, {"e": e, "itc": itc, "tic": tic})
+    u0 = initial_scores(r, e, lsim, tic + itc)
+    return ClassProblem(np.asarray(gidx, dtype=np.int64), u0, r, lsim, kern, {"e": e, "itc": itc, "tic": tic})

@@ -78,7 +78,7 @@ def reference_select(problems, k: int, B: int) -> PickResult:
             rows = rows_of[c]
             u[rows] -= p.kernel.pair_sums(T) / nc
             u[rows] -= rho[c] / nc
-            u[rows] -= (float(np.sum(p.l[T])) / 2.0) / nc
+            u[rows] -= (float(np.sum(p.lsim[T])) / 2.0) / nc
             pending[c] = []
             refreshes[c] += 1
             u[selected] = -np.inf

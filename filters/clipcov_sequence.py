@@ -72,7 +72,7 @@ class ClassSequence:
         p, nc = self.p, self.p.n
         self.u -= p.kernel.pair_sums(self.pending) / nc
         self.u -= self.rho / nc
-        self.u -= (float(np.sum(p.l[self.pending])) / 2.0) / nc
+        self.u -= (float(np.sum(p.lsim[self.pending])) / 2.0) / nc
         self.pending = []
         self.refresh_counts.append(self.cnt)
 
