@@ -67,11 +67,17 @@ def parse_eval_results(text: str, source: str = "<text>") -> list[ResultRow]:
             obj = json.loads(ln)
         except json.JSONDecodeError as exc:
             if idx == len(raw) - 1 and not text.endswith("\n"):
-                log.warning("%s: line %d is incomplete (interrupted write?); skipped", source, lineno)
+                log.warning(
+                    "%s: line %d is incomplete (interrupted write?); skipped", source, lineno
+                )
                 continue
-            raise ClipsiftError(f"{source}: line {lineno} is not valid JSON ({exc.msg}); fix or delete that line") from None
+            raise ClipsiftError(
+                f"{source}: line {lineno} is not valid JSON ({exc.msg}); fix or delete that line"
+            ) from None
         if not isinstance(obj, dict) or not isinstance(obj.get("metrics"), dict):
-            raise ClipsiftError(f"{source}: line {lineno} lacks a 'metrics' object; expected DataComp's {{key, dataset, metrics}} lines")
+            raise ClipsiftError(
+                f"{source}: line {lineno} lacks a 'metrics' object; expected DataComp's {{key, dataset, metrics}} lines"
+            )
         good.append(ln)
         objs.append(obj)
     exact = _pandas_main_metrics(good) if good else []
@@ -132,7 +138,9 @@ class Aggregate:
             have = size - len(absent)
             part = self.partial_scores[group]
             value = "n/a" if part is None else f"partial {part:.3f}"
-            out.append(f"{group}: {value} ({have}/{size} tasks; missing: {self.absent_text(absent)})")
+            out.append(
+                f"{group}: {value} ({have}/{size} tasks; missing: {self.absent_text(absent)})"
+            )
         return out
 
     def to_dict(self) -> dict:
@@ -168,11 +176,19 @@ def aggregate_rows(rows: list[ResultRow], tasks: TaskList) -> Aggregate:
         values[task.key] = row.main_metric  # last row wins, as dict(zip(...)) does
     duplicates = [tasks.task(k).name for k, c in counts.items() if c > 1]
     if duplicates:
-        log.warning("results hold several rows for %s; the last row of each is used", ", ".join(duplicates))
+        log.warning(
+            "results hold several rows for %s; the last row of each is used", ", ".join(duplicates)
+        )
     averaged = set(tasks.averaged)
     if extra:
-        log.warning("results hold tasks outside the %s list, not averaged: %s", tasks.suite, ", ".join(extra))
-    missing = [t.name for t in tasks.averaged_tasks if t.key not in values and t.key not in seen_null]
+        log.warning(
+            "results hold tasks outside the %s list, not averaged: %s",
+            tasks.suite,
+            ", ".join(extra),
+        )
+    missing = [
+        t.name for t in tasks.averaged_tasks if t.key not in values and t.key not in seen_null
+    ]
     null = [t.name for t in tasks.averaged_tasks if t.key not in values and t.key in seen_null]
 
     scores: dict[str, float | None] = {}
@@ -214,7 +230,9 @@ def aggregate_rows(rows: list[ResultRow], tasks: TaskList) -> Aggregate:
     )
 
 
-def aggregate_file(path: str | Path, suite: str | None = None, tasks_file: str | Path | None = None) -> Aggregate:
+def aggregate_file(
+    path: str | Path, suite: str | None = None, tasks_file: str | Path | None = None
+) -> Aggregate:
     """Read and aggregate one eval_results.jsonl; the suite is detected from its keys if not given."""
     rows = read_eval_results(path)
     suite = suite or detect_suite([r.key for r in rows])

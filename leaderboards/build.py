@@ -6,23 +6,19 @@ from pathlib import Path
 
 from clipsift.leaderboards import compare as cmp_mod
 from clipsift.leaderboards import page, plots, tables
+from clipsift.leaderboards.files import write_text
 from clipsift.leaderboards.published import published
 from clipsift.leaderboards.store import ResultsStore, RunGroup
 from clipsift.leaderboards.tables import Leaderboard
 
-from clipsift.io import atomic_write
 from clipsift.log import get_logger
 
 log = get_logger("leaderboards.build")
 
 
-def _write_text(path: Path, text: str) -> Path:
-    with atomic_write(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    return path
-
-
-def leaderboards(store: ResultsStore, track: str = "filtering", scales=None, include_published: bool = True):
+def leaderboards(
+    store: ResultsStore, track: str = "filtering", scales=None, include_published: bool = True
+):
     """(board, run groups) per scale and suite, in scale order; ``scales`` restricts or adds scales."""
     wanted = list(scales) if scales else store.scales
     out = []
@@ -39,16 +35,18 @@ def leaderboards(store: ResultsStore, track: str = "filtering", scales=None, inc
     return out
 
 
-def write_board(board: Leaderboard, groups: list[RunGroup], out: Path, formats) -> tuple[list[Path], list[tuple[Path, str]]]:
+def write_board(
+    board: Leaderboard, groups: list[RunGroup], out: Path, formats
+) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Files of one scale; returns (written paths, [(png, caption)] for the HTML page)."""
     name = board.name
     written: list[Path] = []
     if "md" in formats:
-        written.append(_write_text(out / f"leaderboard_{name}.md", tables.to_markdown(board)))
+        written.append(write_text(out / f"leaderboard_{name}.md", tables.to_markdown(board)))
     if "csv" in formats:
-        written.append(_write_text(out / f"leaderboard_{name}.csv", tables.to_csv(board)))
+        written.append(write_text(out / f"leaderboard_{name}.csv", tables.to_csv(board)))
     if "json" in formats:
-        written.append(_write_text(out / f"leaderboard_{name}.json", tables.to_json(board, groups)))
+        written.append(write_text(out / f"leaderboard_{name}.json", tables.to_json(board, groups)))
     figs: list[tuple[Path, str]] = []
     if "plots" in formats and board.rows:
         paths = plots.plot_average_vs_size(board, out / f"{name}_average_vs_size")
@@ -64,8 +62,15 @@ def write_board(board: Leaderboard, groups: list[RunGroup], out: Path, formats) 
 ALL_FORMATS = ("md", "csv", "json", "plots", "html")
 
 
-def write_leaderboards(store: ResultsStore, out_dir: str | Path, track: str = "filtering", scales=None,
-                       include_published: bool = True, formats=ALL_FORMATS, tasks_file=None):
+def write_leaderboards(
+    store: ResultsStore,
+    out_dir: str | Path,
+    track: str = "filtering",
+    scales=None,
+    include_published: bool = True,
+    formats=ALL_FORMATS,
+    tasks_file=None,
+):
     """Write all outputs under ``out_dir``; returns (boards, written paths)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -77,7 +82,7 @@ def write_leaderboards(store: ResultsStore, out_dir: str | Path, track: str = "f
         written += paths
         sections.append((board, groups, figs))
     if "html" in formats:
-        written.append(_write_text(out / "index.html", page.leaderboard_page(sections, tasks_file)))
+        written.append(write_text(out / "index.html", page.leaderboard_page(sections, tasks_file)))
     log.info("wrote %d files to %s", len(written), out)
     return [b for b, _ in boards], written
 
@@ -87,11 +92,11 @@ def write_comparison(comparison: cmp_mod.Comparison, out_dir: str | Path) -> lis
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = [
-        _write_text(out / "compare.md", cmp_mod.to_markdown(comparison)),
-        _write_text(out / "compare.csv", cmp_mod.to_csv(comparison)),
-        _write_text(out / "compare.json", cmp_mod.to_json(comparison)),
+        write_text(out / "compare.md", cmp_mod.to_markdown(comparison)),
+        write_text(out / "compare.csv", cmp_mod.to_csv(comparison)),
+        write_text(out / "compare.json", cmp_mod.to_json(comparison)),
     ]
     figs = plots.plot_head_to_head(comparison, out / "compare_tasks")
     written += figs
-    written.append(_write_text(out / "compare.html", page.compare_page(comparison, figs[0])))
+    written.append(write_text(out / "compare.html", page.compare_page(comparison, figs[0])))
     return written

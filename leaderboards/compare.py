@@ -61,22 +61,37 @@ class Comparison:
 def build_comparison(groups: list[RunGroup], tasks_file=None) -> Comparison:
     """Compare run groups of one suite; the first is the reference."""
     if len(groups) < 2:
-        raise ClipsiftError("a head-to-head needs at least two runs; name two or more run folders or methods")
+        raise ClipsiftError(
+            "a head-to-head needs at least two runs; name two or more run folders or methods"
+        )
     suites = {g.suite for g in groups}
     if len(suites) != 1:
-        raise ClipsiftError(f"runs use different evaluation suites ({', '.join(sorted(suites))}); compare runs of one suite")
+        raise ClipsiftError(
+            f"runs use different evaluation suites ({', '.join(sorted(suites))}); compare runs of one suite"
+        )
     suite = suites.pop()
     tasks = task_list(suite, None if suite == DATACOMP else tasks_file)
     rows = []
     for name in groups[0].groups:
         pairs = [g.score(name) for g in groups]
-        rows.append(CompareRow("group", name, None, "", [p[0] for p in pairs], [p[1] for p in pairs]))
+        rows.append(
+            CompareRow("group", name, None, "", [p[0] for p in pairs], [p[1] for p in pairs])
+        )
     averaged = set(tasks.averaged)
     for t in tasks.tasks:
         if t.key not in averaged:
             continue
         pairs = [g.task_score(t.key) for g in groups]
-        rows.append(CompareRow("task", t.name, t.key, ", ".join(t.groups), [p[0] for p in pairs], [p[1] for p in pairs]))
+        rows.append(
+            CompareRow(
+                "task",
+                t.name,
+                t.key,
+                ", ".join(t.groups),
+                [p[0] for p in pairs],
+                [p[1] for p in pairs],
+            )
+        )
     labels = [g.label for g in groups]
     if len(set(labels)) < len(labels):
         labels = [f"{g.label} @{g.scale}" for g in groups]
@@ -100,8 +115,10 @@ def to_markdown(cmp: Comparison) -> str:
     head = ["Task", "Group", cmp.labels[0]]
     for lab in cmp.labels[1:]:
         head += [lab, f"{lab} − {ref}"]
-    lines = ["| " + " | ".join(h.replace("|", "\\|") for h in head) + " |",
-             "|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 2)) + "|"]
+    lines = [
+        "| " + " | ".join(h.replace("|", "\\|") for h in head) + " |",
+        "|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 2)) + "|",
+    ]
     for r in cmp.rows:
         name = f"**{r.name}**" if r.kind == "group" else r.name
         cells = [name, r.group, _f(r.values[0], r.stds[0])]
@@ -128,7 +145,10 @@ def to_csv(cmp: Comparison) -> str:
     for r in cmp.rows:
         row = [r.kind, r.name, r.key or "", r.group]
         for i in range(len(cmp.labels)):
-            row += ["" if r.values[i] is None else repr(r.values[i]), "" if r.stds[i] is None else repr(r.stds[i])]
+            row += [
+                "" if r.values[i] is None else repr(r.values[i]),
+                "" if r.stds[i] is None else repr(r.stds[i]),
+            ]
             if i:
                 d = r.diffs[i - 1]
                 row.append("" if d is None else repr(d))
@@ -156,5 +176,10 @@ def to_json(cmp: Comparison) -> str:
 
 def from_json(text: str) -> Comparison:
     obj = json.loads(text)
-    rows = [CompareRow(r["kind"], r["name"], r["key"], r["group"], r["values"], r["stds"]) for r in obj["rows"]]
-    return Comparison(obj["labels"], obj["suite"], rows, [obj["missing"][lab] for lab in obj["labels"]])
+    rows = [
+        CompareRow(r["kind"], r["name"], r["key"], r["group"], r["values"], r["stds"])
+        for r in obj["rows"]
+    ]
+    return Comparison(
+        obj["labels"], obj["suite"], rows, [obj["missing"][lab] for lab in obj["labels"]]
+    )

@@ -28,7 +28,7 @@ th,td{border:1px solid #ddd;padding:4px 8px}th{background:#f4f4f4;text-align:lef
 table.sortable th{cursor:pointer;user-select:none}table.sortable th:after{content:" \\2195";color:#aaa}
 table.sortable th[aria-sort=ascending]:after{content:" \\2191";color:#333}
 table.sortable th[aria-sort=descending]:after{content:" \\2193";color:#333}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}table.lb td:nth-child(2){white-space:nowrap}
 tr.yours{background:#fff3cd;font-weight:600}tr.baseline{color:#555}tr.partial td{font-style:italic}
 .plots{display:flex;flex-wrap:wrap;gap:16px}.plots figure{margin:0}.plots img{max-width:640px;width:100%;border:1px solid #eee}
 figcaption{font-size:12px;color:#666}
@@ -90,8 +90,10 @@ def _cell_style(v: float | None) -> str:
 
 def _img(path: Path, alt: str, caption: str) -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{escape(alt)}">'
-            f"<figcaption>{escape(caption)}</figcaption></figure>")
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{escape(alt)}">'
+        f"<figcaption>{escape(caption)}</figcaption></figure>"
+    )
 
 
 def _td(text: str, value=None, cls: str = "") -> str:
@@ -102,23 +104,45 @@ def _td(text: str, value=None, cls: str = "") -> str:
 
 def leaderboard_table(board: Leaderboard) -> str:
     """The sortable leaderboard table of one scale."""
-    cols = [("Rank", "num"), ("Date", "text"), ("Method", "text"), ("Author", "text"), ("Dataset size", "num"),
-            ("ImageNet", "num"), ("Average", "num"), ("Source", "text"), ("Notes", "text")]
+    cols = [
+        ("Rank", "num"),
+        ("Date", "text"),
+        ("Method", "text"),
+        ("Author", "text"),
+        ("Dataset size", "num"),
+        ("ImageNet", "num"),
+        ("Average", "num"),
+        ("Source", "text"),
+        ("Notes", "text"),
+    ]
     head = "".join(f'<th data-type="{t}">{escape(c)}</th>' for c, t in cols)
     body = []
     for r in board.rows:
         cls = r.source + ("" if r.complete else " partial")
-        avg = fmt_score(r.average, r.average_std) + ("" if r.complete or r.average is None else " (partial)")
+        avg = fmt_score(r.average, r.average_std) + (
+            "" if r.complete or r.average is None else " (partial)"
+        )
         method = escape(r.method)
         if r.link.startswith("http"):
             method = f'<a href="{escape(r.link)}">{method}</a>'
         cells = [
             _td("" if r.rank is None else str(r.rank), r.rank if r.rank is not None else "", "num"),
-            _td(r.date), f"<td>{method}</td>", _td(r.author),
-            _td(fmt_size(r.dataset_size), r.dataset_size if r.dataset_size is not None else "", "num"),
-            _td(fmt_score(r.imagenet, r.imagenet_std), r.imagenet if r.imagenet is not None else "", "num"),
+            _td(r.date),
+            f"<td>{method}</td>",
+            _td(r.author),
+            _td(
+                fmt_size(r.dataset_size),
+                r.dataset_size if r.dataset_size is not None else "",
+                "num",
+            ),
+            _td(
+                fmt_score(r.imagenet, r.imagenet_std),
+                r.imagenet if r.imagenet is not None else "",
+                "num",
+            ),
             _td(avg, r.average if r.average is not None else "", "num"),
-            _td(r.source), _td(notes(r)),
+            _td(r.source),
+            _td(notes(r)),
         ]
         body.append(f'<tr class="{cls}">' + "".join(cells) + "</tr>")
     return f'<table class="sortable lb"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
@@ -147,45 +171,68 @@ def heatmap_table(groups: list[RunGroup], tasks_file=None) -> str:
             f'<td class="cell" style="{_cell_style(m)}" title="{escape(t.key)}">{escape(fmt_score(m, s) or "—")}</td>'
             for m, s in vals
         )
-        rows.append(f"<tr><td>{escape(t.name)}</td><td>{escape(', '.join(t.groups))}</td>{cells}</tr>")
-    return f'<table class="heat"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+        rows.append(
+            f"<tr><td>{escape(t.name)}</td><td>{escape(', '.join(t.groups))}</td>{cells}</tr>"
+        )
+    return (
+        f'<table class="heat"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    )
 
 
-def _page(title: str, sections: list[str], nav: list[tuple[str, str]]) -> str:
+LEADERBOARD_LEDE = (
+    "Scores are main metrics; Average over DataComp's 38 tasks (partial results are unranked and "
+    "name their missing tasks); your runs are highlighted, seeds shown as mean ± std."
+)
+
+
+def _page(
+    title: str, sections: list[str], nav: list[tuple[str, str]], lede: str = LEADERBOARD_LEDE
+) -> str:
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     nav_html = "".join(f'<a href="#{escape(a)}">{escape(t)}</a>' for a, t in nav)
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<link rel="icon" href="data:,">'
         f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>{escape(title)}</h1><p class=\"meta\">clipsift {escape(__version__)} · generated {now}. "
-        "Scores are main metrics; Average over DataComp's 38 tasks (partial results are unranked and name "
-        "their missing tasks); your runs are highlighted, seeds shown as mean ± std.</p>"
+        f'<h1>{escape(title)}</h1><p class="meta">clipsift {escape(__version__)} · generated {now}. '
+        f"{escape(lede)}</p>"
         f"<nav>{nav_html}</nav>{''.join(sections)}<script>{_JS}</script></body></html>\n"
     )
 
 
-def leaderboard_page(boards: list[tuple[Leaderboard, list[RunGroup], list[tuple[Path, str]]]], tasks_file=None,
-                     title: str = "clipsift leaderboard") -> str:
+def leaderboard_page(
+    boards: list[tuple[Leaderboard, list[RunGroup], list[tuple[Path, str]]]],
+    tasks_file=None,
+    title: str = "clipsift leaderboard",
+) -> str:
     """One page with a section per scale: table, plots (PNG paths + captions) and heatmap."""
     sections, nav = [], []
     for board, groups, plots in boards:
         anchor = f"scale-{board.name}"
         nav.append((anchor, board.name))
-        parts = [f'<section id="{escape(anchor)}"><h2>{escape(board.name)} scale '
-                 f'<span class="meta">({escape(board.track)} track, {escape(board.suite)}, {len(board.yours)} of yours, '
-                 f"{len(board.rows) - len(board.yours)} published)</span></h2>", leaderboard_table(board)]
+        parts = [
+            f'<section id="{escape(anchor)}"><h2>{escape(board.name)} scale '
+            f'<span class="meta">({escape(board.track)} track, {escape(board.suite)}, {len(board.yours)} of yours, '
+            f"{len(board.rows) - len(board.yours)} published)</span></h2>",
+            leaderboard_table(board),
+        ]
         if plots:
-            parts.append('<div class="plots">' + "".join(_img(p, cap, cap) for p, cap in plots) + "</div>")
+            parts.append(
+                '<div class="plots">' + "".join(_img(p, cap, cap) for p, cap in plots) + "</div>"
+            )
         if groups:
-            parts.append("<h3>Per-task results of your runs</h3>" + heatmap_table(groups, tasks_file))
+            parts.append(
+                "<h3>Per-task results of your runs</h3>" + heatmap_table(groups, tasks_file)
+            )
         parts.append("</section>")
         sections.append("".join(parts))
     return _page(title, sections, nav)
 
 
-def compare_page(cmp: Comparison, plot_png: Path | None = None, title: str = "clipsift head-to-head") -> str:
+def compare_page(
+    cmp: Comparison, plot_png: Path | None = None, title: str = "clipsift head-to-head"
+) -> str:
     """Head-to-head page: per group and task values, differences to the first run, bar chart."""
     ref = cmp.labels[0]
     head = '<th data-type="text">Task</th><th data-type="text">Group</th>'
@@ -197,25 +244,42 @@ def compare_page(cmp: Comparison, plot_png: Path | None = None, title: str = "cl
     for r in cmp.rows:
         cells = [_td(r.name), _td(r.group)]
         for i, v in enumerate(r.values):
-            cells.append(f'<td class="num cell" style="{_cell_style(v)}" data-v="{"" if v is None else v}">'
-                         f"{escape(fmt_score(v, r.stds[i]) or '—')}</td>")
+            cells.append(
+                f'<td class="num cell" style="{_cell_style(v)}" data-v="{"" if v is None else v}">'
+                f"{escape(fmt_score(v, r.stds[i]) or '—')}</td>"
+            )
             if i:
                 d = r.diffs[i - 1]
                 cls = "num " + ("pos" if d and d > 0 else "neg" if d and d < 0 else "")
-                cells.append(_td("—" if d is None else f"{d:+.3f}", "" if d is None else d, cls.strip()))
+                cells.append(
+                    _td("—" if d is None else f"{d:+.3f}", "" if d is None else d, cls.strip())
+                )
         body.append(f'<tr class="{"grp" if r.kind == "group" else ""}">' + "".join(cells) + "</tr>")
     table = f'<table class="sortable heat"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
     summary = "".join(
         f"<li>{escape(lab)} vs {escape(ref)}: better on {w}, worse on {lo}, equal on {eq} tasks</li>"
         for lab, (w, lo, eq) in zip(cmp.labels[1:], cmp.wins())
     )
-    summary += "".join(f"<li>{escape(lab)}: partial, missing {escape(', '.join(m))}</li>"
-                       for lab, m in zip(cmp.labels, cmp.missing) if m)
-    parts = [f'<section id="h2h"><h2>{escape(" vs ".join(cmp.labels))}</h2><ul>{summary}</ul>{table}']
+    summary += "".join(
+        f"<li>{escape(lab)}: partial, missing {escape(', '.join(m))}</li>"
+        for lab, m in zip(cmp.labels, cmp.missing)
+        if m
+    )
+    parts = [
+        f'<section id="h2h"><h2>{escape(" vs ".join(cmp.labels))}</h2><ul>{summary}</ul>{table}'
+    ]
     if plot_png is not None:
-        parts.append('<div class="plots">' + _img(plot_png, "per-task bar chart", "Main metric per task and group") + "</div>")
+        parts.append(
+            '<div class="plots">'
+            + _img(plot_png, "per-task bar chart", "Main metric per task and group")
+            + "</div>"
+        )
     parts.append("</section>")
-    return _page(title, ["".join(parts)], [("h2h", "head-to-head")])
+    lede = (
+        f"Main metric per task and score group; differences are run − {ref}; seeds as mean ± std. "
+        "Groups are scored only when all their tasks are present."
+    )
+    return _page(title, ["".join(parts)], [("h2h", "head-to-head")], lede)
 
 
 __all__ = ["compare_page", "heatmap_table", "leaderboard_page", "leaderboard_table"]

@@ -66,7 +66,9 @@ def _fmt_num(x: float | None) -> str:
     return "" if x is None else repr(float(x))
 
 
-def parse_leaderboard_tsv(text: str, scale: str, track: str = "filtering", source: str = "<text>") -> list[PublishedEntry]:
+def parse_leaderboard_tsv(
+    text: str, scale: str, track: str = "filtering", source: str = "<text>"
+) -> list[PublishedEntry]:
     """Parse a published leaderboard TSV."""
     out = []
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -77,12 +79,21 @@ def parse_leaderboard_tsv(text: str, scale: str, track: str = "filtering", sourc
         try:
             out.append(
                 PublishedEntry(
-                    track, scale, parse_date(cols[0]), cols[1].strip(), _num(cols[2]), _num(cols[3]),
-                    _size(cols[4]), cols[5].strip(), cols[6].strip(),
+                    track,
+                    scale,
+                    parse_date(cols[0]),
+                    cols[1].strip(),
+                    _num(cols[2]),
+                    _num(cols[3]),
+                    _size(cols[4]),
+                    cols[5].strip(),
+                    cols[6].strip(),
                 )
             )
         except ValueError as exc:
-            raise ClipsiftError(f"{source}: line {lineno}: {exc}; expected date, method, ImageNet, Average, size, author, link") from None
+            raise ClipsiftError(
+                f"{source}: line {lineno}: {exc}; expected date, method, ImageNet, Average, size, author, link"
+            ) from None
     return out
 
 
@@ -92,7 +103,11 @@ def format_leaderboard_tsv(entries: list[PublishedEntry]) -> str:
     for e in entries:
         date = e.date.strftime("%m-%d-%Y") if e.date else ""
         size = "" if e.dataset_size is None else str(e.dataset_size)
-        lines.append("\t".join([date, e.method, _fmt_num(e.imagenet), _fmt_num(e.average), size, e.author, e.link]))
+        lines.append(
+            "\t".join(
+                [date, e.method, _fmt_num(e.imagenet), _fmt_num(e.average), size, e.author, e.link]
+            )
+        )
     return "".join(ln + "\n" for ln in lines)
 
 
@@ -103,13 +118,21 @@ def parse_baselines_csv(text: str, source: str = "<text>") -> list[PublishedEntr
         try:
             out.append(
                 PublishedEntry(
-                    row["track"], row["scale"], parse_date(row["date"]), row["name"],
-                    _num(row["imagenet_acc"]), _num(row["avg_acc"]), _size(row["dataset_size"]),
-                    "DataComp team", "https://arxiv.org/abs/2304.14108",
+                    row["track"],
+                    row["scale"],
+                    parse_date(row["date"]),
+                    row["name"],
+                    _num(row["imagenet_acc"]),
+                    _num(row["avg_acc"]),
+                    _size(row["dataset_size"]),
+                    "DataComp team",
+                    "https://arxiv.org/abs/2304.14108",
                 )
             )
         except (KeyError, ValueError) as exc:
-            raise ClipsiftError(f"{source}: row {lineno}: {exc}; expected columns track,scale,date,name,imagenet_acc,avg_acc,dataset_size") from None
+            raise ClipsiftError(
+                f"{source}: row {lineno}: {exc}; expected columns track,scale,date,name,imagenet_acc,avg_acc,dataset_size"
+            ) from None
     return out
 
 
@@ -119,10 +142,17 @@ def format_baselines_csv(entries: list[PublishedEntry]) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["track", "scale", "date", "name", "imagenet_acc", "avg_acc", "dataset_size"])
     for e in entries:
-        w.writerow([
-            e.track, e.scale, e.date.strftime("%m-%d-%Y") if e.date else "", e.method,
-            _fmt_num(e.imagenet), _fmt_num(e.average), "" if e.dataset_size is None else e.dataset_size,
-        ])
+        w.writerow(
+            [
+                e.track,
+                e.scale,
+                e.date.strftime("%m-%d-%Y") if e.date else "",
+                e.method,
+                _fmt_num(e.imagenet),
+                _fmt_num(e.average),
+                "" if e.dataset_size is None else e.dataset_size,
+            ]
+        )
     return buf.getvalue()
 
 

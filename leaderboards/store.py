@@ -107,21 +107,27 @@ class Run:
         return (self.scale, self.suite, self.method, self.filter_name or "", params)
 
 
-def load_run(path: str | Path, tasks_file: str | Path | None = None, scale: str | None = None) -> Run:
+def load_run(
+    path: str | Path, tasks_file: str | Path | None = None, scale: str | None = None
+) -> Run:
     """Read one run folder (``path`` may also be its eval_results.jsonl)."""
     path = Path(path)
     if path.is_file() and path.name == RESULTS_NAME:
         path = path.parent
     results = path / RESULTS_NAME
     if not results.is_file():
-        raise ClipsiftError(f"{path}: no {RESULTS_NAME} here; evaluate the run first or point at its folder")
+        raise ClipsiftError(
+            f"{path}: no {RESULTS_NAME} here; evaluate the run first or point at its folder"
+        )
     meta: dict = {}
     run_json = path / RUN_JSON
     if run_json.is_file():
         try:
             meta = json.loads(run_json.read_text("utf-8"))
         except json.JSONDecodeError as exc:
-            raise ClipsiftError(f"{run_json}: not valid JSON ({exc.msg}); rewrite it or delete it to read the run as DataComp output") from None
+            raise ClipsiftError(
+                f"{run_json}: not valid JSON ({exc.msg}); rewrite it or delete it to read the run as DataComp output"
+            ) from None
         if not isinstance(meta, dict):
             raise ClipsiftError(f"{run_json}: expected a JSON object")
     info = read_info_pkl(path / INFO_PKL) if (path / INFO_PKL).is_file() else {}
@@ -130,7 +136,9 @@ def load_run(path: str | Path, tasks_file: str | Path | None = None, scale: str 
     tasks = task_list(suite, tasks_file if suite == TINY else None)  # DataComp's list is fixed
     subset = meta.get("subset") if isinstance(meta.get("subset"), dict) else {}
     manifest = subset.get("manifest") if isinstance(subset.get("manifest"), dict) else {}
-    run_scale = scale or meta.get("scale") or info.get("scale") or ("tiny" if suite == TINY else "unknown")
+    run_scale = (
+        scale or meta.get("scale") or info.get("scale") or ("tiny" if suite == TINY else "unknown")
+    )
     return Run(
         path=path,
         method=str(meta.get("method") or path.resolve().name),
@@ -155,7 +163,9 @@ def find_run_dirs(paths) -> list[Path]:
     found: list[Path] = []
     for p in map(Path, paths):
         if not p.exists():
-            raise ClipsiftError(f"{p}: no such file or folder; pass run folders or a folder holding them")
+            raise ClipsiftError(
+                f"{p}: no such file or folder; pass run folders or a folder holding them"
+            )
         if p.is_file():
             found.append(p.parent)
         elif (p / RESULTS_NAME).is_file():
@@ -184,7 +194,10 @@ class RunGroup:
     label: str = ""
 
     def __post_init__(self):
-        self.runs = sorted(self.runs, key=lambda r: (r.seed is None, r.seed if r.seed is not None else 0, str(r.path)))
+        self.runs = sorted(
+            self.runs,
+            key=lambda r: (r.seed is None, r.seed if r.seed is not None else 0, str(r.path)),
+        )
         if not self.label:
             self.label = self.runs[0].method
 
@@ -275,8 +288,13 @@ class RunGroup:
             "complete": self.complete,
             "missing": self.absent,
             "scores": {g: dict(zip(("mean", "std"), self.score(g))) for g in self.groups},
-            "partial_scores": {g: dict(zip(("mean", "std"), self.partial_score(g))) for g in self.groups},
-            "per_task": {k: dict(zip(("mean", "std"), self.task_score(k))) for k in self.first.aggregate.per_task},
+            "partial_scores": {
+                g: dict(zip(("mean", "std"), self.partial_score(g))) for g in self.groups
+            },
+            "per_task": {
+                k: dict(zip(("mean", "std"), self.task_score(k)))
+                for k in self.first.aggregate.per_task
+            },
         }
 
 
@@ -316,12 +334,20 @@ class ResultsStore:
     runs: list[Run]
 
     @classmethod
-    def from_paths(cls, paths, tasks_file: str | Path | None = None, scale: str | None = None) -> ResultsStore:
+    def from_paths(
+        cls, paths, tasks_file: str | Path | None = None, scale: str | None = None
+    ) -> ResultsStore:
         dirs = find_run_dirs(paths)
         runs = [load_run(d, tasks_file, scale) for d in dirs]
         for r in runs:
             if not r.aggregate.complete:
-                log.warning("%s: partial results, %d/%d tasks (missing: %s)", r.path, r.aggregate.n_expected - len(r.aggregate.absent), r.aggregate.n_expected, r.aggregate.absent_text())
+                log.warning(
+                    "%s: partial results, %d/%d tasks (missing: %s)",
+                    r.path,
+                    r.aggregate.n_expected - len(r.aggregate.absent),
+                    r.aggregate.n_expected,
+                    r.aggregate.absent_text(),
+                )
         return cls(runs)
 
     @property
@@ -347,4 +373,13 @@ class ResultsStore:
         return hits
 
 
-__all__ = ["AVERAGE", "ResultsStore", "Run", "RunGroup", "find_run_dirs", "group_runs", "load_run", "read_info_pkl"]
+__all__ = [
+    "AVERAGE",
+    "ResultsStore",
+    "Run",
+    "RunGroup",
+    "find_run_dirs",
+    "group_runs",
+    "load_run",
+    "read_info_pkl",
+]

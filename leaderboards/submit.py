@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+from clipsift.leaderboards.files import make_readable
 from clipsift.leaderboards.published import PUBLISHED_SCALES, TRACKS
 from clipsift.leaderboards.store import Run
 from clipsift.leaderboards.tasks import DATACOMP, datacomp_tasks
@@ -57,7 +58,9 @@ class Check:
 
 
 def scale_configs() -> dict:
-    data = json.loads(resources.files("clipsift.leaderboards.data").joinpath("scales.json").read_text("utf-8"))
+    data = json.loads(
+        resources.files("clipsift.leaderboards.data").joinpath("scales.json").read_text("utf-8")
+    )
     return {k: v for k, v in data.items() if not k.startswith("_")}
 
 
@@ -72,11 +75,16 @@ def count_uids(path: Path) -> tuple[int, str]:
         if arr.ndim != 1:
             return int(arr.size), f"shape {arr.shape}, expected one dimension"
         if not is_sorted(arr):
-            return len(arr), "uids are not sorted ascending (the resharder would silently lose samples)"
+            return len(
+                arr
+            ), "uids are not sorted ascending (the resharder would silently lose samples)"
         return len(arr), ""
     size = path.stat().st_size
     if size % 16:
-        return size // 16, f"raw subset file of {size} bytes is not a whole number of 16-byte records"
+        return (
+            size // 16,
+            f"raw subset file of {size} bytes is not a whole number of 16-byte records",
+        )
     arr = np.fromfile(path, dtype=UID_DTYPE)
     return len(arr), "" if is_sorted(arr) else "uids are not sorted ascending"
 
@@ -92,25 +100,71 @@ def _checkpoint(run: Run) -> str:
 def check_submission(run: Run, info: SubmitInfo, samples: list[Path]) -> list[Check]:
     """All completeness checks; a pack is written only when no error-level check fails."""
     checks = []
-    checks.append(Check("scale", run.scale in PUBLISHED_SCALES,
-                        f"scale {run.scale!r}" + ("" if run.scale in PUBLISHED_SCALES else f"; the leaderboard has {', '.join(PUBLISHED_SCALES)}")))
+    checks.append(
+        Check(
+            "scale",
+            run.scale in PUBLISHED_SCALES,
+            f"scale {run.scale!r}"
+            + (
+                ""
+                if run.scale in PUBLISHED_SCALES
+                else f"; the leaderboard has {', '.join(PUBLISHED_SCALES)}"
+            ),
+        )
+    )
     checks.append(Check("track", info.track in TRACKS, f"track {info.track!r}"))
-    checks.append(Check("suite", run.suite == DATACOMP, f"results use suite {run.suite!r}; DataComp needs its 38-task suite"))
+    checks.append(
+        Check(
+            "suite",
+            run.suite == DATACOMP,
+            f"results use suite {run.suite!r}; DataComp needs its 38-task suite",
+        )
+    )
     agg = run.aggregate
-    checks.append(Check("tasks", agg.complete,
-                        f"{agg.n_expected - len(agg.absent)}/{agg.n_expected} tasks with a main metric"
-                        + ("" if agg.complete else f"; missing: {agg.absent_text()}")))
+    checks.append(
+        Check(
+            "tasks",
+            agg.complete,
+            f"{agg.n_expected - len(agg.absent)}/{agg.n_expected} tasks with a main metric"
+            + ("" if agg.complete else f"; missing: {agg.absent_text()}"),
+        )
+    )
     nonnull = sum(r.main_metric is not None for r in run.rows)
-    checks.append(Check("rows", nonnull == agg.n_expected,
-                        f"{nonnull} rows with a main metric (aggregate_scores.py requires exactly {agg.n_expected})"
-                        + (f"; duplicates: {', '.join(agg.duplicates)}" if agg.duplicates else "")
-                        + (f"; unknown tasks: {', '.join(agg.extra)}" if agg.extra else "")))
+    checks.append(
+        Check(
+            "rows",
+            nonnull == agg.n_expected,
+            f"{nonnull} rows with a main metric (aggregate_scores.py requires exactly {agg.n_expected})"
+            + (f"; duplicates: {', '.join(agg.duplicates)}" if agg.duplicates else "")
+            + (f"; unknown tasks: {', '.join(agg.extra)}" if agg.extra else ""),
+        )
+    )
     for f in REQUIRED_FIELDS:
         val = getattr(info, f)
-        checks.append(Check(f, bool(val and str(val).strip()), "set" if val else f"--{f.replace('_', '-')} is required"))
+        checks.append(
+            Check(
+                f,
+                bool(val and str(val).strip()),
+                "set" if val else f"--{f.replace('_', '-')} is required",
+            )
+        )
     if info.email:
-        checks.append(Check("email_format", "@" in info.email, f"{info.email!r} does not look like an email address"))
-    checks.append(Check("samples", bool(samples), f"{len(samples)} subset file(s)" if samples else "no subset (uid) file: pass --samples FILE or record subset.path in run.json"))
+        checks.append(
+            Check(
+                "email_format",
+                "@" in info.email,
+                f"{info.email!r} does not look like an email address",
+            )
+        )
+    checks.append(
+        Check(
+            "samples",
+            bool(samples),
+            f"{len(samples)} subset file(s)"
+            if samples
+            else "no subset (uid) file: pass --samples FILE or record subset.path in run.json",
+        )
+    )
     total = 0
     for s in samples:
         if not s.is_file():
@@ -121,10 +175,23 @@ def check_submission(run: Run, info: SubmitInfo, samples: list[Path]) -> list[Ch
         checks.append(Check(f"samples:{s.name}", not problem, problem or f"{n:,} uids"))
     names = [s.name for s in samples]
     if len(set(names)) < len(names):
-        checks.append(Check("samples:names", False, "subset files share a file name; they would overwrite each other in samples/"))
+        checks.append(
+            Check(
+                "samples:names",
+                False,
+                "subset files share a file name; they would overwrite each other in samples/",
+            )
+        )
     size = info.dataset_size or (str(run.dataset_size) if run.dataset_size is not None else "")
     if samples and size and total and str(total) != size.replace(",", ""):
-        checks.append(Check("dataset_size", False, f"dataset size {size} differs from the {total:,} uids in the subset file(s)", "warning"))
+        checks.append(
+            Check(
+                "dataset_size",
+                False,
+                f"dataset size {size} differs from the {total:,} uids in the subset file(s)",
+                "warning",
+            )
+        )
     return checks
 
 
@@ -157,7 +224,9 @@ def submission_record(run: Run, info: SubmitInfo, timestamp: str) -> dict:
     return data
 
 
-def write_submit_pack(run: Run, out_dir: str | Path, info: SubmitInfo, samples=None, overwrite: bool = False) -> tuple[Path, list[Check]]:
+def write_submit_pack(
+    run: Run, out_dir: str | Path, info: SubmitInfo, samples=None, overwrite: bool = False
+) -> tuple[Path, list[Check]]:
     """Check and write the pack; raises ClipsiftError listing every failed check."""
     out = Path(out_dir)
     if samples is None:
@@ -169,10 +238,14 @@ def write_submit_pack(run: Run, out_dir: str | Path, info: SubmitInfo, samples=N
         if not c.ok and c.severity == "warning":
             log.warning("submit-pack: %s: %s", c.name, c.detail)
     if errors:
-        raise ClipsiftError(f"{run.path}: submission pack not written; {len(errors)} problem(s): "
-                            + "; ".join(f"{c.name}: {c.detail}" for c in errors))
+        raise ClipsiftError(
+            f"{run.path}: submission pack not written; {len(errors)} problem(s): "
+            + "; ".join(f"{c.name}: {c.detail}" for c in errors)
+        )
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ClipsiftError(f"{out}: folder exists and is not empty; choose a new --out or pass --overwrite")
+        raise ClipsiftError(
+            f"{out}: folder exists and is not empty; choose a new --out or pass --overwrite"
+        )
     timestamp = time.strftime("%Y-%m-%d_%H:%M:%S", time.gmtime())
     prefix = f"{run.scale}_scale"
     record = submission_record(run, info, timestamp)
@@ -189,8 +262,12 @@ def write_submit_pack(run: Run, out_dir: str | Path, info: SubmitInfo, samples=N
         shutil.copyfile(run.results_path, tmp / prefix / "results.jsonl")
         for s in samples:
             shutil.copyfile(s, tmp / prefix / "samples" / s.name)
-        (tmp / "submission.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", "utf-8")
+        (tmp / "submission.json").write_text(
+            json.dumps(record, indent=2, ensure_ascii=False) + "\n", "utf-8"
+        )
         (tmp / "upload_plan.json").write_text(json.dumps(plan, indent=2) + "\n", "utf-8")
         (tmp / "checks.json").write_text(
-            json.dumps([c.__dict__ for c in checks], indent=2, ensure_ascii=False) + "\n", "utf-8")
+            json.dumps([c.__dict__ for c in checks], indent=2, ensure_ascii=False) + "\n", "utf-8"
+        )
+    make_readable(out)
     return out, checks

@@ -61,7 +61,11 @@ class Leaderboard:
 
     @property
     def name(self) -> str:
-        return self.scale if self.suite == DATACOMP or self.scale == TINY else f"{self.scale}_{self.suite}"
+        return (
+            self.scale
+            if self.suite == DATACOMP or self.scale == TINY
+            else f"{self.scale}_{self.suite}"
+        )
 
     @property
     def yours(self) -> list[LeaderboardRow]:
@@ -79,6 +83,7 @@ def row_from_group(group: RunGroup) -> LeaderboardRow:
             continue
         groups[g] = group.score(g)[0]
     n_expected = group.first.aggregate.n_expected
+    nulls = {n for r in group.runs for n in r.aggregate.null}
     return LeaderboardRow(
         method=group.label,
         source=YOURS,
@@ -93,7 +98,7 @@ def row_from_group(group: RunGroup) -> LeaderboardRow:
         complete=complete,
         n_tasks=n_expected - len(group.absent),
         n_expected=n_expected,
-        missing=group.absent,
+        missing=[n + " (null metric)" if n in nulls else n for n in group.absent],
         link=str(group.first.path),
         groups=groups,
     )
@@ -114,8 +119,12 @@ def row_from_published(entry: PublishedEntry) -> LeaderboardRow:
 
 def rank_rows(rows: list[LeaderboardRow]) -> list[LeaderboardRow]:
     """Sort by Average (ties share the better rank); unrankable rows follow without a rank."""
-    ranked = sorted((r for r in rows if r.rankable), key=lambda r: (-r.average, r.source != YOURS, r.method))
-    rest = sorted((r for r in rows if not r.rankable), key=lambda r: (-(r.average or -1.0), r.method))
+    ranked = sorted(
+        (r for r in rows if r.rankable), key=lambda r: (-r.average, r.source != YOURS, r.method)
+    )
+    rest = sorted(
+        (r for r in rows if not r.rankable), key=lambda r: (-(r.average or -1.0), r.method)
+    )
     prev = None
     for i, r in enumerate(ranked, 1):
         r.rank = prev.rank if prev is not None and prev.average == r.average else i
@@ -125,11 +134,15 @@ def rank_rows(rows: list[LeaderboardRow]) -> list[LeaderboardRow]:
     return ranked + rest
 
 
-def build_leaderboard(scale: str, groups: list[RunGroup], entries: list[PublishedEntry], track: str = "filtering") -> Leaderboard:
+def build_leaderboard(
+    scale: str, groups: list[RunGroup], entries: list[PublishedEntry], track: str = "filtering"
+) -> Leaderboard:
     """Ranked table of ``groups`` (one suite) and the published ``entries`` of the same scale."""
     suites = {g.suite for g in groups}
     if len(suites) > 1:
-        raise ClipsiftError(f"scale {scale}: runs of several suites ({', '.join(sorted(suites))}) cannot share one table")
+        raise ClipsiftError(
+            f"scale {scale}: runs of several suites ({', '.join(sorted(suites))}) cannot share one table"
+        )
     suite = suites.pop() if suites else DATACOMP
     rows = [row_from_group(g) for g in groups]
     if suite == DATACOMP:
@@ -141,6 +154,7 @@ def build_leaderboard(scale: str, groups: list[RunGroup], entries: list[Publishe
 
 
 # ----------------------------------------------------------------------------- formatting
+
 
 def fmt_score(mean: float | None, std: float | None = None) -> str:
     if mean is None:
@@ -161,7 +175,17 @@ def notes(row: LeaderboardRow) -> str:
     return "; ".join(bits)
 
 
-MD_COLUMNS = ["Rank", "Date", "Method", "Author", "Dataset size", "ImageNet", "Average", "Source", "Notes"]
+MD_COLUMNS = [
+    "Rank",
+    "Date",
+    "Method",
+    "Author",
+    "Dataset size",
+    "ImageNet",
+    "Average",
+    "Source",
+    "Notes",
+]
 
 
 def _md_cell(text: str) -> str:
@@ -178,8 +202,15 @@ def to_markdown(board: Leaderboard) -> str:
         if avg and not r.complete:
             avg += " (partial)"
         cells = [
-            "" if r.rank is None else str(r.rank), r.date, r.method, r.author, fmt_size(r.dataset_size),
-            fmt_score(r.imagenet, r.imagenet_std), avg, r.source, notes(r),
+            "" if r.rank is None else str(r.rank),
+            r.date,
+            r.method,
+            r.author,
+            fmt_size(r.dataset_size),
+            fmt_score(r.imagenet, r.imagenet_std),
+            avg,
+            r.source,
+            notes(r),
         ]
         lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
@@ -233,9 +264,16 @@ def rows_from_markdown(text: str) -> list[LeaderboardRow]:
         size = cells["Dataset size"].replace(",", "")
         out.append(
             LeaderboardRow(
-                method=cells["Method"], source=cells["Source"], date=cells["Date"], author=cells["Author"],
-                dataset_size=int(size) if size else None, imagenet=imn, imagenet_std=imn_std,
-                average=avg, average_std=avg_std, complete=not partial,
+                method=cells["Method"],
+                source=cells["Source"],
+                date=cells["Date"],
+                author=cells["Author"],
+                dataset_size=int(size) if size else None,
+                imagenet=imn,
+                imagenet_std=imn_std,
+                average=avg,
+                average_std=avg_std,
+                complete=not partial,
                 rank=int(cells["Rank"]) if cells["Rank"] else None,
             )
         )
@@ -243,8 +281,22 @@ def rows_from_markdown(text: str) -> list[LeaderboardRow]:
 
 
 CSV_COLUMNS = [
-    "rank", "date", "method", "author", "dataset_size", "imagenet", "imagenet_std", "average",
-    "average_std", "source", "seeds", "complete", "n_tasks", "n_expected", "missing", "link",
+    "rank",
+    "date",
+    "method",
+    "author",
+    "dataset_size",
+    "imagenet",
+    "imagenet_std",
+    "average",
+    "average_std",
+    "source",
+    "seeds",
+    "complete",
+    "n_tasks",
+    "n_expected",
+    "missing",
+    "link",
 ]
 
 
@@ -266,7 +318,10 @@ def to_csv(board: Leaderboard) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS + board.group_names)
     for r in board.rows:
-        w.writerow([_csv_val(getattr(r, c)) for c in CSV_COLUMNS] + [_csv_val(r.groups.get(g)) for g in board.group_names])
+        w.writerow(
+            [_csv_val(getattr(r, c)) for c in CSV_COLUMNS]
+            + [_csv_val(r.groups.get(g)) for g in board.group_names]
+        )
     return buf.getvalue()
 
 
@@ -276,6 +331,7 @@ def rows_from_csv(text: str) -> list[LeaderboardRow]:
     extra = [c for c in (reader.fieldnames or []) if c not in CSV_COLUMNS]
     out = []
     for d in reader:
+
         def num(k, d=d):
             return float(d[k]) if d[k] else None
 
@@ -284,12 +340,23 @@ def rows_from_csv(text: str) -> list[LeaderboardRow]:
 
         out.append(
             LeaderboardRow(
-                method=d["method"], source=d["source"], date=d["date"], author=d["author"],
-                dataset_size=integer("dataset_size"), imagenet=num("imagenet"), imagenet_std=num("imagenet_std"),
-                average=num("average"), average_std=num("average_std"), seeds=integer("seeds"),
-                complete=d["complete"] == "true", n_tasks=integer("n_tasks"), n_expected=integer("n_expected"),
-                missing=[m for m in d["missing"].split("; ") if m], link=d["link"],
-                groups={g: num(g) for g in extra} if d["source"] == YOURS else {}, rank=integer("rank"),
+                method=d["method"],
+                source=d["source"],
+                date=d["date"],
+                author=d["author"],
+                dataset_size=integer("dataset_size"),
+                imagenet=num("imagenet"),
+                imagenet_std=num("imagenet_std"),
+                average=num("average"),
+                average_std=num("average_std"),
+                seeds=integer("seeds"),
+                complete=d["complete"] == "true",
+                n_tasks=integer("n_tasks"),
+                n_expected=integer("n_expected"),
+                missing=[m for m in d["missing"].split("; ") if m],
+                link=d["link"],
+                groups={g: num(g) for g in extra} if d["source"] == YOURS else {},
+                rank=integer("rank"),
             )
         )
     return out

@@ -87,7 +87,9 @@ def parse_task_tsv(text: str, source: str = "<text>") -> list[Task]:
     """Parse a DataComp-style task TSV (comment lines start with ``#``)."""
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     if not lines:
-        raise ClipsiftError(f"{source}: task list is empty; it needs a header line and one row per task")
+        raise ClipsiftError(
+            f"{source}: task list is empty; it needs a header line and one row per task"
+        )
     reader = csv.DictReader(io.StringIO("\n".join(lines)), delimiter="\t")
     need = {"task_key", "name", "main_metric"}
     if not need.issubset(reader.fieldnames or ()):
@@ -111,7 +113,11 @@ def parse_task_tsv(text: str, source: str = "<text>") -> list[Task]:
 @lru_cache(maxsize=1)
 def datacomp_tasks() -> TaskList:
     """DataComp's 40 tasks; the Average covers the 38 that report a main metric."""
-    text = resources.files("clipsift.leaderboards.data").joinpath("datacomp_tasks.tsv").read_text("utf-8")
+    text = (
+        resources.files("clipsift.leaderboards.data")
+        .joinpath("datacomp_tasks.tsv")
+        .read_text("utf-8")
+    )
     tasks = parse_task_tsv(text, "clipsift/leaderboards/data/datacomp_tasks.tsv")
     averaged = tuple(t.key for t in tasks if t.key not in NO_MAIN_METRIC)
     return TaskList(DATACOMP, tuple(tasks), averaged, DATACOMP_GROUPS, source="datacomp_tasks.tsv")
@@ -121,7 +127,11 @@ def _tiny_group(task: Task) -> tuple[str, ...]:
     """Tiny tasks without an explicit group: retrieval by metric or tag, classification otherwise."""
     if task.groups:
         return task.groups
-    if task.main_metric.startswith("mean_recall") or "retrieval" in task.tags or "retrieval" in task.key:
+    if (
+        task.main_metric.startswith("mean_recall")
+        or "retrieval" in task.tags
+        or "retrieval" in task.key
+    ):
         return ("Retrieval",)
     return ("Classification",)
 
@@ -139,7 +149,9 @@ def tiny_tasks(path: str | Path | None = None) -> TaskList:
             f"{path}: tiny task list not found; install clipsift.eval's tiny_tasks.tsv or pass --tasks FILE"
         )
     tasks = parse_task_tsv(path.read_text("utf-8"), str(path))
-    tasks = [Task(t.key, t.name, t.main_metric, _tiny_group(t), t.tags, t.random_score) for t in tasks]
+    tasks = [
+        Task(t.key, t.name, t.main_metric, _tiny_group(t), t.tags, t.random_score) for t in tasks
+    ]
     order = [g for g in TINY_GROUPS] + [g for t in tasks for g in t.groups if g not in TINY_GROUPS]
     order = tuple(dict.fromkeys(order))
     return TaskList(TINY, tuple(tasks), tuple(t.key for t in tasks), order, source=str(path))
