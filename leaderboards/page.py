@@ -13,7 +13,14 @@ from pathlib import Path
 
 from clipsift.leaderboards.compare import Comparison
 from clipsift.leaderboards.store import RunGroup
-from clipsift.leaderboards.tables import Leaderboard, fmt_score, fmt_size, notes
+from clipsift.leaderboards.tables import (
+    Leaderboard,
+    fmt_score,
+    fmt_size,
+    md_columns,
+    notes,
+    score_columns,
+)
 from clipsift.leaderboards.tasks import DATACOMP, task_list
 from matplotlib import colormaps
 
@@ -104,17 +111,9 @@ def _td(text: str, value=None, cls: str = "") -> str:
 
 def leaderboard_table(board: Leaderboard) -> str:
     """The sortable leaderboard table of one scale."""
-    cols = [
-        ("Rank", "num"),
-        ("Date", "text"),
-        ("Method", "text"),
-        ("Author", "text"),
-        ("Dataset size", "num"),
-        ("ImageNet", "num"),
-        ("Average", "num"),
-        ("Source", "text"),
-        ("Notes", "text"),
-    ]
+    scores = score_columns(board)
+    types = {"Rank": "num", "Dataset size": "num", "Average": "num"} | {n: "num" for n, _ in scores}
+    cols = [(c, types.get(c, "text")) for c in md_columns(board)]
     head = "".join(f'<th data-type="{t}">{escape(c)}</th>' for c, t in cols)
     body = []
     for r in board.rows:
@@ -135,10 +134,9 @@ def leaderboard_table(board: Leaderboard) -> str:
                 r.dataset_size if r.dataset_size is not None else "",
                 "num",
             ),
-            _td(
-                fmt_score(r.imagenet, r.imagenet_std),
-                r.imagenet if r.imagenet is not None else "",
-                "num",
+            *(
+                _td(fmt_score(*get(r)), "" if get(r)[0] is None else get(r)[0], "num")
+                for _, get in scores
             ),
             _td(avg, r.average if r.average is not None else "", "num"),
             _td(r.source),

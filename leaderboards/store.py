@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from clipsift.leaderboards.aggregate import Aggregate, ResultRow, aggregate_rows, read_eval_results
-from clipsift.leaderboards.tasks import AVERAGE, TINY, detect_suite, task_list
+from clipsift.leaderboards.tasks import TINY, detect_suite, task_list
 
 from clipsift.errors import ClipsiftError
 from clipsift.log import get_logger
@@ -374,7 +374,6 @@ class ResultsStore:
 
 
 __all__ = [
-    "AVERAGE",
     "ResultsStore",
     "Run",
     "RunGroup",

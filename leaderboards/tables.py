@@ -175,17 +175,26 @@ def notes(row: LeaderboardRow) -> str:
     return "; ".join(bits)
 
 
-MD_COLUMNS = [
-    "Rank",
-    "Date",
-    "Method",
-    "Author",
-    "Dataset size",
-    "ImageNet",
-    "Average",
-    "Source",
-    "Notes",
-]
+def score_columns(board: Leaderboard) -> list[tuple[str, object]]:
+    """Headline score columns besides Average: ImageNet for DataComp, the suite's groups otherwise."""
+    if board.suite == DATACOMP:
+        return [("ImageNet", lambda r: (r.imagenet, r.imagenet_std))]
+    return [(g, lambda r, g=g: (r.groups.get(g), None)) for g in board.group_names]
+
+
+def md_columns(board: Leaderboard) -> list[str]:
+    scores = [name for name, _ in score_columns(board)]
+    return [
+        "Rank",
+        "Date",
+        "Method",
+        "Author",
+        "Dataset size",
+        *scores,
+        "Average",
+        "Source",
+        "Notes",
+    ]
 
 
 def _md_cell(text: str) -> str:
@@ -194,9 +203,17 @@ def _md_cell(text: str) -> str:
 
 def to_markdown(board: Leaderboard) -> str:
     """GitHub-flavoured Markdown table with a heading naming the scale."""
+    cols = md_columns(board)
+    scores = score_columns(board)
     lines = [f"## {board.name} scale ({board.track} track, {board.suite})", ""]
-    lines.append("| " + " | ".join(MD_COLUMNS) + " |")
-    lines.append("|---:|---|---|---|---:|---:|---:|---|---|")
+    lines.append("| " + " | ".join(cols) + " |")
+    lines.append(
+        "|"
+        + "|".join(
+            ["---:", "---", "---", "---", "---:"] + ["---:"] * (len(scores) + 1) + ["---", "---"]
+        )
+        + "|"
+    )
     for r in board.rows:
         avg = fmt_score(r.average, r.average_std)
         if avg and not r.complete:
@@ -207,7 +224,7 @@ def to_markdown(board: Leaderboard) -> str:
             r.method,
             r.author,
             fmt_size(r.dataset_size),
-            fmt_score(r.imagenet, r.imagenet_std),
+            *(fmt_score(*get(r)) for _, get in scores),
             avg,
             r.source,
             notes(r),
@@ -260,7 +277,7 @@ def rows_from_markdown(text: str) -> list[LeaderboardRow]:
     out = []
     for cells in tables[0]:
         avg, avg_std, partial = parse_score(cells["Average"])
-        imn, imn_std, _ = parse_score(cells["ImageNet"])
+        imn, imn_std, _ = parse_score(cells.get("ImageNet", ""))
         size = cells["Dataset size"].replace(",", "")
         out.append(
             LeaderboardRow(

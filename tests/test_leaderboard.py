@@ -668,3 +668,49 @@ def test_shipped_tiny_task_list_if_present():
     assert all(t.key.startswith("tiny/") for t in tl.tasks)
     assert set(tl.group_order) >= {"Classification", "Retrieval"}
     assert len(tl.averaged) == len(tl.tasks) and tl.members("Retrieval")
+
+
+def test_tiny_runs_get_their_own_table(tmp_path):
+    tsv = _tiny_tsv(tmp_path)
+    for seed, shape in ((0, 0.5), (1, 0.7)):
+        run = tmp_path / "runs" / f"t{seed}"
+        run.mkdir(parents=True)
+        rows = [
+            ("tiny/shape", shape),
+            ("tiny/colour", 0.7),
+            ("tiny/count", 0.9),
+            ("tiny/retrieval", 0.1),
+        ]
+        (run / "eval_results.jsonl").write_text(
+            "".join(
+                json.dumps({"key": k, "dataset": k, "metrics": {"main_metric": v}}) + "\n"
+                for k, v in rows
+            )
+        )
+        (run / "run.json").write_text(
+            json.dumps({"method": "random", "scale": "tiny", "seed": seed, "suite": "tiny"})
+        )
+    store = ResultsStore.from_paths([tmp_path / "runs"], tasks_file=tsv)
+    boards, written = write_leaderboards(
+        store, tmp_path / "lb", formats=("md", "csv"), tasks_file=tsv
+    )
+    (board,) = boards
+    assert (
+        board.name == "tiny"
+        and board.suite == "tiny"
+        and board.group_names == ["Classification", "Retrieval"]
+    )
+    (row,) = board.rows  # no published entries for the tiny suite
+    assert row.seeds == 2 and row.average == pytest.approx((0.6 + 0.7 + 0.9 + 0.1) / 4)
+    assert row.groups["Classification"] == pytest.approx((0.6 + 0.7 + 0.9) / 3)
+    cells = tables.parse_markdown_tables((tmp_path / "lb" / "leaderboard_tiny.md").read_text())[0][
+        0
+    ]
+    assert (
+        cells["Classification"] == "0.733"
+        and cells["Retrieval"] == "0.100"
+        and "ImageNet" not in cells
+    )
+    assert (
+        tables.rows_from_csv((tmp_path / "lb" / "leaderboard_tiny.csv").read_text()) == board.rows
+    )
