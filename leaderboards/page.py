@@ -178,7 +178,7 @@ def heatmap_table(groups: list[RunGroup], tasks_file=None) -> str:
 
 
 LEADERBOARD_LEDE = (
-    "Scores are main metrics; Average over DataComp's 38 tasks (partial results are unranked and "
+    "Scores are main metrics; Average over the suite's tasks, 38 for DataComp (partial results are unranked and "
     "name their missing tasks); your runs are highlighted, seeds shown as mean ± std."
 )
 

@@ -231,6 +231,8 @@ def write_submit_pack(
     out = Path(out_dir)
     if samples is None:
         samples = [Path(run.subset_path)] if run.subset_path else []
+        if samples and not samples[0].is_absolute() and not samples[0].exists():
+            samples = [run.path / samples[0]]  # relative to the run folder
     samples = [Path(s) for s in samples]
     checks = check_submission(run, info, samples)
     errors = [c for c in checks if not c.ok and c.severity == "error"]
