@@ -1,0 +1,84 @@
+"""DataComp's ``clip_score`` filter: ``score >= T`` on the B/32 or L/14 CLIP-score column, with T
+given (``threshold``) or derived from ``fraction`` by DataComp's index rule (ties kept, NaN last)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from clipsift.baselines.common import BaselineFilter, float_column
+from clipsift.baselines.scores import SCORE_COLUMNS, at_least, fraction_threshold
+from clipsift.errors import ParamError
+from clipsift.filter import RunContext, Selection
+from clipsift.params import Param
+from clipsift.uids import UID_DTYPE
+
+ARCH_PARAM = Param("arch", str, None, "which CLIP score: b32 (clip_b32_similarity_score) or l14", choices=("b32", "l14"))
+THRESHOLD_PARAM = Param("threshold", float, None, "keep score >= threshold (compared in the column's dtype)")
+FRACTION_PARAM = Param("fraction", float, None, "threshold = the (int(N*fraction)+1)-th largest score; ties kept")
+
+
+def check_score_params(owner) -> None:
+    """DataComp's check_args for names containing ``clip_score``."""
+    if owner.fraction is None and owner.threshold is None:
+        raise ParamError(f"{owner.name}: give fraction or threshold (DataComp: --fraction or --threshold)")
+    if owner.fraction is not None and owner.threshold is not None:
+        raise ParamError(f"{owner.name}: give either fraction or threshold, not both")
+    if owner.arch is None:
+        raise ParamError(f"{owner.name}: give arch=b32 or arch=l14")
+
+
+def resolve_threshold(owner, ctx: RunContext, key: str) -> tuple[object, dict]:
+    """T for ``owner.threshold``/``owner.fraction`` over the candidate rows (the whole pool in DataComp)."""
+    if owner.fraction is None:
+        return owner.threshold, {"threshold": owner.threshold}
+    parts = list(ctx.map_shards(_FractionReader(key), columns=(key,), desc=f"{owner.name}: scores"))
+    values = np.concatenate(parts) if parts else np.empty(0)
+    t = fraction_threshold(values, owner.fraction)
+    return t, {"threshold": float(t), "threshold_dtype": str(np.asarray(t).dtype), "fraction": owner.fraction, "score_rows": len(values)}
+
+
+class _FractionReader:
+    def __init__(self, key):
+        self.key = key
+
+    def __call__(self, batch):
+        return float_column(batch, self.key)
+
+
+class _ThresholdShard:
+    """Per shard: uids whose score >= T (picklable for worker processes)."""
+
+    def __init__(self, key, threshold):
+        self.key, self.threshold = key, threshold
+
+    def __call__(self, batch):
+        keep = at_least(float_column(batch, self.key), self.threshold)
+        return batch.uids[keep], Counter(input=len(batch), dropped_score=int(len(batch) - keep.sum()))
+
+
+class ClipScoreFilter(BaselineFilter):
+    name = "clip_score"
+    description = "DataComp clip_score: CLIP score >= threshold, or the top fraction by DataComp's index rule."
+    params = (ARCH_PARAM, THRESHOLD_PARAM, FRACTION_PARAM)
+
+    def validate(self) -> None:
+        check_score_params(self)
+
+    @property
+    def key(self) -> str:
+        return SCORE_COLUMNS[self.arch]
+
+    def input_columns(self):
+        return ("uid", self.key)
+
+    def select(self, ctx: RunContext) -> Selection:
+        threshold, details = resolve_threshold(self, ctx, self.key)
+        parts, counters = [], Counter()
+        for uids, c in ctx.map_shards(_ThresholdShard(self.key, threshold), columns=self.input_columns(), desc=self.name):
+            parts.append(uids)
+            counters.update(c)
+        uids = np.concatenate(parts) if parts else np.empty(0, dtype=UID_DTYPE)
+        counters["kept"] = len(uids)
+        return Selection(uids, counters=dict(counters), details={"score_column": self.key, **details})

