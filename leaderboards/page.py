@@ -146,13 +146,24 @@ def leaderboard_table(board: Leaderboard) -> str:
     return f'<table class="sortable lb"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
+def _run_title(group: RunGroup) -> str:
+    """Hover text of a run column: filter, parameters, seeds and folders."""
+    first = group.first
+    params = ", ".join(f"{k}={v}" for k, v in sorted(first.params.items()))
+    seeds = ", ".join(str(s) for s in group.seeds)
+    paths = "; ".join(str(r.path) for r in group.runs)
+    return f"filter {first.filter_name or '?'} ({params}); seeds {seeds}; {paths}"
+
+
 def heatmap_table(groups: list[RunGroup], tasks_file=None) -> str:
     """Per-task heatmap of your run groups: tasks as rows, runs as columns, colour = main metric."""
     if not groups:
         return ""
     suite = groups[0].suite
     tasks = task_list(suite, None if suite == DATACOMP else tasks_file)
-    head = "<th>Task</th><th>Group</th>" + "".join(f"<th>{escape(g.label)}</th>" for g in groups)
+    head = "<th>Task</th><th>Group</th>" + "".join(
+        f'<th title="{escape(_run_title(g))}">{escape(g.label)}</th>' for g in groups
+    )
     rows = []
     for name in groups[0].groups:
         cells = "".join(
