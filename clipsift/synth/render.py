@@ -111,6 +111,7 @@ def render(world, lat: np.ndarray, size: int = 64, texts=None) -> np.ndarray:
 def _render_chunk(world, lat: np.ndarray, size: int) -> np.ndarray:
     img = _background(lat, size)
     n = len(lat)
+    pix = img.reshape(n * size * size, 3)
     lay = lat["layout"]
     count = lat["count"].astype(np.int64)
     colour = world.colour_rgb[lat["colour"].astype(np.int64)]
@@ -142,15 +143,19 @@ def _render_chunk(world, lat: np.ndarray, size: int) -> np.ndarray:
             gy = np.clip(np.floor((v + 1) * 2), 0, 3).astype(np.int64)
             bit = np.take_along_axis(glyph[rows], (gy * 4 + gx).reshape(len(rows), -1), axis=1).reshape(mask.shape)
             shade = np.where(bit, np.float32(1.0), np.float32(0.55))
-            col = colour[rows][:, None, None, :] * shade[..., None]
             ys = y0[:, None] + np.arange(patch)[None]
             xs = x0[:, None] + np.arange(patch)[None]
-            region = img[rows[:, None, None], ys[:, :, None], xs[:, None, :]]
-            img[rows[:, None, None], ys[:, :, None], xs[:, None, :]] = np.where(mask[..., None], col, region)
-    variant = lat["variant"].astype(np.float32)[:, None, None, None]
-    img = img * (1 - 0.03 * variant) + 5 * variant
-    del n
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+            flat = (rows[:, None, None] * size + ys[:, :, None]) * size + xs[:, None, :]
+            hit = np.flatnonzero(mask)
+            k_of = hit // (patch * patch)
+            pix[flat.reshape(-1)[hit]] = colour[rows][k_of] * shade.reshape(-1)[hit][:, None]
+    near = np.flatnonzero(lat["variant"])  # near-duplicate copies: slightly brighter, flatter
+    if near.size:
+        v = lat["variant"][near].astype(np.float32)[:, None, None, None]
+        img[near] = img[near] * (1 - 0.03 * v) + 5 * v
+    np.rint(img, out=img)
+    np.clip(img, 0, 255, out=img)
+    return img.astype(np.uint8)
 
 
 def _draw_texts(out: np.ndarray, texts) -> None:
