@@ -86,7 +86,7 @@ def cmd_class_embeddings(args) -> int:
         log.warning("clipcov class-embeddings: no --pretrained, using random weights (tests only)")
     try:
         model = open_clip.create_model(args.model, pretrained=pretrained, device=device)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:
         raise ParamError(f"{args.model}: cannot create model ({exc}); check --model and --pretrained") from exc
     model.eval()
     tokenizer = open_clip.get_tokenizer(args.model)

@@ -61,9 +61,8 @@ def _digest(obj) -> str:
 
 
 def _save_npz(path: Path, **arrays) -> None:
-    with atomic_path(path, suffix=".npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+    with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
 
 
 # ---- partition and grouping (P0–P2) -------------------------------------------------------------
@@ -114,8 +113,8 @@ def build_partition(filt, ctx, run_dir: Path) -> Partition:
         sample = np.concatenate(list(parts))
         log.info("k-means: %d clusters on %d sampled rows (every %d-th), %d iterations", k, len(sample), step, filt.kmeans_iters)
         cent = kmeans_centres(sample, k, filt.kmeans_iters, ctx.torch_device())
-        with atomic_path(centres, suffix=".npy") as tmp:
-            np.save(tmp, cent)
+        with atomic_path(centres, suffix=".npy") as tmp, open(tmp, "wb") as fh:
+            np.save(fh, cent)
     return Partition(kind, k, str(centres), None, None, {"clusters": k, "iterations": filt.kmeans_iters, "sample_step": step})
 
 

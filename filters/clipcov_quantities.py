@@ -53,55 +53,76 @@ class DenseKernel:
 class EmbeddingKernel:
     """S_ij = thr(q(a_i·t_j)) from a class's canonical fp16 image/text rows, block by block.
 
+    On CPU the products run in numpy's BLAS (torch's CPU fp64 GEMM has ~20 ms overhead per small
+    call here); on CUDA in torch. Both are exact (N2), so the backend never changes a result.
     ``fast`` uses fp32 (TF32 on CUDA) products: about 10× faster on GPUs, not parity-exact.
     """
 
     def __init__(self, img: np.ndarray, txt: np.ndarray, tau: float = 0.0, device: str = "cpu", block: int = 8192, fast: bool = False):
-        import torch
-
-        self.tau, self.device, self.block, self.fast = float(tau), device, int(block), bool(fast)
-        self.dtype = torch.float32 if fast else torch.float64
-        self.img = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float16)).to(device).to(self.dtype)
-        self.txt = torch.from_numpy(np.ascontiguousarray(txt, dtype=np.float16)).to(device).to(self.dtype)
+        self.tau, self.device, self.block, self.fast = float(tau), str(device), int(block), bool(fast)
         self.n = len(img)
+        self.on_torch = self.device != "cpu"
+        img = np.ascontiguousarray(img, dtype=np.float16)
+        txt = np.ascontiguousarray(txt, dtype=np.float16)
+        if self.on_torch:
+            import torch
+
+            dt = torch.float32 if fast else torch.float64
+            self.img = torch.from_numpy(img.copy()).to(self.device).to(dt)
+            self.txt = torch.from_numpy(txt.copy()).to(self.device).to(dt)
+        else:
+            dt = np.float32 if fast else np.float64
+            self.img, self.txt = img.astype(dt), txt.astype(dt)
 
     def _s(self, g):
-        return thr_torch(q_torch(g), self.tau)
+        if self.on_torch:
+            return thr_torch(q_torch(g), self.tau)
+        s = q_np(g)
+        s[s <= self.tau] = 0.0
+        return s
+
+    def _zeros(self):
+        if self.on_torch:
+            import torch
+
+            return torch.zeros(self.n, dtype=torch.float64, device=self.device)
+        return np.zeros(self.n, dtype=np.float64)
+
+    def _numpy(self, x) -> np.ndarray:
+        return x.cpu().numpy() if self.on_torch else x
 
     def coverage_sums(self) -> np.ndarray:
         """Row sums + column sums of S, one GEMM per block pair (P3 coverage)."""
-        import torch
-
-        R = torch.zeros(self.n, dtype=torch.float64, device=self.device)
-        C = torch.zeros(self.n, dtype=torch.float64, device=self.device)
+        R, C = self._zeros(), self._zeros()
         b = self.block
         for i in range(0, self.n, b):
             a = self.img[i : i + b]
             for j in range(0, self.n, b):
                 s = self._s(a @ self.txt[j : j + b].T)
-                R[i : i + b] += s.sum(dim=1)
-                C[j : j + b] += s.sum(dim=0)
-        return (R + C).cpu().numpy()
+                R[i : i + b] += s.sum(1)
+                C[j : j + b] += s.sum(0)
+        return self._numpy(R + C)
 
     def pair_sums(self, T) -> np.ndarray:
         """Σ_{j∈T} S_ij + Σ_{j∈T} S_ji for every i: G₁ = IMG·TXT_Tᵀ, G₂ = TXT·IMG_Tᵀ."""
-        import torch
+        T = np.asarray(T, dtype=np.int64)
+        if self.on_torch:
+            import torch
 
-        T = torch.as_tensor(np.asarray(T, dtype=np.int64), device=self.device)
-        out = torch.zeros(self.n, dtype=torch.float64, device=self.device)
+            T = torch.as_tensor(T, device=self.device)
+        out = self._zeros()
         b = self.block
         for s in range(0, len(T), b):
             t = T[s : s + b]
-            out += self._s(self.img @ self.txt[t].T).sum(dim=1)
-            out += self._s(self.txt @ self.img[t].T).sum(dim=1)
-        return out.cpu().numpy()
+            out += self._s(self.img @ self.txt[t].T).sum(1)
+            out += self._s(self.txt @ self.img[t].T).sum(1)
+        return self._numpy(out)
 
     def diag(self) -> np.ndarray:
-        s = (self.img * self.txt).sum(dim=1)
-        return self._s(s).cpu().numpy()
+        return self._numpy(self._s((self.img * self.txt).sum(1)))
 
     def dense(self) -> np.ndarray:
-        return self._s(self.img @ self.txt.T).cpu().numpy()
+        return self._numpy(self._s(self.img @ self.txt.T))
 
 
 @dataclass
