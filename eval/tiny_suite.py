@@ -1,0 +1,151 @@
+"""The tiny suite: held-out zero-shot tasks rendered from the synthetic world.
+
+Each task is written in DataComp's evaluation-set layout (``wds_<key>_test/`` with
+``classnames.txt``, ``zeroshot_classification_templates.txt``, ``test/nshards.txt``,
+``test/0.tar``; retrieval sets add ``dataset_type.txt``), so it runs through the same
+clip_benchmark path as DataComp's 38 tasks. Images come from the pool's own renderer at the pool's
+image size, with a separate random stream, so no evaluation image is a training image.
+Classification tasks are class-balanced: the attribute under test is drawn uniformly, everything
+else from the world's distribution.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from clipsift.errors import ClipsiftError
+from clipsift.eval.tasks import load_tasks
+from clipsift.io import atomic_dir, write_json
+from clipsift.log import get_logger
+
+log = get_logger("eval.tiny_suite")
+
+IMAGE_SIDE = 64  # the synthetic pool's stored image side
+JPEG_QUALITY = 95
+SUITE_MARKER = "tiny_suite.json"
+SUITE_VERSION = 1
+
+# prompts in the words of the world's caption templates ("a photo of two red circles", ...)
+TEMPLATES = {
+    "shape": ("{c}", "a photo of {c}", "an illustration of {c}", "{c} on a background"),
+    "colour": ("{c}", "a photo of {c} shapes", "an illustration of {c} shapes", "{c} on a background"),
+    "texture": ("a {c} background", "on a {c} background", "{c} background"),
+    "count": ("a photo of {c} shapes", "{c} shapes", "an illustration of {c} shapes"),
+    "rendered_text": ("{c}", "the word {c}", "a sign that says {c}"),
+}
+
+
+def _classes(world, name: str) -> list[str]:
+    from clipsift.synth import vocab
+
+    if name == "shape":
+        return list(vocab.SHAPES_PLURAL)
+    if name in ("colour", "rendered_text"):
+        return list(world.colours)
+    if name == "texture":
+        return list(world.textures)
+    if name == "count":
+        return list(vocab.COUNT_WORDS)
+    raise ClipsiftError(f"tiny task {name!r} has no class definition")
+
+
+def _jpeg(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=JPEG_QUALITY)
+    return buf.getvalue()
+
+
+def _write_tar(path: Path, images: np.ndarray, labels=None, captions=None) -> None:
+    with tarfile.open(path, "w") as tar:
+        for i, img in enumerate(images):
+            key = f"s{i:07d}"
+            members = {"jpg": _jpeg(img)}
+            if labels is not None:
+                members["cls"] = str(int(labels[i])).encode()
+            if captions is not None:
+                members["txt"] = "\n".join(c.replace("\n", " ") for c in captions[i]).encode()
+            for ext in sorted(members):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(members[ext])
+                tar.addfile(info, io.BytesIO(members[ext]))
+
+
+def _classification(world, name: str, n: int, rng: np.random.Generator):
+    """(images, labels, classnames) with the attribute under test balanced over its classes."""
+    classes = _classes(world, name)
+    labels = np.arange(n) % len(classes)
+    rng.shuffle(labels)
+    lat = world.sample_latents(n, rng)
+    texts = None
+    if name == "shape":
+        lat["shape"] = labels
+        lat["count"] = rng.integers(2, 6, n)  # plural class names
+    elif name == "colour":
+        lat["colour"] = labels
+    elif name == "texture":
+        lat["texture"] = labels
+    elif name == "count":
+        lat["count"] = labels + 1
+    elif name == "rendered_text":
+        texts = [classes[k] for k in labels]
+    return world.render(lat, size=IMAGE_SIDE, texts=texts), labels, classes
+
+
+def _retrieval(world, n: int, rng: np.random.Generator):
+    lat = world.sample_latents(n, rng)
+    caps = world.captions(lat, rng, lang="en")
+    return world.render(lat, size=IMAGE_SIDE), [[str(c)] for c in caps]
+
+
+def _world_of(pool_or_world):
+    from clipsift.synth import World
+
+    if isinstance(pool_or_world, World):
+        return pool_or_world
+    p = Path(pool_or_world)
+    if p.is_dir():
+        p = p / "world.json"
+    if not p.exists():
+        raise ClipsiftError(f"{p}: no world.json; pass a synthetic pool folder (clipsift pool make) or its world.json")
+    return World.from_json(p)
+
+
+def make_tiny_suite(out_dir, pool_or_world, *, seed: int = 1234, overwrite: bool = False) -> Path:
+    """Write every tiny task under ``out_dir`` (an evaluation ``--data-dir``); returns out_dir.
+
+    Reuses an existing suite made from the same world and seed unless ``overwrite``.
+    """
+    world = _world_of(pool_or_world)
+    out = Path(out_dir)
+    marker = {"format": "clipsift-tiny-suite", "version": SUITE_VERSION, "world_seed": world.seed,
+              "n_concepts": world.n_concepts, "seed": seed}
+    if (out / SUITE_MARKER).exists() and not overwrite:
+        if json.loads((out / SUITE_MARKER).read_text()) == marker:
+            return out
+        raise ClipsiftError(f"{out}: holds a tiny suite of another world or seed; pass --overwrite or another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    for t_index, task in enumerate(load_tasks("tiny")):
+        name = task.key.split("/", 1)[1]
+        rng = np.random.default_rng([seed, world.seed, t_index])
+        n = task.size or 500
+        with atomic_dir(out / task.folder) as tmp:
+            (tmp / "test").mkdir()
+            if name == "retrieval":
+                images, caps = _retrieval(world, n, rng)
+                _write_tar(tmp / "test" / "0.tar", images, captions=caps)
+                (tmp / "dataset_type.txt").write_text("retrieval\n")
+            else:
+                images, labels, classes = _classification(world, name, n, rng)
+                _write_tar(tmp / "test" / "0.tar", images, labels=labels)
+                (tmp / "classnames.txt").write_text("\n".join(classes) + "\n")
+                (tmp / "zeroshot_classification_templates.txt").write_text("\n".join(TEMPLATES[name]) + "\n")
+            (tmp / "test" / "nshards.txt").write_text("1\n")
+        log.info("tiny suite: wrote %s (%d samples)", task.folder, n)
+    write_json(out / SUITE_MARKER, marker)
+    return out
