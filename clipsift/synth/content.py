@@ -17,11 +17,25 @@ CAPTION_FIELDS = ("concept", "shape", "colour", "texture", "count")
 CONTENT_DTYPE = np.dtype(
     LATENT_DTYPE.descr
     + [
-        ("kind", "u1"), ("lang", "u1"), ("template", "u1"), ("generic_num", "<i8"), ("mismatched", "?"),
-        ("cap_concept", "<i4"), ("cap_shape", "u1"), ("cap_colour", "u1"), ("cap_texture", "u1"), ("cap_count", "u1"),
-        ("quality", "<f4"), ("rendered_text", "?"),
-        ("width", "<i8"), ("height", "<i8"), ("small", "?"), ("extreme", "?"),
-        ("n_faces", "u1"), ("faces", "<f8", (3, 4)), ("sha", "u1", (32,)),
+        ("kind", "u1"),
+        ("lang", "u1"),
+        ("template", "u1"),
+        ("generic_num", "<i8"),
+        ("mismatched", "?"),
+        ("cap_concept", "<i4"),
+        ("cap_shape", "u1"),
+        ("cap_colour", "u1"),
+        ("cap_texture", "u1"),
+        ("cap_count", "u1"),
+        ("quality", "<f4"),
+        ("rendered_text", "?"),
+        ("width", "<i8"),
+        ("height", "<i8"),
+        ("small", "?"),
+        ("extreme", "?"),
+        ("n_faces", "u1"),
+        ("faces", "<f8", (3, 4)),
+        ("sha", "u1", (32,)),
     ]
 )
 
@@ -35,8 +49,11 @@ def draw_content(world: World, n: int, rng: np.random.Generator) -> np.ndarray:
         c[f] = lat[f]
     # caption kind and language
     u = rng.random(n)
-    kind = np.where(u < r["generic_caption"], text.KIND_GENERIC,
-                    np.where(u < r["generic_caption"] + r["short_caption"], text.KIND_SHORT, text.KIND_NORMAL))
+    kind = np.where(
+        u < r["generic_caption"],
+        text.KIND_GENERIC,
+        np.where(u < r["generic_caption"] + r["short_caption"], text.KIND_SHORT, text.KIND_NORMAL),
+    )
     lang_p = np.cumsum([r["lang_de"], r["lang_fr"], r["lang_es"]])
     lang = 1 + np.searchsorted(lang_p, rng.random(n), side="right")
     lang = np.where((lang > 3) | (kind != text.KIND_NORMAL), 0, lang)
@@ -57,11 +74,17 @@ def draw_content(world: World, n: int, rng: np.random.Generator) -> np.ndarray:
     # original image size
     small = rng.random(n) < r["small_image"]
     extreme = rng.random(n) < r["extreme_aspect"]
-    short_side = np.where(small, np.exp(rng.uniform(np.log(24), np.log(199.99), n)),
-                          200 + np.exp(rng.normal(np.log(350), 0.6, n)))
+    short_side = np.where(
+        small,
+        np.exp(rng.uniform(np.log(24), np.log(199.99), n)),
+        200 + np.exp(rng.normal(np.log(350), 0.6, n)),
+    )
     short_side = np.floor(np.clip(short_side, 16, 4000))
-    aspect = np.where(extreme, np.exp(rng.uniform(np.log(3.05), np.log(8.0), n)),
-                      np.minimum(1.0 + np.abs(rng.normal(0, 0.45, n)), 2.8))
+    aspect = np.where(
+        extreme,
+        np.exp(rng.uniform(np.log(3.05), np.log(8.0), n)),
+        np.minimum(1.0 + np.abs(rng.normal(0, 0.45, n)), 2.8),
+    )
     long_side = np.maximum(np.floor(short_side * aspect), short_side)
     landscape = rng.random(n) < 0.62
     c["width"] = np.where(landscape, long_side, short_side).astype(np.int64)
@@ -96,8 +119,13 @@ def caption_latents(content: np.ndarray) -> np.ndarray:
 def captions(world: World, content: np.ndarray) -> pa.Array:
     """Caption strings (pyarrow) of content records."""
     phrase = content["template"].astype(np.int64)
-    return world._fill(content["kind"].astype(np.int64), content["lang"].astype(np.int64), phrase,
-                       caption_latents(content), content["generic_num"])
+    return world._fill(
+        content["kind"].astype(np.int64),
+        content["lang"].astype(np.int64),
+        phrase,
+        caption_latents(content),
+        content["generic_num"],
+    )
 
 
 def embeddings(world: World, content: np.ndarray, noise: dict) -> dict:
@@ -110,7 +138,9 @@ def embeddings(world: World, content: np.ndarray, noise: dict) -> dict:
     lang = content["lang"].astype(np.int64)
     tpl = content["template"].astype(np.int64)
     described = world.described(kind, lang, tpl)
-    z_txt = world.text_content(caption_latents(content), described, kind=kind, lang=lang, num_phrase=tpl)
+    z_txt = world.text_content(
+        caption_latents(content), described, kind=kind, lang=lang, num_phrase=tpl
+    )
     q = content["quality"].astype(np.float32)[:, None]
     z_txt = _unit(q * z_txt + np.sqrt(1 - q * q) * _unit(noise["xi"]))
     z_img = world.image_content(latents_of(content))

@@ -40,18 +40,33 @@ for _k in EMB_KEYS:
     _o += _d
 EMB_WIDTH = _o
 BANK_BLOCK = 8192
+PARALLEL_MIN_ROWS = 50_000
 
-METADATA_SCHEMA = pa.schema([
-    ("uid", pa.string()), ("url", pa.string()), ("text", pa.string()),
-    ("original_width", pa.int64()), ("original_height", pa.int64()), ("sha256", pa.string()),
-    ("clip_b32_similarity_score", pa.float64()), ("clip_l14_similarity_score", pa.float64()),
-    ("face_bboxes", pa.list_(pa.list_(pa.float64()))),
-])
+METADATA_SCHEMA = pa.schema(
+    [
+        ("uid", pa.string()),
+        ("url", pa.string()),
+        ("text", pa.string()),
+        ("original_width", pa.int64()),
+        ("original_height", pa.int64()),
+        ("sha256", pa.string()),
+        ("clip_b32_similarity_score", pa.float64()),
+        ("clip_l14_similarity_score", pa.float64()),
+        ("face_bboxes", pa.list_(pa.list_(pa.float64()))),
+    ]
+)
 DUP_KINDS = ("exact", "near")
 
 
-def make_pool(out_dir, rows: int, *, seed: int = 0, images: bool = False, shard_rows: int = 10_000,
-              workers: int | None = None) -> dict:
+def make_pool(
+    out_dir,
+    rows: int,
+    *,
+    seed: int = 0,
+    images: bool = False,
+    shard_rows: int = 10_000,
+    workers: int | None = None,
+) -> dict:
     """Write a synthetic DataComp pool with ``rows`` samples under ``out_dir``; return a summary.
 
     Layout: ``metadata/<stem>.parquet`` + ``.npz`` (DataComp's), ``truth.parquet`` (ground truth,
@@ -70,8 +85,23 @@ def make_pool(out_dir, rows: int, *, seed: int = 0, images: bool = False, shard_
     _WORLDS[_world_key(_world_params(world))] = world
     plan = _plan(world, rows, shard_rows)
     n_shards = len(plan["sizes"])
-    workers = min(n_shards, os.cpu_count() or 1) if workers is None else max(1, int(workers))
-    log.info("synthetic pool: %d rows in %d shards, seed %d, images=%s, %d worker(s)", rows, n_shards, seed, images, workers)
+    if (
+        workers is None
+    ):  # processes pay off only when there is enough work to amortise their start-up
+        workers = (
+            1
+            if rows < PARALLEL_MIN_ROWS // (5 if images else 1)
+            else min(n_shards, os.cpu_count() or 1)
+        )
+    workers = max(1, int(workers))
+    log.info(
+        "synthetic pool: %d rows in %d shards, seed %d, images=%s, %d worker(s)",
+        rows,
+        n_shards,
+        seed,
+        images,
+        workers,
+    )
     with atomic_dir(out_dir) as tmp:
         work = tmp / ".work"
         (tmp / "metadata").mkdir()
@@ -84,14 +114,30 @@ def make_pool(out_dir, rows: int, *, seed: int = 0, images: bool = False, shard_
         results = _run(jobs, workers)
         _merge_truth(work / "truth", sorted(plan["stems"]), tmp / "truth.parquet")
         shutil.rmtree(work)
-        write_json(tmp / "world.json", {**world.to_dict(), "pool": {
-            "rows": rows, "shard_rows": shard_rows, "shards": n_shards, "images": bool(images),
-            "image_side": S.IMAGE_SIDE if images else None, "dup_groups": plan["n_groups"],
-        }})
+        write_json(
+            tmp / "world.json",
+            {
+                **world.to_dict(),
+                "pool": {
+                    "rows": rows,
+                    "shard_rows": shard_rows,
+                    "shards": n_shards,
+                    "images": bool(images),
+                    "image_side": S.IMAGE_SIDE if images else None,
+                    "dup_groups": plan["n_groups"],
+                },
+            },
+        )
     seconds = time.perf_counter() - t0
     summary = {
-        "out_dir": str(out_dir), "rows": rows, "seed": int(seed), "shards": n_shards, "shard_rows": shard_rows,
-        "images": bool(images), "workers": workers, "seconds": round(seconds, 3),
+        "out_dir": str(out_dir),
+        "rows": rows,
+        "seed": int(seed),
+        "shards": n_shards,
+        "shard_rows": shard_rows,
+        "images": bool(images),
+        "workers": workers,
+        "seconds": round(seconds, 3),
         "rows_per_s": round(rows / seconds, 1) if seconds > 0 else None,
         "dup_groups": plan["n_groups"],
     }
@@ -108,9 +154,13 @@ def _check_target(out_dir: Path) -> None:
     """Refuse to replace a non-empty folder that is not a synthetic pool."""
     if out_dir.exists():
         if not out_dir.is_dir():
-            raise PoolError(f"{out_dir}: exists and is not a folder; pass a new or empty folder for the pool")
+            raise PoolError(
+                f"{out_dir}: exists and is not a folder; pass a new or empty folder for the pool"
+            )
         if any(out_dir.iterdir()) and not (out_dir / "world.json").exists():
-            raise PoolError(f"{out_dir}: folder is not empty and holds no synthetic pool; pass a new or empty folder")
+            raise PoolError(
+                f"{out_dir}: folder is not empty and holds no synthetic pool; pass a new or empty folder"
+            )
 
 
 # ---------------------------------------------------------------------------------------- plan
@@ -147,7 +197,9 @@ def _plan(world: World, rows: int, shard_rows: int) -> dict:
         gsz, gkind = np.zeros(0, np.int64), np.zeros(0, np.int8)
     total = int(gsz.sum())
     if total > rows:
-        raise PoolError(f"duplicate rates need {total} rows but the pool has {rows}; lower the dup rates")
+        raise PoolError(
+            f"duplicate rates need {total} rows but the pool has {rows}; lower the dup rates"
+        )
     pos = np.sort(rng.choice(rows, size=total, replace=False)) if total else np.zeros(0, np.int64)
     pos = rng.permutation(pos)  # random assignment of positions to group members
     group = np.repeat(np.arange(len(gsz)), gsz)
@@ -159,8 +211,15 @@ def _plan(world: World, rows: int, shard_rows: int) -> dict:
     starts = np.concatenate([[0], np.cumsum(gsz)[:-1]]) if len(gsz) else np.zeros(0, np.int64)
     rank_in_group[order] = np.arange(total) - np.repeat(starts, gsz)
     return {
-        "sizes": sizes, "stems": stems, "shard_rows": shard_rows, "n_groups": len(gsz), "group_kind": gkind,
-        "member_shard": shard, "member_row": row, "member_group": group, "member_rank": rank_in_group,
+        "sizes": sizes,
+        "stems": stems,
+        "shard_rows": shard_rows,
+        "n_groups": len(gsz),
+        "group_kind": gkind,
+        "member_shard": shard,
+        "member_row": row,
+        "member_group": group,
+        "member_rank": rank_in_group,
     }
 
 
@@ -189,7 +248,9 @@ def _write_bank(world: World, n_groups: int, path: Path) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------- jobs
-def _jobs(world: World, plan: dict, bank: np.ndarray, bank_path: Path, tmp: Path, images: bool) -> list[dict]:
+def _jobs(
+    world: World, plan: dict, bank: np.ndarray, bank_path: Path, tmp: Path, images: bool
+) -> list[dict]:
     stems = plan["stems"]
     sizes = plan["sizes"]
     order = np.argsort(np.array(stems))
@@ -202,13 +263,23 @@ def _jobs(world: World, plan: dict, bank: np.ndarray, bank_path: Path, tmp: Path
     for s in range(len(sizes)):
         m = by_shard[bounds[s] : bounds[s + 1]]
         groups = plan["member_group"][m]
-        jobs.append({
-            "world": _world_params(world),
-            "shard": s, "stem": stems[s], "rows": int(sizes[s]), "out": str(tmp), "images": images,
-            "first_tar": int(first_tar[s]), "bank_path": str(bank_path),
-            "dup_rows": plan["member_row"][m], "dup_groups": groups, "dup_kind": plan["group_kind"][groups],
-            "dup_rank": plan["member_rank"][m], "dup_content": bank[groups],
-        })
+        jobs.append(
+            {
+                "world": _world_params(world),
+                "shard": s,
+                "stem": stems[s],
+                "rows": int(sizes[s]),
+                "out": str(tmp),
+                "images": images,
+                "first_tar": int(first_tar[s]),
+                "bank_path": str(bank_path),
+                "dup_rows": plan["member_row"][m],
+                "dup_groups": groups,
+                "dup_kind": plan["group_kind"][groups],
+                "dup_rank": plan["member_rank"][m],
+                "dup_content": bank[groups],
+            }
+        )
     return jobs
 
 
@@ -238,7 +309,10 @@ def _run(jobs: list[dict], workers: int) -> list[dict]:
                 bar.update(job["rows"])
         else:
             ctx = multiprocessing.get_context("spawn")
-            with _single_threaded_children(), ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
+            with (
+                _single_threaded_children(),
+                ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex,
+            ):
                 for job, res in zip(jobs, ex.map(make_shard, jobs)):
                     results.append(res)
                     bar.update(job["rows"])
@@ -251,11 +325,21 @@ _WORLDS: dict = {}
 
 
 def _world_params(world: World) -> dict:
-    return {"seed": world.seed, "n_concepts": world.n_concepts, "zipf": world.zipf, "rates": world.rates}
+    return {
+        "seed": world.seed,
+        "n_concepts": world.n_concepts,
+        "zipf": world.zipf,
+        "rates": world.rates,
+    }
 
 
 def _world_key(params: dict) -> tuple:
-    return (params["seed"], params["n_concepts"], params["zipf"], tuple(sorted(params["rates"].items())))
+    return (
+        params["seed"],
+        params["n_concepts"],
+        params["zipf"],
+        tuple(sorted(params["rates"].items())),
+    )
 
 
 def _world(params: dict) -> World:
@@ -310,17 +394,29 @@ def make_shard(job: dict) -> dict:
                 vec = np.where(copies[:, None], moved, vec)
             emb[k][rows_d] = vec.astype(np.float16)
 
-    scores = {m: np.einsum("ij,ij->i", emb[f"{m}_img"].astype(np.float32), emb[f"{m}_txt"].astype(np.float32)).astype(np.float64)
-              for m in ("b32", "l14")}
+    scores = {
+        m: np.einsum(
+            "ij,ij->i", emb[f"{m}_img"].astype(np.float32), emb[f"{m}_txt"].astype(np.float32)
+        ).astype(np.float64)
+        for m in ("b32", "l14")
+    }
     uids = text.hex_strings(uid_raw)
     urls = text.urls(content["lang"], url_rng)
     bboxes = _face_bboxes(content)
-    table = pa.Table.from_arrays([
-        uids, urls, captions,
-        pa.array(content["width"], pa.int64()), pa.array(content["height"], pa.int64()),
-        text.hex_strings(content["sha"]),
-        pa.array(scores["b32"], pa.float64()), pa.array(scores["l14"], pa.float64()), bboxes,
-    ], schema=METADATA_SCHEMA)
+    table = pa.Table.from_arrays(
+        [
+            uids,
+            urls,
+            captions,
+            pa.array(content["width"], pa.int64()),
+            pa.array(content["height"], pa.int64()),
+            text.hex_strings(content["sha"]),
+            pa.array(scores["b32"], pa.float64()),
+            pa.array(scores["l14"], pa.float64()),
+            bboxes,
+        ],
+        schema=METADATA_SCHEMA,
+    )
     out = Path(job["out"])
     pq.write_table(table, out / "metadata" / f"{job['stem']}.parquet")
     write_npz(out / "metadata" / f"{job['stem']}.npz", emb)
@@ -334,11 +430,21 @@ def make_shard(job: dict) -> dict:
         cap_list = captions.to_pylist()
         texts = [cap_list[i] if content["rendered_text"][i] else None for i in range(n)]
         squares = world.render(lat, size=S.IMAGE_SIDE, texts=texts)
-        successes = S.write_shards(out / "shards", job["first_tar"], {
-            "uid": uids.to_pylist(), "caption": cap_list, "url": urls.to_pylist(),
-            "original_width": content["width"], "original_height": content["height"],
-            "face_bboxes": bboxes.to_pylist(), "ok": ok, "fail": fail,
-        }, squares)
+        successes = S.write_shards(
+            out / "shards",
+            job["first_tar"],
+            {
+                "uid": uids.to_pylist(),
+                "caption": cap_list,
+                "url": urls.to_pylist(),
+                "original_width": content["width"],
+                "original_height": content["height"],
+                "face_bboxes": bboxes.to_pylist(),
+                "ok": ok,
+                "fail": fail,
+            },
+            squares,
+        )
     counts = {
         "mismatched": int(content["mismatched"].sum()),
         "generic_captions": int((content["kind"] == text.KIND_GENERIC).sum()),
@@ -356,12 +462,18 @@ def _face_bboxes(content: np.ndarray) -> pa.Array:
     nf = content["n_faces"].astype(np.int64)
     keep = np.arange(3)[None, :] < nf[:, None]
     boxes = content["faces"][keep].reshape(-1)  # (total*4,)
-    inner = pa.ListArray.from_arrays(pa.array(np.arange(0, boxes.size + 1, 4, dtype=np.int32)), pa.array(boxes, pa.float64()))
+    inner = pa.ListArray.from_arrays(
+        pa.array(np.arange(0, boxes.size + 1, 4, dtype=np.int32)), pa.array(boxes, pa.float64())
+    )
     outer_off = np.concatenate([[0], np.cumsum(nf)]).astype(np.int32)
-    return pa.ListArray.from_arrays(pa.array(outer_off), inner, type=pa.list_(pa.list_(pa.float64())))
+    return pa.ListArray.from_arrays(
+        pa.array(outer_off), inner, type=pa.list_(pa.list_(pa.float64()))
+    )
 
 
-def _truth(world: World, job: dict, content: np.ndarray, uids: pa.Array, n: int, ok: np.ndarray) -> pa.Table:
+def _truth(
+    world: World, job: dict, content: np.ndarray, uids: pa.Array, n: int, ok: np.ndarray
+) -> pa.Table:
     dup_group = np.full(n, -1, dtype=np.int64)
     dup_kind = np.zeros(n, dtype=np.int64)  # 0 none, 1 exact, 2 near
     is_copy = np.zeros(n, dtype=bool)
@@ -370,36 +482,38 @@ def _truth(world: World, job: dict, content: np.ndarray, uids: pa.Array, n: int,
     is_copy[job["dup_rows"]] = job["dup_rank"] > 0
     names = pa.array(world.concept_names)
     cap_concept = content["cap_concept"].astype(np.int64)
-    return pa.table({
-        "uid": uids,
-        "stem": pa.array([job["stem"]] * n, pa.string()),
-        "row": pa.array(np.arange(n, dtype=np.int64)),
-        "concept": content["concept"].astype(np.int64),
-        "concept_name": names.take(content["concept"].astype(np.int64)),
-        "shape": pa.array(world.shapes).take(content["shape"].astype(np.int64)),
-        "colour": pa.array(world.colours).take(content["colour"].astype(np.int64)),
-        "texture": pa.array(world.textures).take(content["texture"].astype(np.int64)),
-        "count": content["count"].astype(np.int64),
-        "layout": content["layout"].astype(np.int64),
-        "variant": content["variant"].astype(np.int64),
-        "caption_concept": cap_concept,
-        "caption_concept_name": names.take(cap_concept),
-        "caption_kind": pa.array(list(text.KINDS)).take(content["kind"].astype(np.int64)),
-        "caption_template": content["template"].astype(np.int64),
-        "caption_quality": content["quality"].astype(np.float64),
-        "lang": pa.array(world.languages).take(content["lang"].astype(np.int64)),
-        "is_mismatched": content["mismatched"],
-        "is_generic_caption": content["kind"] == text.KIND_GENERIC,
-        "is_short_caption": content["kind"] == text.KIND_SHORT,
-        "has_rendered_text": content["rendered_text"],
-        "is_small_image": content["small"],
-        "is_extreme_aspect": content["extreme"],
-        "n_faces": content["n_faces"].astype(np.int64),
-        "dup_group": dup_group,
-        "dup_kind": pa.array(["", "exact", "near"]).take(dup_kind),
-        "is_dup_copy": is_copy,
-        "download_ok": ok,
-    })
+    return pa.table(
+        {
+            "uid": uids,
+            "stem": pa.array([job["stem"]] * n, pa.string()),
+            "row": pa.array(np.arange(n, dtype=np.int64)),
+            "concept": content["concept"].astype(np.int64),
+            "concept_name": names.take(content["concept"].astype(np.int64)),
+            "shape": pa.array(world.shapes).take(content["shape"].astype(np.int64)),
+            "colour": pa.array(world.colours).take(content["colour"].astype(np.int64)),
+            "texture": pa.array(world.textures).take(content["texture"].astype(np.int64)),
+            "count": content["count"].astype(np.int64),
+            "layout": content["layout"].astype(np.int64),
+            "variant": content["variant"].astype(np.int64),
+            "caption_concept": cap_concept,
+            "caption_concept_name": names.take(cap_concept),
+            "caption_kind": pa.array(list(text.KINDS)).take(content["kind"].astype(np.int64)),
+            "caption_template": content["template"].astype(np.int64),
+            "caption_quality": content["quality"].astype(np.float64),
+            "lang": pa.array(world.languages).take(content["lang"].astype(np.int64)),
+            "is_mismatched": content["mismatched"],
+            "is_generic_caption": content["kind"] == text.KIND_GENERIC,
+            "is_short_caption": content["kind"] == text.KIND_SHORT,
+            "has_rendered_text": content["rendered_text"],
+            "is_small_image": content["small"],
+            "is_extreme_aspect": content["extreme"],
+            "n_faces": content["n_faces"].astype(np.int64),
+            "dup_group": dup_group,
+            "dup_kind": pa.array(["", "exact", "near"]).take(dup_kind),
+            "is_dup_copy": is_copy,
+            "download_ok": ok,
+        }
+    )
 
 
 def _merge_truth(folder: Path, stems_in_pool_order: list[str], dest: Path) -> None:

@@ -55,7 +55,9 @@ def _pattern(tex: int, lay: np.ndarray, size: int) -> np.ndarray:
     if tex == 4:
         return np.ascontiguousarray(a)
     if tex == 5:
-        pix = np.arange(size * size, dtype=np.uint64)[None] + lay.astype(np.uint64)[:, None] * np.uint64(size * size)
+        pix = np.arange(size * size, dtype=np.uint64)[None] + lay.astype(np.uint64)[
+            :, None
+        ] * np.uint64(size * size)
         return _hash_uniform(pix.reshape(-1), 7).reshape(k, size, size)
     return (np.sin((a + 0.08 * np.sin(b * 25 + phase * 6)) / period * np.pi) > 0).astype(np.float32)
 
@@ -64,7 +66,9 @@ def _background(lat: np.ndarray, size: int) -> np.ndarray:
     """(n, size, size, 3) float32 textured backgrounds: a light colour and a darker one, mixed by pattern."""
     n = len(lat)
     lay = lat["layout"]
-    base = (150 + 90 * np.stack([_hash_uniform(lay, i) for i in range(3)], axis=1)).astype(np.float32)
+    base = (150 + 90 * np.stack([_hash_uniform(lay, i) for i in range(3)], axis=1)).astype(
+        np.float32
+    )
     dark = base * (0.55 + 0.15 * _hash_uniform(lay, 3))[:, None]
     p = np.empty((n, size, size), dtype=np.float32)
     tex = lat["texture"]
@@ -141,7 +145,9 @@ def _render_chunk(world, lat: np.ndarray, size: int) -> np.ndarray:
                 mask[sel] = _shape_mask(int(sh), u[sel], v[sel])
             gx = np.clip(np.floor((u + 1) * 2), 0, 3).astype(np.int64)
             gy = np.clip(np.floor((v + 1) * 2), 0, 3).astype(np.int64)
-            bit = np.take_along_axis(glyph[rows], (gy * 4 + gx).reshape(len(rows), -1), axis=1).reshape(mask.shape)
+            bit = np.take_along_axis(
+                glyph[rows], (gy * 4 + gx).reshape(len(rows), -1), axis=1
+            ).reshape(mask.shape)
             shade = np.where(bit, np.float32(1.0), np.float32(0.55))
             ys = y0[:, None] + np.arange(patch)[None]
             xs = x0[:, None] + np.arange(patch)[None]

@@ -38,7 +38,9 @@ def stored_size(width: np.ndarray, height: np.ndarray, side: int = IMAGE_SIDE):
     w = np.asarray(width, dtype=np.float64)
     h = np.asarray(height, dtype=np.float64)
     scale = np.minimum(1.0, side / np.maximum(w, h))
-    return np.maximum(1, np.rint(w * scale)).astype(np.int64), np.maximum(1, np.rint(h * scale)).astype(np.int64)
+    return np.maximum(1, np.rint(w * scale)).astype(np.int64), np.maximum(
+        1, np.rint(h * scale)
+    ).astype(np.int64)
 
 
 def _member(fh, name: str, data: bytes) -> None:
@@ -78,8 +80,24 @@ def write_shards(out: Path, first_id: int, rows: dict, squares: np.ndarray) -> l
     for j, start in enumerate(range(0, n, SAMPLES_PER_SHARD)):
         sid = first_id + j
         stop = min(n, start + SAMPLES_PER_SHARD)
-        table_rows = {k: [] for k in ("uid", "face_bboxes", "caption", "url", "key", "status", "error_message",
-                                      "width", "height", "original_width", "original_height", "exif", "sha256")}
+        table_rows = {
+            k: []
+            for k in (
+                "uid",
+                "face_bboxes",
+                "caption",
+                "url",
+                "key",
+                "status",
+                "error_message",
+                "width",
+                "height",
+                "original_width",
+                "original_height",
+                "exif",
+                "sha256",
+            )
+        }
         status_dict: dict[str, int] = {}
         with atomic_path(out / f"{sid:08d}.tar") as tmp, open(tmp, "wb") as tar:
             for r in range(start, stop):
@@ -95,10 +113,19 @@ def write_shards(out: Path, first_id: int, rows: dict, squares: np.ndarray) -> l
                     jpg = buf.getvalue()
                     sha = hashlib.sha256(jpg).hexdigest()
                     meta = {
-                        "uid": rows["uid"][r], "face_bboxes": rows["face_bboxes"][r], "caption": rows["caption"][r],
-                        "url": rows["url"][r], "key": key, "status": "success", "error_message": None,
-                        "width": size[0], "height": size[1], "original_width": int(ow[r]),
-                        "original_height": int(oh[r]), "exif": "{}", "sha256": sha,
+                        "uid": rows["uid"][r],
+                        "face_bboxes": rows["face_bboxes"][r],
+                        "caption": rows["caption"][r],
+                        "url": rows["url"][r],
+                        "key": key,
+                        "status": "success",
+                        "error_message": None,
+                        "width": size[0],
+                        "height": size[1],
+                        "original_width": int(ow[r]),
+                        "original_height": int(oh[r]),
+                        "exif": "{}",
+                        "sha256": sha,
                     }
                     _member(tar, key + ".jpg", jpg)
                     _member(tar, key + ".json", json.dumps(meta, indent=4).encode("utf-8"))
@@ -106,21 +133,43 @@ def write_shards(out: Path, first_id: int, rows: dict, squares: np.ndarray) -> l
                     status_dict["success"] = status_dict.get("success", 0) + 1
                 else:
                     msg = FAIL_MESSAGES[int(rows["fail"][r]) % len(FAIL_MESSAGES)]
-                    meta = {"uid": rows["uid"][r], "face_bboxes": rows["face_bboxes"][r], "caption": rows["caption"][r],
-                            "url": rows["url"][r], "key": key, "status": "failed_to_download", "error_message": msg,
-                            "width": None, "height": None, "original_width": None, "original_height": None,
-                            "exif": None, "sha256": None}
+                    meta = {
+                        "uid": rows["uid"][r],
+                        "face_bboxes": rows["face_bboxes"][r],
+                        "caption": rows["caption"][r],
+                        "url": rows["url"][r],
+                        "key": key,
+                        "status": "failed_to_download",
+                        "error_message": msg,
+                        "width": None,
+                        "height": None,
+                        "original_width": None,
+                        "original_height": None,
+                        "exif": None,
+                        "sha256": None,
+                    }
                     status_dict[msg] = status_dict.get(msg, 0) + 1
                 for k in table_rows:
                     table_rows[k].append(meta[k])
             _close_tar(tar)
         n_ok = status_dict.get("success", 0)
-        schema = pa.schema([
-            ("uid", pa.string()), ("face_bboxes", pa.list_(pa.list_(pa.float64()))), ("caption", pa.string()),
-            ("url", pa.string()), ("key", pa.string()), ("status", pa.string()), ("error_message", pa.string()),
-            ("width", pa.int64()), ("height", pa.int64()), ("original_width", pa.int64()),
-            ("original_height", pa.int64()), ("exif", pa.string()), ("sha256", pa.string()),
-        ])
+        schema = pa.schema(
+            [
+                ("uid", pa.string()),
+                ("face_bboxes", pa.list_(pa.list_(pa.float64()))),
+                ("caption", pa.string()),
+                ("url", pa.string()),
+                ("key", pa.string()),
+                ("status", pa.string()),
+                ("error_message", pa.string()),
+                ("width", pa.int64()),
+                ("height", pa.int64()),
+                ("original_width", pa.int64()),
+                ("original_height", pa.int64()),
+                ("exif", pa.string()),
+                ("sha256", pa.string()),
+            ]
+        )
         with atomic_path(out / f"{sid:08d}.parquet") as tmp:
             pq.write_table(pa.Table.from_pydict(table_rows, schema=schema), tmp)
         stats = {

@@ -18,9 +18,15 @@ ATTRIBUTES = ("concept", "shape", "colour", "texture", "count")
 
 # slot -> attribute it describes (None: describes nothing in the image)
 _SLOT_ATTR = {
-    "noun": "concept", "nouns": "concept", "a_noun": "concept",
-    "shape": "shape", "shapes": "shape",
-    "colour": "colour", "texture": "texture", "count": "count", "num": None,
+    "noun": "concept",
+    "nouns": "concept",
+    "a_noun": "concept",
+    "shape": "shape",
+    "shapes": "shape",
+    "colour": "colour",
+    "texture": "texture",
+    "count": "count",
+    "num": None,
 }
 
 KIND_NORMAL, KIND_SHORT, KIND_GENERIC = 0, 1, 2
@@ -84,7 +90,10 @@ def n_templates(kind: int, lang: str) -> int:
 
 def template_count_table() -> np.ndarray:
     """(kinds, languages) number of templates; 0 where a kind has no template in a language."""
-    return np.array([[n_templates(k, lang) for lang in vocab.LANGUAGES] for k in range(len(KINDS))], dtype=np.int64)
+    return np.array(
+        [[n_templates(k, lang) for lang in vocab.LANGUAGES] for k in range(len(KINDS))],
+        dtype=np.int64,
+    )
 
 
 def described_table() -> np.ndarray:
@@ -111,8 +120,19 @@ class WordTables:
         self.nouns_en = pa.array(en + [n["plural"] for n in nouns])  # index + K*plural
         self.a_noun = pa.array(art)
         self.shapes = pa.array(list(vocab.SHAPES) + list(vocab.SHAPES_PLURAL))
-        self.colour = {lang: pa.array([c[0 if lang == "en" else 2 + ["de", "fr", "es"].index(lang)] for c in vocab.COLOURS]) for lang in vocab.LANGUAGES}
-        self.texture = {lang: pa.array([t[vocab.LANGUAGES.index(lang)] for t in vocab.TEXTURES]) for lang in vocab.LANGUAGES}
+        self.colour = {
+            lang: pa.array(
+                [
+                    c[0 if lang == "en" else 2 + ["de", "fr", "es"].index(lang)]
+                    for c in vocab.COLOURS
+                ]
+            )
+            for lang in vocab.LANGUAGES
+        }
+        self.texture = {
+            lang: pa.array([t[vocab.LANGUAGES.index(lang)] for t in vocab.TEXTURES])
+            for lang in vocab.LANGUAGES
+        }
         self.count = pa.array(list(vocab.COUNT_WORDS))
 
     def slot(self, name: str, lang: str, cols: dict[str, np.ndarray]) -> pa.Array:
@@ -139,13 +159,21 @@ class WordTables:
         raise KeyError(name)
 
 
-def fill(tables: WordTables, kind: np.ndarray, lang: np.ndarray, template: np.ndarray, cols: dict[str, np.ndarray]) -> pa.Array:
+def fill(
+    tables: WordTables,
+    kind: np.ndarray,
+    lang: np.ndarray,
+    template: np.ndarray,
+    cols: dict[str, np.ndarray],
+) -> pa.Array:
     """Captions for every row: group rows by (kind, lang, template), join slot words per group.
 
     ``cols`` holds per-row caption latents: concept, shape, colour, texture, count (1-based), num.
     """
     n = len(kind)
-    key = (kind.astype(np.int64) * len(vocab.LANGUAGES) + lang.astype(np.int64)) * 256 + template.astype(np.int64)
+    key = (
+        kind.astype(np.int64) * len(vocab.LANGUAGES) + lang.astype(np.int64)
+    ) * 256 + template.astype(np.int64)
     order = np.argsort(key, kind="stable")
     sorted_key = key[order]
     bounds = np.flatnonzero(np.diff(sorted_key)) + 1
@@ -190,7 +218,9 @@ def hex_strings(raw: np.ndarray) -> pa.Array:
     chars[:, 0::2] = lut[raw >> 4]
     chars[:, 1::2] = lut[raw & 15]
     offsets = (np.arange(n + 1, dtype=np.int32) * (2 * k)).astype(np.int32)
-    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets.tobytes()), pa.py_buffer(chars.tobytes()))
+    return pa.StringArray.from_buffers(
+        n, pa.py_buffer(offsets.tobytes()), pa.py_buffer(chars.tobytes())
+    )
 
 
 def urls(lang: np.ndarray, rng: np.random.Generator) -> pa.Array:
@@ -211,4 +241,6 @@ def urls(lang: np.ndarray, rng: np.random.Generator) -> pa.Array:
     dom_arr = pa.array(flat).take(domain)
     mm = pc.utf8_lpad(pa.array(month).cast(pa.string()), 2, "0")
     ext = pa.array(list(vocab.EXTENSIONS)).take(ext_pick)
-    return pc.binary_join_element_wise("https://", dom_arr, "/", pa.array(year).cast(pa.string()), "/", mm, "/", name, ext, "")
+    return pc.binary_join_element_wise(
+        "https://", dom_arr, "/", pa.array(year).cast(pa.string()), "/", mm, "/", name, ext, ""
+    )

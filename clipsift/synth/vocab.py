@@ -400,9 +400,17 @@ GENERIC_CAPTIONS = (
 )
 
 DOMAINS = {
-    "en": ("i.pinimg.com/originals", "cdn.shopify.com/s/files", "images.squarespace-cdn.com/content",
-           "upload.wikimedia.org/wikipedia/commons", "i.ebayimg.com/images", "media.istockphoto.com/photos",
-           "www.example-store.com/media", "blog.example.org/wp-content/uploads", "img.example.net/u"),
+    "en": (
+        "i.pinimg.com/originals",
+        "cdn.shopify.com/s/files",
+        "images.squarespace-cdn.com/content",
+        "upload.wikimedia.org/wikipedia/commons",
+        "i.ebayimg.com/images",
+        "media.istockphoto.com/photos",
+        "www.example-store.com/media",
+        "blog.example.org/wp-content/uploads",
+        "img.example.net/u",
+    ),
     "de": ("www.beispiel-shop.de/media", "bilder.example.de/img", "cdn.marktplatz.de/produkte"),
     "fr": ("www.boutique-exemple.fr/images", "photos.exemple.fr/upload", "static.magasin.fr/img"),
     "es": ("www.tienda-ejemplo.es/imagenes", "fotos.ejemplo.es/media", "cdn.mercado.es/img"),

@@ -19,29 +19,38 @@ from clipsift.synth import text, vocab
 WORLD_FORMAT = "clipsift-synth-world"
 WORLD_VERSION = 1
 
-LATENT_DTYPE = np.dtype([
-    ("concept", "<i4"), ("shape", "u1"), ("colour", "u1"), ("texture", "u1"),
-    ("count", "u1"), ("layout", "<u4"), ("variant", "u1"),
-])
+LATENT_DTYPE = np.dtype(
+    [
+        ("concept", "<i4"),
+        ("shape", "u1"),
+        ("colour", "u1"),
+        ("texture", "u1"),
+        ("count", "u1"),
+        ("layout", "<u4"),
+        ("variant", "u1"),
+    ]
+)
 
 DEFAULT_RATES = {
-    "short_caption": 0.07,    # one/two-word captions
+    "short_caption": 0.07,  # one/two-word captions
     "generic_caption": 0.06,  # "click here", "photo 1234", ...
-    "mismatched": 0.15,       # caption describes another sample's content
-    "lang_de": 0.10,          # share of normal captions in each non-English language
+    "mismatched": 0.15,  # caption describes another sample's content
+    "lang_de": 0.10,  # share of normal captions in each non-English language
     "lang_fr": 0.09,
     "lang_es": 0.09,
-    "rendered_text": 0.04,    # image shows its caption as text
-    "small_image": 0.15,      # min(original side) < 200
-    "extreme_aspect": 0.04,   # max/min side > 3
-    "faces": 0.06,            # rows with 1-3 face boxes
-    "exact_dup": 0.03,        # share of rows in exact-duplicate groups (originals included)
-    "near_dup": 0.03,         # share of rows in near-duplicate groups
-    "download_fail": 0.05,    # image shards only: failed_to_download rows
+    "rendered_text": 0.04,  # image shows its caption as text
+    "small_image": 0.15,  # min(original side) < 200
+    "extreme_aspect": 0.04,  # max/min side > 3
+    "faces": 0.06,  # rows with 1-3 face boxes
+    "exact_dup": 0.03,  # share of rows in exact-duplicate groups (originals included)
+    "near_dup": 0.03,  # share of rows in near-duplicate groups
+    "download_fail": 0.05,  # image shards only: failed_to_download rows
 }
 
 COUNT_PROBS = np.array([0.35, 0.25, 0.2, 0.12, 0.08])
-ATTR_WEIGHTS = np.array([1.0, 0.5, 0.5, 0.4, 0.4], dtype=np.float32)  # concept, shape, colour, texture, count
+ATTR_WEIGHTS = np.array(
+    [1.0, 0.5, 0.5, 0.4, 0.4], dtype=np.float32
+)  # concept, shape, colour, texture, count
 GENERIC_WEIGHT = 0.5
 MODELS = {"b32": 512, "l14": 768}
 
@@ -51,12 +60,14 @@ class Teacher:
     """Constants of the teacher map for one CLIP architecture (see :meth:`World.embed`)."""
 
     dim: int
-    gap: float          # norm of the modality-gap offset
-    gap_cos: float      # cosine between the image and text offsets
-    noise: float        # norm of the sample-specific residual
-    align: float        # how much of the content subspace the text tower shares with the image tower
-    share: float        # correlation of this model's residual with the l14 residual
-    perceive: float     # per-model distortion of what the image shows (decorrelates b32 and l14 scores)
+    gap: float  # norm of the modality-gap offset
+    gap_cos: float  # cosine between the image and text offsets
+    noise: float  # norm of the sample-specific residual
+    align: float  # how much of the content subspace the text tower shares with the image tower
+    share: float  # correlation of this model's residual with the l14 residual
+    perceive: (
+        float  # per-model distortion of what the image shows (decorrelates b32 and l14 scores)
+    )
 
 
 TEACHERS = {
@@ -74,7 +85,7 @@ class World:
 
     seed: int = 0
     n_concepts: int = 300
-    zipf: float = 1.0
+    zipf: float = 0.8
     rates: dict = field(default_factory=dict)
     latent_dim: int = 64
     noise_dim: int = 96
@@ -82,10 +93,14 @@ class World:
     def __post_init__(self):
         self.seed = int(self.seed)
         if not 2 <= self.n_concepts <= len(vocab.NOUNS):
-            raise ParamError(f"n_concepts={self.n_concepts}: must be between 2 and {len(vocab.NOUNS)}")
+            raise ParamError(
+                f"n_concepts={self.n_concepts}: must be between 2 and {len(vocab.NOUNS)}"
+            )
         unknown = set(self.rates) - set(DEFAULT_RATES)
         if unknown:
-            raise ParamError(f"unknown synthetic rate(s) {sorted(unknown)}; known: {sorted(DEFAULT_RATES)}")
+            raise ParamError(
+                f"unknown synthetic rate(s) {sorted(unknown)}; known: {sorted(DEFAULT_RATES)}"
+            )
         self.rates = {**DEFAULT_RATES, **{k: float(v) for k, v in self.rates.items()}}
         for k, v in self.rates.items():
             if not 0.0 <= v <= 1.0:
@@ -141,12 +156,23 @@ class World:
             "latent_dim": self.latent_dim,
             "noise_dim": self.noise_dim,
             "concepts": [
-                {"id": i, "name": n["name"], "plural": n["plural"], "de": n["de"], "fr": n["fr"], "es": n["es"],
-                 "frequency": float(self.concept_freq[i]), "glyph": int(self.glyphs[i] @ (1 << np.arange(16)))}
+                {
+                    "id": i,
+                    "name": n["name"],
+                    "plural": n["plural"],
+                    "de": n["de"],
+                    "fr": n["fr"],
+                    "es": n["es"],
+                    "frequency": float(self.concept_freq[i]),
+                    "glyph": int(self.glyphs[i] @ (1 << np.arange(16))),
+                }
                 for i, n in enumerate(self.nouns)
             ],
             "shapes": self.shapes,
-            "colours": [{"name": c, "rgb": [int(x) for x in rgb]} for c, rgb in zip(self.colours, self.colour_rgb)],
+            "colours": [
+                {"name": c, "rgb": [int(x) for x in rgb]}
+                for c, rgb in zip(self.colours, self.colour_rgb)
+            ],
             "textures": self.textures,
             "counts": self.counts,
             "languages": self.languages,
@@ -160,14 +186,26 @@ class World:
         try:
             obj = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise PoolError(f"{path}: cannot read world file ({exc}); pass the world.json of a synthetic pool") from exc
+            raise PoolError(
+                f"{path}: cannot read world file ({exc}); pass the world.json of a synthetic pool"
+            ) from exc
         if obj.get("format") != WORLD_FORMAT or obj.get("version") != WORLD_VERSION:
-            raise PoolError(f"{path}: not a clipsift synthetic world (format/version); pass the world.json of a synthetic pool")
-        world = cls(seed=obj["seed"], n_concepts=obj["n_concepts"], zipf=obj["zipf"], rates=obj["rates"],
-                    latent_dim=obj["latent_dim"], noise_dim=obj["noise_dim"])
+            raise PoolError(
+                f"{path}: not a clipsift synthetic world (format/version); pass the world.json of a synthetic pool"
+            )
+        world = cls(
+            seed=obj["seed"],
+            n_concepts=obj["n_concepts"],
+            zipf=obj["zipf"],
+            rates=obj["rates"],
+            latent_dim=obj["latent_dim"],
+            noise_dim=obj["noise_dim"],
+        )
         names = [c["name"] for c in obj.get("concepts", [])]
         if names and names != world.concept_names:
-            raise PoolError(f"{path}: concept list differs from this clipsift version's vocabulary; regenerate the pool")
+            raise PoolError(
+                f"{path}: concept list differs from this clipsift version's vocabulary; regenerate the pool"
+            )
         return world
 
     # ------------------------------------------------------------------ sampling
@@ -182,14 +220,18 @@ class World:
         out["layout"] = rng.integers(0, 1 << 32, n, dtype=np.uint32)
         return out
 
-    def captions(self, latents: np.ndarray, rng: np.random.Generator, lang: str = "en") -> np.ndarray:
+    def captions(
+        self, latents: np.ndarray, rng: np.random.Generator, lang: str = "en"
+    ) -> np.ndarray:
         """Clean captions describing ``latents`` with random templates of ``lang`` (object array of str)."""
         if lang not in self.languages:
             raise ParamError(f"lang={lang!r}: must be one of {self.languages}")
         n = len(latents)
         li = self.languages.index(lang)
         template = rng.integers(0, 1 << 16, n) % self._n_templates[text.KIND_NORMAL, li]
-        arr = self._fill(np.full(n, text.KIND_NORMAL), np.full(n, li), template, latents, np.zeros(n, np.int64))
+        arr = self._fill(
+            np.full(n, text.KIND_NORMAL), np.full(n, li), template, latents, np.zeros(n, np.int64)
+        )
         return np.array(arr.to_pylist(), dtype=object)
 
     def described(self, kind: np.ndarray, lang: np.ndarray, template: np.ndarray) -> np.ndarray:
@@ -211,20 +253,26 @@ class World:
     # ------------------------------------------------------------------ teacher
     def image_content(self, latents: np.ndarray) -> np.ndarray:
         """Unit content vectors (n, latent_dim) of images: weighted attribute vectors plus a generic part."""
-        z = GENERIC_WEIGHT * np.broadcast_to(self.u_generic, (len(latents), self.latent_dim)).astype(np.float32)
+        z = GENERIC_WEIGHT * np.broadcast_to(
+            self.u_generic, (len(latents), self.latent_dim)
+        ).astype(np.float32)
         for w, a in zip(ATTR_WEIGHTS, text.ATTRIBUTES):
             idx = latents[a].astype(np.int64) - (1 if a == "count" else 0)
             z = z + w * self.U[a][idx]
         return _unit(z)
 
-    def text_content(self, cap: np.ndarray, described: np.ndarray, kind=None, lang=None, num_phrase=None) -> np.ndarray:
+    def text_content(
+        self, cap: np.ndarray, described: np.ndarray, kind=None, lang=None, num_phrase=None
+    ) -> np.ndarray:
         """Unit content vectors of captions mentioning the ``described`` attributes of ``cap``.
 
         Generic captions point at a shared "photo" direction; non-English ones are pulled
         towards a language direction (an English-trained CLIP reads them poorly).
         """
         n = len(cap)
-        z = GENERIC_WEIGHT * np.broadcast_to(self.u_generic, (n, self.latent_dim)).astype(np.float32)
+        z = GENERIC_WEIGHT * np.broadcast_to(self.u_generic, (n, self.latent_dim)).astype(
+            np.float32
+        )
         for j, (w, a) in enumerate(zip(ATTR_WEIGHTS, text.ATTRIBUTES)):
             idx = cap[a].astype(np.int64) - (1 if a == "count" else 0)
             z = z + (w * described[:, j])[:, None] * self.U[a][idx]
@@ -239,7 +287,14 @@ class World:
                 z[gen] = _unit(self.u_generic + 0.8 * self.U_generic_phrase[num_phrase[gen]])
         return z
 
-    def project(self, model: str, z_img: np.ndarray, z_txt: np.ndarray, eta_img: np.ndarray, eta_txt: np.ndarray):
+    def project(
+        self,
+        model: str,
+        z_img: np.ndarray,
+        z_txt: np.ndarray,
+        eta_img: np.ndarray,
+        eta_txt: np.ndarray,
+    ):
         """Teacher embeddings (float32, unit rows) of one model from content vectors and residual noise."""
         W_img, W_txt = self._W[model]
         ones = np.ones((len(z_img), 1), dtype=np.float32)
@@ -247,7 +302,9 @@ class World:
         txt = np.concatenate([z_txt, eta_txt, ones], axis=1) @ W_txt
         return _unit(img), _unit(txt)
 
-    def embed(self, latents: np.ndarray, rng: np.random.Generator | None = None, described=None) -> dict:
+    def embed(
+        self, latents: np.ndarray, rng: np.random.Generator | None = None, described=None
+    ) -> dict:
         """Teacher embeddings of images ``latents`` and of clean English captions describing them.
 
         ``described``: attribute names the captions mention (default all of concept, shape, colour,
@@ -260,7 +317,9 @@ class World:
         bad = set(names) - set(text.ATTRIBUTES)
         if bad:
             raise ParamError(f"described={sorted(bad)}: attributes are {list(text.ATTRIBUTES)}")
-        mask = np.broadcast_to(np.array([a in names for a in text.ATTRIBUTES]), (n, len(text.ATTRIBUTES)))
+        mask = np.broadcast_to(
+            np.array([a in names for a in text.ATTRIBUTES]), (n, len(text.ATTRIBUTES))
+        )
         noise = draw_noise(self, n, rng) if rng is not None else zero_noise(self, n)
         z_img = self.image_content(latents)
         z_txt = self.text_content(latents, mask)
@@ -294,8 +353,12 @@ class World:
         g_txt = t.gap_cos * g_img + np.sqrt(1 - t.gap_cos**2) * g_other
         P_txt = t.align * P + np.sqrt(1 - t.align**2) * R
         scale = t.noise / np.sqrt(m)
-        W_img = np.concatenate([P.T, scale * Q_img.T, t.gap * g_img[None]], axis=0).astype(np.float32)
-        W_txt = np.concatenate([P_txt.T, scale * Q_txt.T, t.gap * g_txt[None]], axis=0).astype(np.float32)
+        W_img = np.concatenate([P.T, scale * Q_img.T, t.gap * g_img[None]], axis=0).astype(
+            np.float32
+        )
+        W_txt = np.concatenate([P_txt.T, scale * Q_txt.T, t.gap * g_txt[None]], axis=0).astype(
+            np.float32
+        )
         return W_img, W_txt
 
 
