@@ -54,7 +54,7 @@ class ClipCovFilter(Filter):
         Param("kmeans_iters", int, 20, "Lloyd iterations for partition=kmeans and cap splits", min=1),
         Param("fast", bool, False, "fp32/TF32 products: faster, NOT parity-exact"),
         Param("redundancy_scale", float, 1.0, "fixed mode: weight of the redundancy term"),
-        Param("block", int, 8192, "rows per block in the per-class products (memory: block^2 fp64)", min=1),
+        Param("block", int, None, "rows per block in the per-class products, memory ~ 3*block^2*8 bytes (default 4096 on CPU, 16384 on CUDA)", min=1),
         Param("check_scores", bool, True, "check image.text against clip_<emb>_similarity_score (row alignment)"),
         Param("order_out", str, None, "also write the picks in order to this parquet (rank, uid, global_index, key, class)"),
     )
@@ -85,7 +85,8 @@ class ClipCovFilter(Filter):
         device = ctx.torch_device()
         n = store.num_rows
         k = budget(n, self.fraction, self.count)
-        s = Settings(self.mode, self.embeddings, self.batch, self.threshold, self.cap, self.fast, self.block, device, self.redundancy_scale)
+        block = self.block or (4096 if device == "cpu" else 16384)
+        s = Settings(self.mode, self.embeddings, self.batch, self.threshold, self.cap, self.fast, block, device, self.redundancy_scale)
         units = make_units(store, self.cap, device, run_dir / f"units-{self.cap}.npz")
         loader = UnitLoader(store, part, s)
         if self.fast:

@@ -157,7 +157,7 @@ def test_resume_and_cap(tmp_path):
     assert np.array_equal(first.uids, ref.uids) and np.array_equal(again.uids, ref.uids)
     # a cap at or above the largest class changes nothing
     big = max(first.details["class_sizes"])
-    capped = run(root, tmp_path / "w2", **base, cap=big, order_out=str(tmp_path / "c.parquet"))
+    run(root, tmp_path / "w2", **base, cap=big, order_out=str(tmp_path / "c.parquet"))
     assert np.array_equal(order_of(tmp_path / "c.parquet"), order_of(tmp_path / "ref.parquet"))
     # a smaller cap splits classes (a documented deviation) and still keeps k rows
     split = run(root, tmp_path / "w3", **base, cap=60)
