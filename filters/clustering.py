@@ -1,0 +1,358 @@
+"""Spherical k-means over pool embeddings, in bounded memory: the engine behind SemDeDup, SSP and DBP.
+
+Three steps, each usable alone (another filter can reuse them for a k-means partition):
+
+1. :func:`training_sample` streams the pool once and keeps the ``m`` rows with the smallest uids
+   (uids are hashes, so this is a uniform, seed-free, layout-independent sample) — memory ``m·d``.
+2. :func:`train_centroids` runs ``faiss.Kmeans`` (spherical, seeded, ``niter`` iterations) on it and
+   returns unit-norm float32 centroids. Everything downstream is a deterministic function of them,
+   so tests can inject centroids.
+3. :func:`assign_to_store` streams the pool once more, assigns every row to its nearest centroid by
+   inner product (:func:`assign`) and writes the rows grouped by cluster on disk
+   (:class:`clipsift.grouped.GroupedStore`): ``gidx``, ``uid_hi``, ``uid_lo``, ``sim`` (cosine to
+   the centroid), optionally the raw embedding ``emb`` and numeric parquet columns. Per-cluster
+   work then reads one cluster at a time.
+
+Vectors come from an :class:`EmbeddingSource`: an npz key of the pool (default ``l14_img``) or an
+external uid-aligned set (:class:`ExternalEmbeddings`). Rows are cast to float32 and L2-normalised
+(:func:`normalize`) row by row, so the result of a row never depends on the batch it was read in.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from clipsift.errors import ClipsiftError, ParamError
+from clipsift.log import get_logger
+from clipsift.uids import UID_DTYPE, hex_to_records
+
+log = get_logger("filters.clustering")
+
+FAISS_MAX_POINTS_PER_CENTROID = 256  # faiss ClusteringParameters default: training is capped at 256·k rows
+
+
+# ---- vectors ---------------------------------------------------------------------------------
+def normalize(x: np.ndarray) -> np.ndarray:
+    """float32 copy with unit-L2 rows (all-zero rows stay zero); per-row, batch-independent."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float32))
+    norms[norms == 0] = 1.0
+    return x / norms[:, None]
+
+
+def uid_keys(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """(hi, lo) as 16-byte big-endian strings: sortable and searchable in uid order."""
+    be = np.empty((len(hi), 2), dtype=">u8")
+    be[:, 0] = hi
+    be[:, 1] = lo
+    return be.view("S16").reshape(-1)
+
+
+def records(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    out = np.empty(len(hi), dtype=UID_DTYPE)
+    out["f0"], out["f1"] = hi, lo
+    return out
+
+
+class ExternalEmbeddings:
+    """An embedding set aligned with the pool by uid, e.g. DINOv2 image features.
+
+    Accepted layouts (``path`` is a file or a folder of such files, read in name order):
+
+    - ``.npz`` with ``uids`` (32-char hex strings) and ``emb`` (n, d) float16/float32;
+    - ``.parquet`` with a ``uid`` string column and an ``emb`` column (list or fixed-size list of floats).
+
+    :meth:`prepare` copies them once into ``workdir`` as uid-sorted ``.npy`` files that every
+    worker memory-maps; lookups are binary searches.
+    """
+
+    def __init__(self, path: str | Path, missing: str = "error"):
+        self.path = Path(path)
+        if missing not in ("error", "drop"):
+            raise ParamError(f"missing={missing!r}: use error or drop")
+        self.missing = missing
+        self._dir: Path | None = None
+        self._keys = self._emb = None
+
+    def _files(self) -> list[Path]:
+        if self.path.is_file():
+            return [self.path]
+        if self.path.is_dir():
+            files = sorted(p for p in self.path.iterdir() if p.suffix in (".npz", ".parquet"))
+            if files:
+                return files
+        raise ClipsiftError(f"{self.path}: no external embeddings found; give an .npz (uids, emb) or .parquet (uid, emb) file or a folder of them")
+
+    @staticmethod
+    def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            if path.suffix == ".npz":
+                with np.load(path, allow_pickle=False) as z:
+                    uids, emb = z["uids"], z["emb"]
+            else:
+                import pyarrow.parquet as pq
+
+                table = pq.read_table(path, columns=["uid", "emb"])
+                uids = table.column("uid")
+                col = table.column("emb").combine_chunks()
+                emb = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(col), -1)
+            recs = hex_to_records(uids)
+        except ClipsiftError:
+            raise
+        except Exception as exc:
+            raise ClipsiftError(f"{path}: unreadable external embeddings ({exc}); it needs uids/uid and emb") from exc
+        emb = np.asarray(emb)
+        if emb.ndim != 2 or len(emb) != len(recs) or not np.issubdtype(emb.dtype, np.floating):
+            raise ClipsiftError(f"{path}: emb must be a float (n, d) array row-aligned with the uids")
+        return recs, emb
+
+    def prepare(self, workdir: Path) -> ExternalEmbeddings:
+        """Write uid-sorted ``keys.npy`` and ``emb.npy`` under ``workdir`` (once)."""
+        out = Path(workdir) / "external-embeddings"
+        if (out / "emb.npy").exists():
+            self._dir = out
+            return self
+        out.mkdir(parents=True, exist_ok=True)
+        files = self._files()
+        parts = [self._read(f) for f in files]  # one pass to size the output
+        n = sum(len(r) for r, _ in parts)
+        dims = {e.shape[1] for _, e in parts}
+        if len(dims) != 1:
+            raise ClipsiftError(f"{self.path}: files disagree on the embedding dimension ({sorted(dims)})")
+        keys = np.concatenate([uid_keys(r["f0"], r["f1"]) for r, _ in parts])
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
+        if n > 1 and np.any(keys[1:] == keys[:-1]):
+            raise ClipsiftError(f"{self.path}: a uid occurs twice in the external embeddings; deduplicate them")
+        dtype = np.result_type(*[e.dtype for _, e in parts])
+        emb = np.lib.format.open_memmap(out / "emb.tmp.npy", mode="w+", dtype=dtype, shape=(n, dims.pop()))
+        flat = np.concatenate([e for _, e in parts]) if len(parts) > 1 else parts[0][1]
+        for start in range(0, n, 65536):
+            emb[start : start + 65536] = flat[order[start : start + 65536]]
+        emb.flush()
+        del emb, flat, parts
+        np.save(out / "keys.npy", keys)
+        (out / "emb.tmp.npy").rename(out / "emb.npy")
+        self._dir = out
+        return self
+
+    def lookup(self, hi: np.ndarray, lo: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+        """(found mask, vectors of the found rows) for the given uids."""
+        if self._dir is None:
+            raise RuntimeError("ExternalEmbeddings.prepare() must run first")
+        if self._keys is None:
+            self._keys = np.load(self._dir / "keys.npy", mmap_mode="r")
+            self._emb = np.load(self._dir / "emb.npy", mmap_mode="r")
+        q = uid_keys(hi, lo)
+        pos = np.searchsorted(self._keys, q)
+        pos_c = np.minimum(pos, max(len(self._keys) - 1, 0))
+        found = (pos < len(self._keys)) & (self._keys[pos_c] == q) if len(self._keys) else np.zeros(len(q), bool)
+        if not found.all() and self.missing == "error":
+            raise ClipsiftError(
+                f"{self.path}: {int((~found).sum())} uid(s) of {where} have no external embedding; add them or set missing=drop"
+            )
+        idx = pos_c[found]
+        order = np.argsort(idx, kind="stable")  # read the memmap in ascending order
+        vec = np.empty((len(idx), self._emb.shape[1]), dtype=self._emb.dtype)
+        vec[order] = self._emb[idx[order]]
+        return found, vec
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_keys"] = state["_emb"] = None
+        return state
+
+
+@dataclass
+class EmbeddingSource:
+    """Where the clustering vectors come from: a pool npz ``key`` or an :class:`ExternalEmbeddings`."""
+
+    key: str = "l14_img"
+    external: ExternalEmbeddings | None = None
+
+    @classmethod
+    def create(cls, key: str, external: str | None, missing: str, workdir: Path) -> EmbeddingSource:
+        ext = ExternalEmbeddings(external, missing).prepare(workdir) if external else None
+        return cls(key, ext)
+
+    def keys(self) -> tuple[str, ...]:
+        return () if self.external is not None else (self.key,)
+
+    def describe(self) -> str:
+        return f"external:{self.external.path}" if self.external is not None else self.key
+
+    def vectors(self, batch) -> tuple[np.ndarray | None, np.ndarray]:
+        """(row mask or None for all rows, raw vectors of the kept rows as stored)."""
+        if self.external is None:
+            return None, batch.embeddings[self.key]
+        found, vec = self.external.lookup(batch.uids["f0"], batch.uids["f1"], batch.shard.parquet)
+        return (None if found.all() else found), vec
+
+
+# ---- training --------------------------------------------------------------------------------
+def _smallest(hi: np.ndarray, lo: np.ndarray, m: int) -> np.ndarray:
+    """Positions of the ``m`` smallest uids, in ascending uid order."""
+    keys = uid_keys(hi, lo)
+    if len(keys) > m:
+        part = np.argpartition(keys, m - 1)[:m] if m > 0 else np.empty(0, np.int64)
+        return part[np.argsort(keys[part], kind="stable")]
+    return np.argsort(keys, kind="stable")
+
+
+def _sample_shard(source: EmbeddingSource, m: int, batch):
+    mask, vec = source.vectors(batch)
+    hi, lo = batch.uids["f0"], batch.uids["f1"]
+    if mask is not None:
+        hi, lo = hi[mask], lo[mask]
+    pos = _smallest(hi, lo, m)
+    return hi[pos], lo[pos], np.ascontiguousarray(vec[pos]), len(hi)
+
+
+def training_sample(ctx, source: EmbeddingSource, m: int, desc: str = "k-means sample") -> tuple[np.ndarray, np.ndarray, int]:
+    """The ``m`` candidate rows with the smallest uids: (uid records, raw vectors, rows seen).
+
+    One streaming pass; at most ``2m`` rows are held at any time.
+    """
+    hi = np.empty(0, np.uint64)
+    lo = np.empty(0, np.uint64)
+    vec, seen = None, 0
+    for h, l_, v, n in ctx.map_shards(partial(_sample_shard, source, m), keys=source.keys(), desc=desc):
+        seen += n
+        if vec is None:
+            hi, lo, vec = h, l_, v
+        else:
+            hi, lo, vec = np.concatenate([hi, h]), np.concatenate([lo, l_]), np.concatenate([vec, v])
+        if len(hi) > m:
+            pos = _smallest(hi, lo, m)
+            hi, lo, vec = hi[pos], lo[pos], vec[pos]
+    if vec is None:
+        vec = np.empty((0, 0), np.float32)
+    pos = _smallest(hi, lo, len(hi))
+    return records(hi[pos], lo[pos]), vec[pos], seen
+
+
+def sample_size(n: int, k: int, train_rows: int | None = None) -> int:
+    """faiss trains on at most 256·k rows; ``train_rows`` lowers that cap further."""
+    m = min(n, FAISS_MAX_POINTS_PER_CENTROID * k)
+    return m if train_rows is None else min(m, train_rows)
+
+
+def train_centroids(x: np.ndarray, k: int, niter: int = 100, seed: int = 1234) -> np.ndarray:
+    """Spherical k-means (faiss, seeded) on ``x`` (raw or unit rows): unit float32 centroids (k, d).
+
+    ``k`` is lowered to ``len(x)`` when the sample is smaller (faiss needs n ≥ k).
+    """
+    import faiss
+
+    x = normalize(x)
+    n, d = x.shape
+    if n == 0:
+        raise ParamError("k-means: no rows to train on; the input selection is empty")
+    k = min(int(k), n)
+    if k == 1:
+        c = x.astype(np.float64).sum(0)
+        return normalize(c[None, :].astype(np.float32))
+    km = faiss.Kmeans(d, k, niter=int(niter), seed=int(seed), spherical=True, verbose=False,
+                      max_points_per_centroid=FAISS_MAX_POINTS_PER_CENTROID)
+    km.cp.min_points_per_centroid = 1  # only silences faiss' warning; it never changes the result
+    km.train(np.ascontiguousarray(x))
+    return normalize(km.centroids)
+
+
+def fit_centroids(ctx, source: EmbeddingSource, k: int, *, niter: int = 100, seed: int = 1234,
+                  train_rows: int | None = None, n: int | None = None, desc: str = "k-means") -> tuple[np.ndarray, dict]:
+    """Sample (smallest uids) and train: (centroids, info for the manifest)."""
+    n = ctx.num_candidates if n is None else n
+    m = sample_size(n, k, train_rows)
+    _, x, seen = training_sample(ctx, source, max(m, 1), desc=f"{desc}: sample")
+    log.info("%s: training k=%d on %d rows (niter=%d, seed=%d)", desc, min(k, len(x)), len(x), niter, seed)
+    centroids = train_centroids(x, k, niter=niter, seed=seed)
+    return centroids, {"k": int(len(centroids)), "k_requested": int(k), "train_rows": int(len(x)),
+                       "niter": int(niter), "seed": int(seed), "embeddings": source.describe(), "rows_seen": int(seen)}
+
+
+# ---- assignment ------------------------------------------------------------------------------
+def assign(x_unit: np.ndarray, centroids: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid by inner product (top-1, first index on ties) and its cosine.
+
+    Plain BLAS products in row chunks (what faiss' IndexFlatIP does, but safe in forked workers,
+    where an OpenMP runtime used by the parent can deadlock). The cosine is recomputed row by row
+    in float64 and rounded to float32, so it does not depend on how rows were batched.
+    """
+    n = len(x_unit)
+    labels = np.empty(n, np.int32)
+    c = np.ascontiguousarray(centroids, dtype=np.float32)
+    for start in range(0, n, chunk):
+        labels[start : start + chunk] = np.argmax(x_unit[start : start + chunk] @ c.T, axis=1)
+    sim = np.einsum("ij,ij->i", x_unit.astype(np.float64), c[labels].astype(np.float64)).astype(np.float32)
+    return labels, sim
+
+
+@dataclass
+class _AssignShard:
+    """Picklable per-shard step of :func:`assign_to_store`."""
+
+    source: EmbeddingSource
+    centroids: np.ndarray
+    columns: tuple[str, ...]
+    store_embeddings: bool
+
+    def __call__(self, batch):
+        mask, raw = self.source.vectors(batch)
+        n = len(batch)
+        labels, sim = assign(normalize(raw), self.centroids)
+        if mask is not None:  # rows without an external embedding get group -1 (dropped by the store)
+            full_labels, full_sim = np.full(n, -1, np.int32), np.zeros(n, np.float32)
+            full_labels[mask], full_sim[mask] = labels, sim
+            labels, sim = full_labels, full_sim
+        uids = batch.uids
+        arrays = {"gidx": batch.global_index.astype(np.int64), "uid_hi": uids["f0"].copy(), "uid_lo": uids["f1"].copy(), "sim": sim}
+        for c in self.columns:
+            arrays[c] = batch.numpy(c, np.float64)
+        if self.store_embeddings:
+            if mask is not None:
+                full = np.zeros((n, raw.shape[1]), raw.dtype)
+                full[mask] = raw
+                raw = full
+            arrays["emb"] = np.ascontiguousarray(raw)
+        return labels, arrays
+
+
+def assign_to_store(ctx, source: EmbeddingSource, centroids: np.ndarray, path: Path, *, store_embeddings: bool = False,
+                    columns: tuple[str, ...] = (), desc: str = "assign"):
+    """One streaming pass: rows grouped by nearest centroid into a GroupedStore at ``path``.
+
+    Each group holds ``gidx`` (int64), ``uid_hi``/``uid_lo`` (uint64), ``sim`` (float32 cosine to
+    the centroid), the requested numeric ``columns`` (float64) and, with ``store_embeddings``, the
+    raw vectors ``emb`` as stored in the pool, all in ascending global index.
+    """
+    from clipsift.grouped import GroupedStore
+
+    fn = _AssignShard(source, np.ascontiguousarray(centroids, dtype=np.float32), tuple(columns), store_embeddings)
+    return GroupedStore.build(ctx, fn, columns=tuple(columns), keys=source.keys(), num_groups=len(centroids),
+                              path=Path(path), desc=desc)
+
+
+def cluster_uids(group: dict) -> np.ndarray:
+    """uid records of one group read from the store."""
+    return records(np.asarray(group["uid_hi"]), np.asarray(group["uid_lo"]))
+
+
+def distance_order(dist: np.ndarray, gidx: np.ndarray) -> np.ndarray:
+    """Positions sorted by distance descending, ties by ascending global index (the base order)."""
+    return np.lexsort((gidx, -dist.astype(np.float64)))
+
+
+def cosine_distance(sim: np.ndarray) -> np.ndarray:
+    """d = 1 − s in float32, as the reference stores it."""
+    return (np.float32(1.0) - np.asarray(sim, dtype=np.float32)).astype(np.float32)
+
+
+def auto_clusters(n: int, mean_size: int = 2500) -> int:
+    """SemDeDup's engineering preset: about ``mean_size`` rows per cluster."""
+    return max(1, math.ceil(n / mean_size))
