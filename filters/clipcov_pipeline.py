@@ -154,7 +154,7 @@ def make_units(store: GroupedStore, cap: int | None, device: str, path: Path) ->
         if n <= cap:
             units.append((c, None))
             continue
-        img = np.asarray(store.read(c, ["img"])["img"])
+        img = read_group(store, c, ["img"])["img"]
         units.extend((c, part) for part in split_class(img, cap, device))
     starts, lens, flat, pos = [], [], [], 0
     for _, rows in units:
@@ -173,6 +173,31 @@ def make_units(store: GroupedStore, cap: int | None, device: str, path: Path) ->
     return units
 
 
+def _npy_layout(path: Path) -> tuple[int, np.dtype, tuple]:
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = reader(fh)
+        return fh.tell(), dtype, shape
+
+
+def read_group(store: GroupedStore, c: int, names=None) -> dict[str, np.ndarray]:
+    """One group's arrays read into memory with plain file reads.
+
+    Unlike memory-mapped slices, these pages do not stay mapped into the process after use, so
+    resident memory stays set by the largest class instead of growing with the pool.
+    """
+    lo, n = int(store.offsets[c]), int(store.sizes[c])
+    out = {}
+    for name in names or store.names:
+        path = store.path / f"{name}.npy"
+        header, dtype, shape = _npy_layout(path)
+        per_row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+        arr = np.fromfile(path, dtype=dtype, count=n * per_row, offset=header + lo * per_row * dtype.itemsize)
+        out[name] = arr.reshape((n, *shape[1:]))
+    return out
+
+
 class UnitLoader:
     """Builds a unit's :class:`ClassProblem` from the grouped store (one class resident)."""
 
@@ -180,19 +205,17 @@ class UnitLoader:
         self.store, self.part, self.s = store, part, s
         self._parent_vec: dict[int, np.ndarray] = {}
 
-    def rows(self, unit) -> dict[str, np.ndarray]:
+    def rows(self, unit, names=None) -> dict[str, np.ndarray]:
         c, local = unit
-        data = self.store.read(c)
-        if local is None:
-            return {k: np.asarray(v) for k, v in data.items()}
-        return {k: np.asarray(v[local]) for k, v in data.items()}
+        data = read_group(self.store, c, names)
+        return data if local is None else {k: v[local] for k, v in data.items()}
 
     def label_vector(self, c: int) -> np.ndarray:
         if self.part.label_vectors is not None:
             return self.part.label_vectors[c]
         if c not in self._parent_vec:  # e_c = canonical unit(Σ t_j) over the (parent) class
-            txt = self.store.read(c, ["txt"])["txt"]
-            self._parent_vec = {c: unit_canonical(np.asarray(txt, dtype=np.float64).sum(axis=0)[None])[0]}
+            txt = read_group(self.store, c, ["txt"])["txt"]
+            self._parent_vec = {c: unit_canonical(txt.astype(np.float64).sum(axis=0)[None])[0]}
         return self._parent_vec[c]
 
     def problem(self, unit, dense: bool = False) -> ClassProblem:
@@ -299,8 +322,8 @@ def uids_of(store: GroupedStore, units, out: Outcome) -> np.ndarray:
     uids = np.empty(len(out.order), dtype=UID_DTYPE)
     for i in np.unique(out.unit_of_pick):
         c, local = units[int(i)]
-        d = store.read(c, ["gidx", "uid"])
-        g, u = np.asarray(d["gidx"]), np.asarray(d["uid"])
+        d = read_group(store, c, ["gidx", "uid"])
+        g, u = d["gidx"], d["uid"]
         if local is not None:
             g, u = g[local], u[local]
         mask = out.unit_of_pick == i
