@@ -335,8 +335,8 @@ class World:
             e_txt = noise["txt"] if share == 1.0 else share * noise["txt"] + keep * noise["txt_b"]
             z_seen = _unit(z_img + TEACHERS[model].perceive * _unit(noise[f"perc_{model}"]))
             img, txt = self.project(model, z_seen, z_txt, e_img, e_txt)
-            out[f"{model}_img"] = _unit(img).astype(np.float16)
-            out[f"{model}_txt"] = _unit(txt).astype(np.float16)
+            out[f"{model}_img"] = img.astype(np.float16)
+            out[f"{model}_txt"] = txt.astype(np.float16)
         return out
 
     def _teacher_weights(self, model: str, rng: np.random.Generator):
