@@ -141,7 +141,7 @@ def embeddings(world: World, content: np.ndarray, noise: dict) -> dict:
     z_txt = world.text_content(
         caption_latents(content), described, kind=kind, lang=lang, num_phrase=tpl
     )
-    q = content["quality"].astype(np.float32)[:, None]
+    q = content["quality"].astype(np.float64)[:, None]
     z_txt = _unit(q * z_txt + np.sqrt(1 - q * q) * _unit(noise["xi"]))
     z_img = world.image_content(latents_of(content))
     rt = content["rendered_text"]

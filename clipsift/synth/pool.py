@@ -382,22 +382,24 @@ def make_shard(job: dict) -> dict:
         shared_emb[srt] = bank[idx[srt]]
         pert = np.random.default_rng([seed, s, 4])
         copies = near & (rank_d > 0)
-        delta = pert.uniform(0.05, 0.25, len(idx)).astype(np.float32)
+        delta = pert.uniform(0.05, 0.25, len(idx))
         for k in EMB_KEYS:
             lo, hi = _EMB_SLICES[k]
-            vec = shared_emb[:, lo:hi].astype(np.float32)
+            vec = shared_emb[:, lo:hi].astype(np.float64)
             if k.endswith("_img"):
-                nu = pert.standard_normal(vec.shape, dtype=np.float32)
+                nu = pert.standard_normal(vec.shape)
                 nu /= np.linalg.norm(nu, axis=1, keepdims=True)
                 moved = vec + delta[:, None] * nu
                 moved /= np.linalg.norm(moved, axis=1, keepdims=True)
                 vec = np.where(copies[:, None], moved, vec)
             emb[k][rows_d] = vec.astype(np.float16)
 
+    # float64 products of float16 values are exact and so are their sums (|partial sums| < 2,
+    # multiples of 2**-48): the score is the exact cosine of the stored vectors, in any order
     scores = {
         m: np.einsum(
-            "ij,ij->i", emb[f"{m}_img"].astype(np.float32), emb[f"{m}_txt"].astype(np.float32)
-        ).astype(np.float64)
+            "ij,ij->i", emb[f"{m}_img"].astype(np.float64), emb[f"{m}_txt"].astype(np.float64)
+        )
         for m in ("b32", "l14")
     }
     uids = text.hex_strings(uid_raw)

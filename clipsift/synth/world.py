@@ -49,7 +49,7 @@ DEFAULT_RATES = {
 
 COUNT_PROBS = np.array([0.35, 0.25, 0.2, 0.12, 0.08])
 ATTR_WEIGHTS = np.array(
-    [1.0, 0.5, 0.5, 0.4, 0.4], dtype=np.float32
+    [1.0, 0.5, 0.5, 0.4, 0.4], dtype=np.float64
 )  # concept, shape, colour, texture, count
 GENERIC_WEIGHT = 0.5
 MODELS = {"b32": 512, "l14": 768}
@@ -253,9 +253,7 @@ class World:
     # ------------------------------------------------------------------ teacher
     def image_content(self, latents: np.ndarray) -> np.ndarray:
         """Unit content vectors (n, latent_dim) of images: weighted attribute vectors plus a generic part."""
-        z = GENERIC_WEIGHT * np.broadcast_to(
-            self.u_generic, (len(latents), self.latent_dim)
-        ).astype(np.float32)
+        z = GENERIC_WEIGHT * np.broadcast_to(self.u_generic, (len(latents), self.latent_dim))
         for w, a in zip(ATTR_WEIGHTS, text.ATTRIBUTES):
             idx = latents[a].astype(np.int64) - (1 if a == "count" else 0)
             z = z + w * self.U[a][idx]
@@ -270,9 +268,7 @@ class World:
         towards a language direction (an English-trained CLIP reads them poorly).
         """
         n = len(cap)
-        z = GENERIC_WEIGHT * np.broadcast_to(self.u_generic, (n, self.latent_dim)).astype(
-            np.float32
-        )
+        z = GENERIC_WEIGHT * np.broadcast_to(self.u_generic, (n, self.latent_dim))
         for j, (w, a) in enumerate(zip(ATTR_WEIGHTS, text.ATTRIBUTES)):
             idx = cap[a].astype(np.int64) - (1 if a == "count" else 0)
             z = z + (w * described[:, j])[:, None] * self.U[a][idx]
@@ -295,9 +291,9 @@ class World:
         eta_img: np.ndarray,
         eta_txt: np.ndarray,
     ):
-        """Teacher embeddings (float32, unit rows) of one model from content vectors and residual noise."""
+        """Teacher embeddings (float64, unit rows) of one model from content vectors and residual noise."""
         W_img, W_txt = self._W[model]
-        ones = np.ones((len(z_img), 1), dtype=np.float32)
+        ones = np.ones((len(z_img), 1), dtype=np.float64)
         img = np.concatenate([z_img, eta_img, ones], axis=1) @ W_img
         txt = np.concatenate([z_txt, eta_txt, ones], axis=1) @ W_txt
         return _unit(img), _unit(txt)
@@ -326,13 +322,17 @@ class World:
         return self.teacher_embeddings(z_img, z_txt, noise)
 
     def teacher_embeddings(self, z_img, z_txt, noise: dict) -> dict:
-        """float16 unit embeddings for both models from content vectors and residuals."""
+        """float16 unit embeddings for both models from content vectors and residuals.
+
+        Computed in float64 and rounded once to float16, so BLAS kernels or thread counts that
+        change the last float64 bits (practically) never change the stored values.
+        """
         out = {}
         for model in ("b32", "l14"):
             share = TEACHERS[model].share
-            keep = np.float32(np.sqrt(1.0 - share * share))
-            e_img = noise["img"] if share == 1.0 else share * noise["img"] + keep * noise["img_b"]
-            e_txt = noise["txt"] if share == 1.0 else share * noise["txt"] + keep * noise["txt_b"]
+            keep = float(np.sqrt(1.0 - share * share))
+            e_img = share * noise["img"].astype(np.float64) + keep * noise["img_b"]
+            e_txt = share * noise["txt"].astype(np.float64) + keep * noise["txt_b"]
             z_seen = _unit(z_img + TEACHERS[model].perceive * _unit(noise[f"perc_{model}"]))
             img, txt = self.project(model, z_seen, z_txt, e_img, e_txt)
             out[f"{model}_img"] = img.astype(np.float16)
@@ -353,12 +353,8 @@ class World:
         g_txt = t.gap_cos * g_img + np.sqrt(1 - t.gap_cos**2) * g_other
         P_txt = t.align * P + np.sqrt(1 - t.align**2) * R
         scale = t.noise / np.sqrt(m)
-        W_img = np.concatenate([P.T, scale * Q_img.T, t.gap * g_img[None]], axis=0).astype(
-            np.float32
-        )
-        W_txt = np.concatenate([P_txt.T, scale * Q_txt.T, t.gap * g_txt[None]], axis=0).astype(
-            np.float32
-        )
+        W_img = np.concatenate([P.T, scale * Q_img.T, t.gap * g_img[None]], axis=0)
+        W_txt = np.concatenate([P_txt.T, scale * Q_txt.T, t.gap * g_txt[None]], axis=0)
         return W_img, W_txt
 
 
@@ -384,9 +380,9 @@ def zero_noise(world: World, n: int) -> dict:
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
+    x = np.asarray(x, dtype=np.float64)
     norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norm, np.float32(1e-12))
+    return x / np.maximum(norm, 1e-300)
 
 
 def _glyph_codes(k: int, rng: np.random.Generator) -> np.ndarray:
