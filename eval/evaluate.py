@@ -19,6 +19,7 @@ from pathlib import Path
 from clipsift.errors import ClipsiftError
 from clipsift.eval import zeroshot
 from clipsift.eval.tasks import EvalTask, load_tasks
+from clipsift.eval.train import cpu_threads
 from clipsift.log import get_logger
 
 log = get_logger("eval.evaluate")
@@ -128,7 +129,8 @@ def evaluate(
             log.info("skipping %s: already in %s", task.name, results_path)
             continue
         t0 = time.perf_counter()
-        metrics = _json_safe(run_task(task, info, data_dir, batch_size, num_workers))
+        with cpu_threads():
+            metrics = _json_safe(run_task(task, info, data_dir, batch_size, num_workers))
         metrics["main_metric"] = metrics.get(task.main_metric or "acc1")
         rec = {"key": task.key, "dataset": task.name, "metrics": metrics}
         results[task.name] = rec

@@ -116,15 +116,16 @@ def _world_of(pool_or_world):
     return World.from_json(p)
 
 
-def make_tiny_suite(out_dir, pool_or_world, *, seed: int = 1234, overwrite: bool = False) -> Path:
+def make_tiny_suite(out_dir, pool_or_world, *, seed: int = 1234, overwrite: bool = False, size: int | None = None) -> Path:
     """Write every tiny task under ``out_dir`` (an evaluation ``--data-dir``); returns out_dir.
 
-    Reuses an existing suite made from the same world and seed unless ``overwrite``.
+    Reuses an existing suite made from the same world, seed and size unless ``overwrite``;
+    ``size`` replaces the task list's sample counts (small suites for tests).
     """
     world = _world_of(pool_or_world)
     out = Path(out_dir)
     marker = {"format": "clipsift-tiny-suite", "version": SUITE_VERSION, "world_seed": world.seed,
-              "n_concepts": world.n_concepts, "seed": seed}
+              "n_concepts": world.n_concepts, "seed": seed, "size": size}
     if (out / SUITE_MARKER).exists() and not overwrite:
         if json.loads((out / SUITE_MARKER).read_text()) == marker:
             return out
@@ -133,7 +134,7 @@ def make_tiny_suite(out_dir, pool_or_world, *, seed: int = 1234, overwrite: bool
     for t_index, task in enumerate(load_tasks("tiny")):
         name = task.key.split("/", 1)[1]
         rng = np.random.default_rng([seed, world.seed, t_index])
-        n = task.size or 500
+        n = size or task.size or 500
         with atomic_dir(out / task.folder) as tmp:
             (tmp / "test").mkdir()
             if name == "retrieval":
