@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import time
 import uuid
 from fractions import Fraction
 from pathlib import Path
@@ -142,11 +143,20 @@ def run_semdedup(ctx: RunContext, *, source: EmbeddingSource, k: int | None = No
     n_in = ctx.num_candidates
     work = Path(ctx.workdir) / f"{desc}-{uuid.uuid4().hex[:8]}"
     info: dict = {}
+    clock = [time.perf_counter()]
+    seconds = {}
+
+    def lap(name):
+        clock.append(time.perf_counter())
+        seconds[name] = round(clock[-1] - clock[-2], 3)
+
     if centroids is None:
         centroids, info = fit_centroids(ctx, source, k or auto_clusters(n_in), niter=niter, seed=kmeans_seed,
                                         train_rows=train_rows, desc=f"{desc} k-means")
+    lap("kmeans")
     try:
         store = assign_to_store(ctx, source, centroids, work / "store", store_embeddings=True, desc=f"{desc}: assign")
+        lap("assign")
         device = ctx.torch_device()
         m_all = np.lib.format.open_memmap(work / "m.npy", mode="w+", dtype=np.float32, shape=(store.num_rows,))
         for g in progress(range(store.num_groups), total=store.num_groups, desc=f"{desc}: clusters", unit="cluster"):
@@ -154,6 +164,7 @@ def run_semdedup(ctx: RunContext, *, source: EmbeddingSource, k: int | None = No
                 m_all[store.offsets[g] : store.offsets[g + 1]] = cluster_max_similarity(
                     store.read(g, ["gidx", "sim", "emb"]), keep, seed, g, block=block, cap=cap, device=device)
         m_all.flush()
+        lap("pairwise")
         if target is not None:
             eps = eps_for_target(m_all, target)
         elif eps is None:
@@ -168,12 +179,13 @@ def run_semdedup(ctx: RunContext, *, source: EmbeddingSource, k: int | None = No
         n_rows = store.num_rows
         largest = int(store.sizes.max(initial=0))
         del m_all, store
+        lap("extract")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     counters = {"input": int(n_in), "clustered": int(n_rows), "kept": int(len(kept)), "dropped": int(n_rows - len(kept)),
                 "eps": float(eps), "kept_fraction": (len(kept) / n_rows) if n_rows else 0.0}
     details = {"kmeans": info or {"k": int(len(centroids)), "centroids": "given"}, "largest_cluster": largest,
-               "keep": keep, "target": target, "threshold_m": float(thr)}
+               "keep": keep, "target": target, "threshold_m": float(thr), "seconds": seconds}
     log.info("%s: kept %d of %d (eps=%.6g, %d clusters, largest %d)", desc, len(kept), n_rows, eps, len(centroids), largest)
     return kept, counters, details
 
