@@ -293,9 +293,9 @@ class World:
     ):
         """Teacher embeddings (float64, unit rows) of one model from content vectors and residual noise."""
         W_img, W_txt = self._W[model]
-        ones = np.ones((len(z_img), 1), dtype=np.float64)
-        img = np.concatenate([z_img, eta_img, ones], axis=1) @ W_img
-        txt = np.concatenate([z_txt, eta_txt, ones], axis=1) @ W_txt
+        D, m = self.latent_dim, self.noise_dim
+        img = z_img @ W_img[:D] + eta_img @ W_img[D : D + m] + W_img[-1]
+        txt = z_txt @ W_txt[:D] + eta_txt @ W_txt[D : D + m] + W_txt[-1]
         return _unit(img), _unit(txt)
 
     def embed(
@@ -380,9 +380,10 @@ def zero_noise(world: World, n: int) -> dict:
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm, in float64."""
     x = np.asarray(x, dtype=np.float64)
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norm, 1e-300)
+    sq = np.einsum("...i,...i->...", x, x)[..., None]
+    return x / np.sqrt(np.maximum(sq, 1e-300))
 
 
 def _glyph_codes(k: int, rng: np.random.Generator) -> np.ndarray:
