@@ -58,7 +58,7 @@ def img_pool(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def big_pool(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "big"
-    make_pool(out, 20000, seed=5, shard_rows=5000, workers=1)
+    make_pool(out, 12000, seed=5, shard_rows=4000, workers=1)
     return out
 
 
@@ -175,9 +175,9 @@ def _digest(root: Path) -> dict:
 
 
 def test_bit_identical_per_seed_and_independent_of_workers(tmp_path):
-    make_pool(tmp_path / "a", 3000, seed=21, shard_rows=1000, workers=1)
-    make_pool(tmp_path / "b", 3000, seed=21, shard_rows=1000, workers=2)
-    make_pool(tmp_path / "c", 3000, seed=22, shard_rows=1000, workers=1)
+    make_pool(tmp_path / "a", 1200, seed=21, shard_rows=400, workers=1)
+    make_pool(tmp_path / "b", 1200, seed=21, shard_rows=400, workers=2)
+    make_pool(tmp_path / "c", 400, seed=22, shard_rows=400, workers=1)
     da, db, dc = _digest(tmp_path / "a"), _digest(tmp_path / "b"), _digest(tmp_path / "c")
     assert da == db
     assert set(da) != set(dc)  # other seed, other stems
