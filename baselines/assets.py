@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import os
+import pickle
+import zipfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -157,20 +160,43 @@ def resolve_wordnet_dir(path: str | None) -> Path:
 
 
 # ---- image-based assets ------------------------------------------------------------------------
+class _NumpyUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays only (what ``torch.save(numpy_array)`` stores); anything else fails."""
+
+    ALLOWED = {"_reconstruct", "ndarray", "dtype", "scalar"}
+
+    def find_class(self, module, name):
+        if module in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray") and name in self.ALLOWED:
+            module = "numpy" if module == "numpy" else getattr(np, "_core", np.core).multiarray.__name__
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("tensor storage in a numpy pickle")
+
+
+def _load_numpy_pickle(path: Path):
+    """Read the numpy array inside a torch.save zip (torch>=2.6's weights_only loader rejects it)."""
+    with zipfile.ZipFile(path) as zf:
+        name = next(n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl")
+        return _NumpyUnpickler(io.BytesIO(zf.read(name))).load()
+
+
 def _torch_load(path: Path, trusted: bool):
-    """torch.load: numpy-bearing pickles are allowed only after a sha256 check or via an allow-list."""
+    """torch.load; arbitrary pickles only for files verified by sha256, else tensors or numpy arrays."""
     import torch
 
     if trusted:
         return torch.load(path, map_location="cpu", weights_only=False)
-    reconstruct = getattr(np, "_core", np.core).multiarray._reconstruct
-    allowed = [reconstruct, np.ndarray, np.dtype, type(np.dtype(np.float32)), type(np.dtype(np.float16))]
     try:
-        with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        return _load_numpy_pickle(path)
+    except Exception:
+        pass
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ClipsiftError(
-            f"{path}: cannot load as a torch-saved array or tensor ({type(exc).__name__}); "
+            f"{path}: cannot load as a torch-saved numpy array or tensor ({type(exc).__name__}: {exc}); "
             "save centroids with `clipsift build-centroids` or torch.save(numpy_array)"
         ) from exc
 

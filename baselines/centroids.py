@@ -15,21 +15,29 @@ from clipsift.log import get_logger
 log = get_logger("baselines.centroids")
 
 
-def assign(features: np.ndarray, centroids, device: str = "cpu", batch_size: int = 4096) -> np.ndarray:
-    """``argmax_j <float32(x_i), c_j>`` for every row, as int64 (float32 GEMM, TF32 off)."""
-    import torch
+def assign(features: np.ndarray, centroids: np.ndarray, device: str = "cpu", batch_size: int = 4096) -> np.ndarray:
+    """``argmax_j <float32(x_i), c_j>`` for every row, as int64 (float32 GEMM; on CUDA with TF32 off).
 
+    The CPU path uses numpy's BLAS rather than torch: torch's OpenMP pool hangs in forked workers.
+    """
     if len(features) == 0:
         return np.empty(0, dtype=np.int64)
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = False
-    c = centroids if isinstance(centroids, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32))
-    c = c.to(device)
+    c = np.ascontiguousarray(centroids, dtype=np.float32)
     out = np.empty(len(features), dtype=np.int64)
+    if not device.startswith("cuda"):
+        ct = c.T
+        for i in range(0, len(features), batch_size):
+            block = np.asarray(features[i : i + batch_size], dtype=np.float32)
+            out[i : i + batch_size] = np.argmax(block @ ct, axis=1)
+        return out
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    cg = torch.from_numpy(c).to(device)
     with torch.no_grad():
         for i in range(0, len(features), batch_size):
-            block = torch.from_numpy(np.ascontiguousarray(features[i : i + batch_size])).float().to(device)
-            out[i : i + batch_size] = torch.argmax(torch.einsum("ik,jk->ij", block, c), dim=1).cpu().numpy()
+            block = torch.from_numpy(np.ascontiguousarray(features[i : i + batch_size])).to(device).float()
+            out[i : i + batch_size] = torch.argmax(torch.einsum("ik,jk->ij", block, cg), dim=1).cpu().numpy()
     return out
 
 
