@@ -62,6 +62,7 @@ def cmd_classes(args) -> None:
 
     world = World.from_json(Path(args.pool) / "world.json")
     emb, names = synthetic_class_embeddings(world, args.classes, args.arch)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     np.savez(args.out, embeddings=emb, classnames=np.asarray(names), model=np.asarray(f"synthetic-teacher-{args.arch}"),
              pretrained=np.asarray("synthetic"), dataset=np.asarray(f"synthetic-{args.classes}"))
     print(f"{args.out}: {len(names)} classes")

@@ -53,21 +53,22 @@ class DenseKernel:
 class EmbeddingKernel:
     """S_ij = thr(q(a_i·t_j)) from a class's canonical fp16 image/text rows, block by block.
 
-    Products: numpy's BLAS on CPU (torch's CPU fp64 GEMM costs ~20 ms per small call here), torch
-    on CUDA; rounding, threshold and sums in torch (faster than numpy's fp16 casts). Products are
-    exact (N2) and sums of q-values are exact (N4), so neither backend nor block size changes a bit.
+    CPU: numpy throughout (torch's CPU ops pay an OpenMP wake-up per call: 20-40 ms per small
+    fp64 GEMM and ~10x slower element-wise work on a busy 2-core machine, measured). CUDA: torch.
+    Products are exact (N2) and sums of q-values are exact (N4), so neither the backend nor the
+    block size changes a bit.
     ``fast`` uses fp32 (TF32 on CUDA) products: about 10× faster on GPUs, not parity-exact.
     """
 
     def __init__(self, img: np.ndarray, txt: np.ndarray, tau: float = 0.0, device: str = "cpu", block: int = 4096, fast: bool = False):
-        import torch
-
         self.tau, self.device, self.block, self.fast = float(tau), str(device), int(block), bool(fast)
         self.n = len(img)
         self.on_gpu = self.device != "cpu"
         img = np.ascontiguousarray(img, dtype=np.float16)
         txt = np.ascontiguousarray(txt, dtype=np.float16)
         if self.on_gpu:
+            import torch
+
             dt = torch.float32 if fast else torch.float64
             torch.backends.cuda.matmul.allow_tf32 = bool(fast)
             self.img = torch.from_numpy(img.copy()).to(self.device).to(dt)
@@ -77,10 +78,7 @@ class EmbeddingKernel:
             self.img, self.txt = img.astype(dt), txt.astype(dt)
 
     def _mm(self, a, b):
-        """a·bᵀ as a torch tensor (zero-copy from numpy on CPU)."""
-        import torch
-
-        return a @ b.T if self.on_gpu else torch.from_numpy(a @ b.T)
+        return a @ b.T
 
     def _take(self, x, idx):
         if self.on_gpu:
@@ -90,12 +88,21 @@ class EmbeddingKernel:
         return x[idx]
 
     def _s(self, g):
-        return thr_torch(q_torch(g), self.tau)
+        if self.on_gpu:
+            return thr_torch(q_torch(g), self.tau)
+        s = q_np(g)
+        s[s <= self.tau] = 0.0
+        return s
 
     def _zeros(self):
-        import torch
+        if self.on_gpu:
+            import torch
 
-        return torch.zeros(self.n, dtype=torch.float64, device=self.device if self.on_gpu else "cpu")
+            return torch.zeros(self.n, dtype=torch.float64, device=self.device)
+        return np.zeros(self.n, dtype=np.float64)
+
+    def _numpy(self, x) -> np.ndarray:
+        return x.cpu().numpy() if self.on_gpu else x
 
     def coverage_sums(self) -> np.ndarray:
         """Row sums + column sums of S, one GEMM per block pair (P3 coverage)."""
@@ -107,7 +114,7 @@ class EmbeddingKernel:
                 s = self._s(self._mm(a, self.txt[j : j + b]))
                 R[i : i + b] += s.sum(1)
                 C[j : j + b] += s.sum(0)
-        return (R + C).cpu().numpy()
+        return self._numpy(R + C)
 
     def pair_sums(self, T) -> np.ndarray:
         """Σ_{j∈T} S_ij + Σ_{j∈T} S_ji for every i: G₁ = IMG·TXT_Tᵀ, G₂ = TXT·IMG_Tᵀ."""
@@ -118,16 +125,13 @@ class EmbeddingKernel:
             t = T[s : s + b]
             out += self._s(self._mm(self.img, self._take(self.txt, t))).sum(1)
             out += self._s(self._mm(self.txt, self._take(self.img, t))).sum(1)
-        return out.cpu().numpy()
+        return self._numpy(out)
 
     def diag(self) -> np.ndarray:
-        import torch
-
-        d = (self.img * self.txt).sum(1)
-        return self._s(d if self.on_gpu else torch.from_numpy(d)).cpu().numpy()
+        return self._numpy(self._s((self.img * self.txt).sum(1)))
 
     def dense(self) -> np.ndarray:
-        return self._s(self._mm(self.img, self.txt)).cpu().numpy()
+        return self._numpy(self._s(self._mm(self.img, self.txt)))
 
 
 @dataclass
