@@ -230,10 +230,12 @@ def _samples(fileobj):
 
 
 def _count_in(subset: np.ndarray, uid: str) -> int:
-    rec = hex_to_records([uid.zfill(32)])
-    left = np.searchsorted(subset, rec[0], side="left")
-    right = np.searchsorted(subset, rec[0], side="right")
-    return int(right - left)
+    """Occurrences of ``uid`` in the sorted subset: two binary searches, as DataComp does."""
+    value = int(uid, 16)
+    if value >> 128:
+        raise ValueError(f"uid {uid!r} is longer than 128 bits")
+    rec = np.array((value >> 64, value & 0xFFFFFFFFFFFFFFFF), dtype=UID_DTYPE)
+    return int(np.searchsorted(subset, rec, side="right") - np.searchsorted(subset, rec, side="left"))
 
 
 def _process(task: tuple) -> dict:
