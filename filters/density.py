@@ -37,7 +37,11 @@ def inter_distances(centroids: np.ndarray, l: int) -> np.ndarray:  # noqa: E741 
 
 
 def complexity(d_intra: np.ndarray, d_inter: np.ndarray, density: str = "dintra*dinter", sizes: np.ndarray | None = None) -> np.ndarray:
-    """C_j = d_inter·d_intra (``uniform``: 1; ``clustersize``: M_j); NaN (empty clusters) → mean of the rest."""
+    """C_j = d_inter·d_intra (``uniform``: 1; ``clustersize``: M_j); NaN (empty clusters) → mean of the rest.
+
+    Rounding-level negatives (≥ −1e-6, e.g. a singleton whose cosine to its centroid is 1 + 1 ulp)
+    become 0; any real negative is an error (the reference tolerates fewer than 10).
+    """
     if density == "uniform":
         return np.ones(len(d_intra))
     if density == "clustersize":
@@ -48,6 +52,7 @@ def complexity(d_intra: np.ndarray, d_inter: np.ndarray, density: str = "dintra*
         raise ParamError("dbp: every cluster is empty; the input selection is empty")
     if nan.any():
         c[nan] = c[~nan].mean()
+    c[(c < 0) & (c >= -1e-6)] = 0.0  # float32 rounding: a lone member can sit at cosine 1 + 1 ulp
     if (c < 0).any():
         raise ParamError(f"dbp: {int((c < 0).sum())} cluster(s) have negative complexity; check the embeddings (unit vectors expected)")
     return c

@@ -228,3 +228,9 @@ def test_uniform_density_gives_equal_targets():
     assert b["x"].tolist() == [10, 10, 10, 10]
     b = density.budgets(sizes, np.array([0.3, 0.2, 0.1, 0.05]), 40, tau=1e9, ratio=0.0)  # τ → ∞
     assert b["x"].tolist() == [10, 10, 10, 10]
+
+
+def test_rounding_negative_complexity_is_zero_real_negative_errors():
+    assert density.complexity(np.array([-1.2e-7, 0.2]), np.array([0.5, 0.5])).tolist() == [0.0, 0.1]
+    with pytest.raises(ParamError):
+        density.complexity(np.array([-0.1, 0.2]), np.array([0.5, 0.5]))
