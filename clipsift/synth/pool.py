@@ -85,14 +85,8 @@ def make_pool(
     _WORLDS[_world_key(_world_params(world))] = world
     plan = _plan(world, rows, shard_rows)
     n_shards = len(plan["sizes"])
-    if (
-        workers is None
-    ):  # processes pay off only when there is enough work to amortise their start-up
-        workers = (
-            1
-            if rows < PARALLEL_MIN_ROWS // (5 if images else 1)
-            else min(n_shards, os.cpu_count() or 1)
-        )
+    if workers is None:
+        workers = _default_workers(rows, n_shards, images)
     workers = max(1, int(workers))
     log.info(
         "synthetic pool: %d rows in %d shards, seed %d, images=%s, %d worker(s)",
@@ -148,6 +142,13 @@ def make_pool(
         summary["images_written"] = int(sum(sum(r["successes"]) for r in results))
     log.info("synthetic pool written to %s in %.1f s", out_dir, seconds)
     return summary
+
+
+def _default_workers(rows: int, n_shards: int, images: bool) -> int:
+    """One process per CPU, but only when there is enough work to amortise their start-up."""
+    if rows < PARALLEL_MIN_ROWS // (5 if images else 1):
+        return 1
+    return min(n_shards, os.cpu_count() or 1)
 
 
 def _check_target(out_dir: Path) -> None:

@@ -388,7 +388,9 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def _glyph_codes(k: int, rng: np.random.Generator) -> np.ndarray:
     """``k`` distinct 4x4 bit patterns at Hamming distance >= 3 (a concept's visual signature)."""
-    popcount = np.array([bin(i).count("1") for i in range(1 << 16)], dtype=np.int8)
+    popcount = np.unpackbits(
+        np.arange(1 << 16, dtype=">u2").view(np.uint8).reshape(-1, 2), axis=1
+    ).sum(1)
     codes = np.zeros(0, dtype=np.int64)
     while len(codes) < k:
         for c in rng.integers(1, (1 << 16) - 1, 64):
