@@ -32,10 +32,14 @@ def default_workers() -> int:
 
 
 def _mp_context():
-    """fork is cheapest, but unsafe once CUDA is initialised in the parent: then use spawn."""
-    torch = sys.modules.get("torch")
-    if sys.platform != "linux" or (torch is not None and torch.cuda.is_initialized()):
+    """fork is cheapest; once torch is loaded in the parent its OpenMP/CUDA state does not survive
+    a fork (workers can hang), so then use a fork server started from a clean process."""
+    if sys.platform != "linux":
         return mp.get_context("spawn")
+    if "torch" in sys.modules:
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["numpy", "pyarrow", "clipsift.pool"])
+        return ctx
     return mp.get_context("fork")
 
 
