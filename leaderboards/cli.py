@@ -1,121 +1,25 @@
-"""``clipsift leaderboard``: aggregate, build, compare, published and submit-pack sub-commands."""
+"""``clipsift leaderboard``: the argument parser. Handlers live in ``commands`` and are imported
+only when a sub-command runs, so ``clipsift --help`` stays fast."""
 
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from clipsift.leaderboards import compare as cmp_mod
-from clipsift.leaderboards import tables
-from clipsift.leaderboards.aggregate import aggregate_file
-from clipsift.leaderboards.build import ALL_FORMATS, write_comparison, write_leaderboards
-from clipsift.leaderboards.published import PUBLISHED_SCALES, TRACKS, published
-from clipsift.leaderboards.store import ResultsStore, RunGroup, load_run
-from clipsift.leaderboards.submit import SubmitInfo, write_submit_pack
+from clipsift.leaderboards.published import PUBLISHED_SCALES, TRACKS
 from clipsift.leaderboards.tasks import SUITES
 
-from clipsift.errors import ClipsiftError
-
 SCALES = ("tiny", "debug", "small", "medium", "large", "xlarge")
+ALL_FORMATS = ("md", "csv", "json", "plots", "html")  # must match build.ALL_FORMATS (tested)
 
 
-def cmd_aggregate(args) -> int:
-    """Print aggregate_scores.py's lines; exit 1 (partial lines naming the gaps) if incomplete."""
-    suite = None if args.suite == "auto" else args.suite
-    agg = aggregate_file(args.file, suite, args.tasks)
-    if args.json:
-        print(json.dumps(agg.to_dict(), indent=2))
-    else:
-        for line in agg.lines():
-            print(line)
-    return 0 if agg.complete else 1
+def _lazy(name: str):
+    def run(args) -> int:
+        from clipsift.leaderboards import commands
 
+        return getattr(commands, name)(args)
 
-def cmd_build(args) -> int:
-    """Write the leaderboard outputs and print each scale's Markdown table."""
-    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    bad = [f for f in formats if f not in ALL_FORMATS]
-    if bad:
-        raise ClipsiftError(
-            f"unknown format(s) {', '.join(bad)}; choose from {','.join(ALL_FORMATS)}"
-        )
-    store = (
-        ResultsStore.from_paths(args.runs, args.tasks, args.run_scale)
-        if args.runs
-        else ResultsStore([])
-    )
-    if not store.runs and not args.scale:
-        raise ClipsiftError(
-            "no runs found and no --scale given; pass run folders or --scale to show published entries"
-        )
-    boards, written = write_leaderboards(
-        store, args.out, args.track, args.scale, not args.no_published, formats, args.tasks
-    )
-    for board in boards:
-        print(tables.to_markdown(board))
-    print(f"wrote {len(written)} files to {args.out}")
-    return 0
-
-
-def _groups_for(arg: str, tasks, pool: ResultsStore | None) -> list[RunGroup]:
-    if Path(arg).exists():
-        return ResultsStore.from_paths([arg], tasks).groups
-    if pool is not None:
-        hits = pool.find(arg)
-        if hits:
-            return hits
-    raise ClipsiftError(
-        f"{arg}: neither a run folder nor a run name found under --from; pass run folders or --from DIR"
-    )
-
-
-def cmd_compare(args) -> int:
-    """Head-to-head of two or more runs; prints Markdown, writes files with --out."""
-    pool = ResultsStore.from_paths(args.pool, args.tasks) if args.pool else None
-    groups: list[RunGroup] = []
-    for arg in args.runs:
-        groups.extend(_groups_for(arg, args.tasks, pool))
-    comparison = cmp_mod.build_comparison(groups, args.tasks)
-    print(cmp_mod.to_markdown(comparison))
-    if args.out:
-        written = write_comparison(comparison, args.out)
-        print(f"wrote {len(written)} files to {args.out}")
-    return 0
-
-
-def cmd_published(args) -> int:
-    """Print the shipped published leaderboard(s)."""
-    for scale in args.scale or PUBLISHED_SCALES:
-        board = tables.build_leaderboard(scale, [], published(scale, args.track), args.track)
-        if args.format == "md":
-            print(tables.to_markdown(board))
-        elif args.format == "csv":
-            print(tables.to_csv(board), end="")
-        else:
-            print(tables.to_json(board), end="")
-    return 0
-
-
-def cmd_submit_pack(args) -> int:
-    """Check a run for a DataComp submission and write the files; uploads nothing."""
-    run = load_run(args.run)
-    info = SubmitInfo(
-        method_name=args.method_name,
-        author=args.author,
-        email=args.email,
-        hf_username=args.hf_username,
-        hf_repo_name=args.hf_repo_name,
-        writeup=args.writeup,
-        track=args.track,
-        dataset_size=args.dataset_size or "",
-    )
-    samples = [Path(s) for s in args.samples] if args.samples else None
-    out, checks = write_submit_pack(run, args.out, info, samples, args.overwrite)
-    for c in checks:
-        print(f"{'ok  ' if c.ok else 'WARN'} {c.name}: {c.detail}")
-    print(f"submission pack written to {out} (nothing uploaded)")
-    return 0
+    run.__name__ = name
+    return run
 
 
 def _help(parser):
@@ -152,7 +56,7 @@ def register(subparsers) -> None:
     a.add_argument(
         "--json", action="store_true", help="print scores, gaps and per-task values as JSON"
     )
-    a.set_defaults(func=cmd_aggregate)
+    a.set_defaults(func=_lazy("cmd_aggregate"))
 
     b = sub.add_parser(
         "build", help="leaderboard per scale: Markdown, CSV, JSON, plots and index.html"
@@ -178,7 +82,7 @@ def register(subparsers) -> None:
         choices=SCALES,
         help="scale for runs that record none (e.g. evaluate.py --use_model)",
     )
-    b.set_defaults(func=cmd_build)
+    b.set_defaults(func=_lazy("cmd_build"))
 
     c = sub.add_parser("compare", help="head-to-head of two or more runs per task and group")
     c.add_argument(
@@ -196,13 +100,13 @@ def register(subparsers) -> None:
         "--out", help="also write compare.md/.csv/.json/.html and a per-task bar chart here"
     )
     c.add_argument("--tasks", help="task list TSV for the tiny suite")
-    c.set_defaults(func=cmd_compare)
+    c.set_defaults(func=_lazy("cmd_compare"))
 
     pb = sub.add_parser("published", help="print the published leaderboards shipped with clipsift")
     pb.add_argument("--scale", action="append", choices=PUBLISHED_SCALES)
     pb.add_argument("--track", choices=TRACKS, default="filtering")
     pb.add_argument("--format", choices=("md", "csv", "json"), default="md")
-    pb.set_defaults(func=cmd_published)
+    pb.set_defaults(func=_lazy("cmd_published"))
 
     s = sub.add_parser(
         "submit-pack",
@@ -225,4 +129,4 @@ def register(subparsers) -> None:
     s.add_argument(
         "--overwrite", action="store_true", help="replace an existing non-empty --out folder"
     )
-    s.set_defaults(func=cmd_submit_pack)
+    s.set_defaults(func=_lazy("cmd_submit_pack"))

@@ -237,3 +237,15 @@ def test_pool_errors_are_one_line(tmp_path):
     pool = Pool(write_pool(tmp_path / "p", [5]))
     with pytest.raises(PoolError, match="missing column"):
         pool.require(["nonexistent_column"])
+
+
+def test_cli_start_up_stays_light():
+    """Building the parser (every `clipsift ...` call) must not import the heavy stacks."""
+    code = (
+        "import sys; from clipsift.cli import build_parser; build_parser();"
+        "from clipsift.leaderboards import build, cli; assert build.ALL_FORMATS == cli.ALL_FORMATS;"
+        "heavy = [m for m in ('torch', 'matplotlib', 'open_clip', 'faiss') if m in sys.modules];"
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
