@@ -243,8 +243,8 @@ def test_cli_start_up_stays_light():
     """Building the parser (every `clipsift ...` call) must not import the heavy stacks."""
     code = (
         "import sys; from clipsift.cli import build_parser; build_parser();"
-        "from clipsift.leaderboards import build, cli; assert build.ALL_FORMATS == cli.ALL_FORMATS;"
         "heavy = [m for m in ('torch', 'matplotlib', 'open_clip', 'faiss') if m in sys.modules];"
+        "from clipsift.leaderboards import build, cli; assert build.ALL_FORMATS == cli.ALL_FORMATS;"
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
