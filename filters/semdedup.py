@@ -79,7 +79,7 @@ def max_similarity(fetch, n: int, block: int = 8192, device: str = "cpu") -> np.
             ei = ej if i0 == j0 else torch.from_numpy(np.ascontiguousarray(fetch(i0, min(n, i0 + block)))).to(device)
             s = ei @ ej.T
             if i0 == j0:
-                s = torch.triu(s, diagonal=1)
+                s.triu_(diagonal=1)
             run = torch.maximum(run, s.max(dim=0).values)
         out[j0:j1] = run.cpu().numpy()
     return out
