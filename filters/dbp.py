@@ -144,12 +144,15 @@ class DBPFilter(Filter):
         Param("clip_column", str, "clip_l14_similarity_score", "score column of the CLIP-score stage"),
         Param("clip_fraction", float, 0.3, "keep the top share of the stage input (DataComp fraction rule)", min=0.0, max=1.0),
         Param("clip_threshold", float, None, "keep rows with score ≥ threshold (overrides clip_fraction)"),
+        Param("prune", bool, True, "stages 3-6: density-based pruning (false: stop after the enabled earlier stages)"),
     )
     requires = ("faiss", "torch")
 
     def validate(self) -> None:
-        if (self.fraction is None) == (self.count is None):
+        if self.prune and (self.fraction is None) == (self.count is None):
             raise ParamError("dbp: give exactly one of fraction or count")
+        if not (self.dedup or self.clip_filter or self.prune):
+            raise ParamError("dbp: every stage is off; enable dedup, clip_filter or prune")
         if self.dedup_eps is not None and self.dedup_target is not None:
             raise ParamError("dbp: give dedup_eps or dedup_target, not both")
 
@@ -157,7 +160,7 @@ class DBPFilter(Filter):
         return (self.clip_column,) if self.clip_filter else ()
 
     def input_keys(self) -> tuple[str, ...]:
-        keys = set() if self.embeddings else {self.key}
+        keys = set() if (self.embeddings or not self.prune) else {self.key}
         dedup_src = self._dedup_spec()
         if self.dedup and dedup_src[1] is None:
             keys.add(dedup_src[0])
@@ -195,6 +198,9 @@ class DBPFilter(Filter):
             counters["after_clip_score"] = int(len(kept))
             details["clip_score"] = d
             ctx = ctx.with_candidates(unique_sorted(sort_records(kept)))
+        if not self.prune:
+            counters.update({"kept": int(len(kept)), "dropped": counters["input"] - int(len(kept))})
+            return Selection(kept, counters=counters, details=details)
         kept, c, d = run_density(
             ctx, source=main_src, k=self.k, niter=self.niter, kmeans_seed=self.kmeans_seed, train_rows=self.train_rows,
             fraction=self.fraction, count=self.count, tau=self.tau, num_nn=self.num_nn, balance=self.balance,

@@ -208,3 +208,14 @@ def test_dbp_other_key_and_count(pool_dir, tmp_path):
     o = Oracle(pool_dir, key="b32_img")
     same(sel.uids, o.density(6, 10, count=100))
     assert len(sel) == 100
+
+
+def test_dbp_stages_run_alone(pool_dir, tmp_path):
+    o = Oracle(pool_dir)
+    clip_only = run(DBPFilter(dedup=False, prune=False, clip_fraction=0.25), pool_dir, tmp=tmp_path)
+    same(clip_only.uids, o.uids[o.clip(0.25)])
+    assert clip_only.counters["after_clip_score"] == len(clip_only) == int(0.25 * 1500) + 1  # DataComp: n+1 rows
+    dedup_only = run(DBPFilter(dedup_k=5, niter=10, clip_filter=False, prune=False), pool_dir, tmp=tmp_path)
+    same(dedup_only.uids, o.semdedup(5, 10, eps=0.07))
+    with pytest.raises(Exception, match="every stage is off"):
+        DBPFilter(dedup=False, clip_filter=False, prune=False)
