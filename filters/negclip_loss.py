@@ -11,20 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 
 import numpy as np
 import torch
 
 AUTO_CHUNK_ELEMENTS = 1 << 25  # logits per row chunk when chunk_rows = 0 (128 MiB of float32)
-_IMPORT_PID = os.getpid()
-
-
-def fork_safe_threads() -> None:
-    """In a forked worker use one torch thread: the OpenMP pool inherited from a parent that already
-    ran torch ops deadlocks on its first parallel region (each worker is one process anyway)."""
-    if os.getpid() != _IMPORT_PID and torch.get_num_threads() != 1:
-        torch.set_num_threads(1)
 
 
 def shard_rng(seed: int, shard_name: str, repeat: int) -> np.random.Generator:
@@ -105,7 +96,6 @@ def shard_scores(
     n = len(img)
     if n == 0:
         return np.empty(0, np.float32), np.empty(0, np.float32)
-    fork_safe_threads()
     x = torch.from_numpy(np.ascontiguousarray(img)).to(device=device, dtype=torch.float32)
     y = torch.from_numpy(np.ascontiguousarray(txt)).to(device=device, dtype=torch.float32)
     if renormalize:

@@ -17,7 +17,10 @@ TARGET_TILE = 16384
 def as_tensor(x, device: str, dtype=torch.float32) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x.to(device=device, dtype=dtype)
-    return torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=dtype)
+    x = np.ascontiguousarray(x)
+    if not x.flags.writeable:  # memory-mapped targets: copy the tile (torch wants writable memory)
+        x = np.array(x)
+    return torch.from_numpy(x).to(device=device, dtype=dtype)
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipsift.filters.negclip_loss import fork_safe_threads, shard_rng
+from clipsift.filters.negclip_loss import shard_rng
 from clipsift.filters.normsim_math import normalize_rows, normsim2, normsim_inf, quad_form, second_moment
 from clipsift.filters.normsim_targets import iter_target_blocks, load_covariance, write_target_matrix
 from clipsift.uids import UID_DTYPE
@@ -53,7 +53,7 @@ def _resident_targets(path: str, device: str):
         mm = np.load(path, mmap_mode="r")
         free = torch.cuda.mem_get_info()[0] // 2 if device.startswith("cuda") else 1 << 30
         _RESIDENT.clear()
-        _RESIDENT[(path, device)] = torch.from_numpy(np.asarray(mm)).to(device) if mm.nbytes <= free else mm
+        _RESIDENT[(path, device)] = torch.from_numpy(np.array(mm)).to(device) if mm.nbytes <= free else mm
     return _RESIDENT[(path, device)]
 
 
@@ -78,7 +78,6 @@ class NormSimScorer:
     renormalize: bool = False
 
     def __call__(self, batch):
-        fork_safe_threads()
         emb = batch.embeddings[self.key]
         if self.renormalize:
             emb = normalize_rows(emb)
@@ -87,7 +86,6 @@ class NormSimScorer:
 
 def shard_moment(emb: np.ndarray, renormalize: bool, subsample: float | None, seed: int, shard_name: str) -> tuple[np.ndarray, int]:
     """sum f f^T (float64) over a shard's rows, or over a seeded int(n * subsample) of them."""
-    fork_safe_threads()
     f = normalize_rows(emb) if renormalize else emb
     if subsample is not None:
         k = int(len(f) * subsample)

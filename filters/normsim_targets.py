@@ -71,7 +71,11 @@ def read_matrix(path: Path, key: str | None = None) -> np.ndarray:
             obj = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(obj, dict):
                 obj = _pick(obj, path, key)
-            arr = obj.float().numpy() if hasattr(obj, "numpy") else np.asarray(obj)
+            if isinstance(obj, torch.Tensor):
+                obj = obj.detach().cpu()
+                arr = (obj if obj.dtype in (torch.float32, torch.float64) else obj.float()).numpy()
+            else:
+                arr = np.asarray(obj)
     except ParamError:
         raise
     except Exception as exc:
