@@ -29,16 +29,38 @@ log = get_logger("eval.tiny_suite")
 IMAGE_SIDE = 64  # the synthetic pool's stored image side
 JPEG_QUALITY = 95
 SUITE_MARKER = "tiny_suite.json"
-SUITE_VERSION = 1
+SUITE_VERSION = 2
 
-# prompts in the words of the world's caption templates ("a photo of two red circles", ...)
-TEMPLATES = {
-    "shape": ("{c}", "a photo of {c}", "an illustration of {c}", "{c} on a background"),
-    "colour": ("{c}", "a photo of {c} shapes", "an illustration of {c} shapes", "{c} on a background"),
-    "texture": ("a {c} background", "on a {c} background", "{c} background"),
-    "count": ("a photo of {c} shapes", "{c} shapes", "an illustration of {c} shapes"),
+# Prompt ensembles in the world's own caption frames: each template fixes the attributes the task
+# does not ask about to one random combination, and the classifier averages over 16 of them (as
+# CLIP's 80 ImageNet prompts average over photo styles). ``{c}`` is the class name.
+FRAMES = {
+    "shape": ("{count} {colour} {c} on a {texture} background", "a {texture} background with {count} {colour} {c}"),
+    "colour": ("{count} {c} {shapes} on a {texture} background", "a {texture} background with {count} {c} {shapes}"),
+    "texture": ("{count} {colour} {shapes} on a {c} background", "a {c} background with {count} {colour} {shapes}"),
+    "count": ("{c} {colour} {shapes} on a {texture} background", "a {texture} background with {c} {colour} {shapes}"),
     "rendered_text": ("{c}", "the word {c}", "a sign that says {c}"),
 }
+N_TEMPLATES = 16
+
+
+def templates(world, name: str, rng: np.random.Generator) -> list[str]:
+    """Zero-shot templates of task ``name`` (16 random fillings of its caption frames)."""
+    from clipsift.synth import vocab
+
+    frames = FRAMES[name]
+    if name == "rendered_text":
+        return list(frames)
+    out = []
+    for i in range(N_TEMPLATES):
+        out.append(frames[i % len(frames)].format(
+            c="{c}",
+            count=vocab.COUNT_WORDS[1 + rng.integers(0, 4)],  # plural frames: two..five
+            colour=world.colours[rng.integers(0, len(world.colours))],
+            shapes=vocab.SHAPES_PLURAL[rng.integers(0, len(vocab.SHAPES))],
+            texture=world.textures[rng.integers(0, len(world.textures))],
+        ))
+    return out
 
 
 def _classes(world, name: str) -> list[str]:
@@ -145,7 +167,7 @@ def make_tiny_suite(out_dir, pool_or_world, *, seed: int = 1234, overwrite: bool
                 images, labels, classes = _classification(world, name, n, rng)
                 _write_tar(tmp / "test" / "0.tar", images, labels=labels)
                 (tmp / "classnames.txt").write_text("\n".join(classes) + "\n")
-                (tmp / "zeroshot_classification_templates.txt").write_text("\n".join(TEMPLATES[name]) + "\n")
+                (tmp / "zeroshot_classification_templates.txt").write_text("\n".join(templates(world, name, rng)) + "\n")
             (tmp / "test" / "nshards.txt").write_text("1\n")
         log.info("tiny suite: wrote %s (%d samples)", task.folder, n)
     write_json(out / SUITE_MARKER, marker)

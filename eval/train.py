@@ -288,7 +288,7 @@ def info_dict(cfg: TrainConfig) -> dict:
         "scale": cfg.scale,
         "checkpoint": experiment_dir(cfg) / "checkpoints" / "epoch_latest.pt",
         "scale_config": scale,
-        "data_dir": data_dir if _REMOTE.match(data_dir) or "::" in data_dir else Path(data_dir),
+        "data_dir": data_dir if _REMOTE.match(data_dir) else Path(data_dir),  # DataComp: Path (CloudPath remote)
     }
 
 

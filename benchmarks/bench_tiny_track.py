@@ -1,0 +1,81 @@
+"""Tiny track speed: reshard (samples/s), tiny training throughput (samples/s) and tiny-suite
+evaluation time, on a synthetic pool with images.
+
+Usage: .venv/bin/python benchmarks/bench_tiny_track.py [--rows 8000] [--samples 16384] [--dir /tmp]
+Prints the machine load too: on a shared machine the figures scale with the free cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from _harness import table
+
+from clipsift.log import configure_logging
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=8000)
+    ap.add_argument("--samples", type=int, default=None, help="samples seen (default: the tiny scale's)")
+    ap.add_argument("--dir", default=tempfile.gettempdir())
+    args = ap.parse_args()
+    configure_logging(-1)
+    from clipsift.eval.evaluate import evaluate
+    from clipsift.eval.reshard import ReshardArgs, reshard
+    from clipsift.eval.tiny_suite import make_tiny_suite
+    from clipsift.eval.train import TrainConfig, run_training
+    from clipsift.subset import write_subset
+    from clipsift.synth import make_pool
+
+    work = Path(tempfile.mkdtemp(prefix="clipsift-bench-tiny-", dir=args.dir))
+    rows = []
+    try:
+        print(f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f}")
+        make_pool(work / "pool", args.rows, seed=0, images=True, shard_rows=max(1000, args.rows // 4))
+        import pyarrow.parquet as pq
+
+        from clipsift.uids import hex_to_records
+
+        uids = hex_to_records(pq.read_table(work / "pool" / "truth.parquet", columns=["uid"])["uid"])
+        subset = write_subset(work / "all.npy", uids)
+        t0 = time.perf_counter()
+        res = reshard(ReshardArgs(str(work / "pool" / "shards"), str(work / "shards"), str(subset)))
+        dt = time.perf_counter() - t0
+        rows.append({"stage": "reshard", "items": res.processed_count, "seconds": round(dt, 1), "per_s": round(res.processed_count / dt, 1)})
+
+        t0 = time.perf_counter()
+        out = run_training(TrainConfig(scale="tiny", data_dir=str(work / "shards"), output_dir=str(work / "run"), train_num_samples=args.samples))
+        dt = time.perf_counter() - t0
+        log = (work / "run" / "tiny_scale" / "out.log").read_text()
+        stamps = re.findall(r"^(\d{4}-\d\d-\d\d),(\d\d:\d\d:\d\d) \| INFO \| Train Epoch", log, re.M)
+        loop = None
+        if len(stamps) >= 2:
+            import datetime as dtm
+
+            first, last = (dtm.datetime.strptime(" ".join(s), "%Y-%m-%d %H:%M:%S") for s in (stamps[0], stamps[-1]))
+            loop = (last - first).total_seconds()
+        rows.append({"stage": "train (wall, incl. start-up)", "items": out["samples_seen"], "seconds": round(dt, 1), "per_s": round(out["samples_seen"] / dt, 1)})
+        if loop:
+            rows.append({"stage": "train (steps only)", "items": out["samples_seen"], "seconds": round(loop, 1), "per_s": round(out["samples_seen"] / loop, 1)})
+
+        suite = make_tiny_suite(work / "suite", work / "pool")
+        t0 = time.perf_counter()
+        recs = evaluate(work / "run" / "tiny_scale", work / "run", str(suite), "tiny", num_workers=0)
+        dt = time.perf_counter() - t0
+        n = sum(480 if r["key"] != "tiny/retrieval" else 500 for r in recs)
+        rows.append({"stage": f"evaluate tiny suite ({len(recs)} tasks)", "items": n, "seconds": round(dt, 1), "per_s": round(n / dt, 1)})
+        print(table(rows, ["stage", "items", "seconds", "per_s"]))
+        print(f"load after={os.getloadavg()[0]:.1f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
