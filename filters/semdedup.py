@@ -61,25 +61,31 @@ def processing_order(dist: np.ndarray, gidx: np.ndarray, keep: str, seed: int = 
     raise ParamError(f"keep={keep!r}: choose one of {', '.join(KEEP_MODES)}")
 
 
-def max_similarity(fetch, n: int, block: int = 8192, device: str = "cpu") -> np.ndarray:
+def max_similarity(fetch, n: int, block: int = 8192, device: str = "cpu", width: int | None = None) -> np.ndarray:
     """M_j = max(0, max_{i<j} e_i·e_j) for rows in processing order, by column blocks.
 
     ``fetch(start, stop)`` returns unit float32 rows ``start:stop`` of the processing order. For
-    column block J a running max is updated with every row block I ≤ J (strict upper triangle on
-    the diagonal block), so memory is O(block²) for any ``n``.
+    each column block [j0, j1) of ``width`` columns (default ``block``), a running max is updated
+    with row chunks of at most ``block`` rows covering [0, j1); entries with i ≥ j are masked.
+    Only the upper triangle plus ``width``-wide diagonal strips is computed, and memory is
+    O(block·width) for any ``n``.
     """
     import torch
 
+    width = int(width or block)
     out = np.zeros(n, dtype=np.float32)
-    for j0 in range(0, n, block):
-        j1 = min(n, j0 + block)
+    for j0 in range(0, n, width):
+        j1 = min(n, j0 + width)
         ej = torch.from_numpy(np.ascontiguousarray(fetch(j0, j1))).to(device)
         run = torch.zeros(j1 - j0, dtype=torch.float32, device=device)
-        for i0 in range(0, j0 + 1, block):
-            ei = ej if i0 == j0 else torch.from_numpy(np.ascontiguousarray(fetch(i0, min(n, i0 + block)))).to(device)
+        for i0 in range(0, j1, block):
+            i1 = min(j1, i0 + block)
+            ei = torch.from_numpy(np.ascontiguousarray(fetch(i0, i1))).to(device)
             s = ei @ ej.T
-            if i0 == j0:
-                s.triu_(diagonal=1)
+            if i1 > j0:  # the chunk reaches the diagonal: drop pairs with i >= j
+                rows = torch.arange(i0, i1, device=device)[:, None]
+                cols = torch.arange(j0, j1, device=device)[None, :]
+                s.masked_fill_(rows >= cols, 0.0)
             run = torch.maximum(run, s.max(dim=0).values)
         out[j0:j1] = run.cpu().numpy()
     return out
@@ -108,7 +114,8 @@ def cluster_max_similarity(group: dict, keep: str, seed: int, cluster: int, *, b
             rows[srt] = emb[pos[srt]]
             return normalize(rows)
 
-    m = max_similarity(fetch, n, block=block, device=device)
+    # in memory: narrow column strips halve the work; from disk: square blocks read the file less often
+    m = max_similarity(fetch, n, block=block, device=device, width=min(block, 1024) if n <= cap else block)
     out = np.empty(n, np.float32)
     out[order] = m
     return out
