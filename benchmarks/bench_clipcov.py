@@ -215,6 +215,7 @@ def cmd_truth(args) -> None:
         kept_m = int(mism[pos].sum())
         return {"method": name, "fraction": frac, "kept": len(pos), "mismatched_share_of_kept": round(kept_m / len(pos), 4),
                 "mismatched_pairs_kept": round(kept_m / max(int(mism.sum()), 1), 4), "concepts_covered": int(len(np.unique(concept[pos]))),
+                "concepts_with_5_plus": int((np.bincount(concept[pos]) >= 5).sum()),
                 "concepts_in_pool": total_concepts}
 
     print(json.dumps({"pool": str(pool), "rows": n, "mismatched_rate": round(float(mism.mean()), 4), "classes": len(names)}))

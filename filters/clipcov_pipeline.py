@@ -247,6 +247,9 @@ class Outcome:
 
 
 def run_reference(loader: UnitLoader, units, k: int, B: int) -> Outcome:
+    largest = max((loader.store.sizes[c] if loc is None else len(loc) for c, loc in units), default=0)
+    if largest > 20_000:
+        log.warning("clipcov reference mode holds dense n_c x n_c matrices; the largest class has %d rows (use mode=scalable)", largest)
     problems = [loader.problem(u, dense=True) for u in progress(units, desc="clipcov: classes (dense)", unit="class")]
     res = reference_select(problems, k, B)
     owner = np.concatenate([np.full(p.n, i) for i, p in enumerate(problems)]) if problems else np.empty(0, np.int64)
