@@ -22,6 +22,7 @@ from clipsift.eval.tasks import load_tasks
 from clipsift.eval.tiny_suite import make_tiny_suite
 from clipsift.eval.track import TrackSpec, run_track
 from clipsift.eval.train import TrainConfig
+
 from clipsift.log import configure_logging
 
 METHODS = (("no_filter", {}), ("clip_score", {"fraction": 0.3, "arch": "l14"}))
@@ -34,6 +35,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--pool-seed", type=int, default=0)
     ap.add_argument("--train-num-samples", type=int, default=None, help="default: the tiny scale's")
+    ap.add_argument("--methods", nargs="+", default=[m for m, _ in METHODS], help="run only these (runs of others are read back)")
+    ap.add_argument("--report-only", action="store_true", help="print the table from finished runs")
     args = ap.parse_args()
     configure_logging(-1)
     out = Path(args.out).resolve()
@@ -49,11 +52,22 @@ def main() -> None:
     for name, params in METHODS:
         subset = _make_subset(name, params, pool, out / "subsets" / f"{name}.npy")
         for seed in args.seeds:
+            run_dir = out / "runs" / f"{name}_s{seed}"
+            if name not in args.methods or args.report_only:
+                if not (run_dir / "run.json").exists():
+                    continue
+                run = json.loads((run_dir / "run.json").read_text())
+                recs = [json.loads(x) for x in (run_dir / "eval_results.jsonl").read_text().splitlines()]
+                scores.setdefault(name, []).append({**{r["key"]: r["metrics"]["main_metric"] for r in recs}, "average": run["average"], "size": run["dataset_size"], "seen": run["samples_seen"]})
+                continue
             cfg = TrainConfig(scale="tiny", data_dir="", output_dir="", seed=seed, train_num_samples=args.train_num_samples)
             run = run_track(TrackSpec(subset=str(subset), shards=str(pool / "shards"), out=str(out / "runs" / f"{name}_s{seed}"),
                                       train=cfg, suite="tiny", eval_data_dir=str(suite), method=name))
             recs = [json.loads(x) for x in (out / "runs" / f"{name}_s{seed}" / "eval_results.jsonl").read_text().splitlines()]
             scores.setdefault(name, []).append({**{r["key"]: r["metrics"]["main_metric"] for r in recs}, "average": run["average"], "size": run["dataset_size"], "seen": run["samples_seen"]})
+    if set(scores) != {m for m, _ in METHODS}:
+        print(f"runs finished so far: { {k: len(v) for k, v in scores.items()} }")
+        return
     cols = [t.key for t in tasks] + ["average"]
 
     def ms(vals):

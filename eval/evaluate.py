@@ -16,10 +16,11 @@ import pickle
 import time
 from pathlib import Path
 
-from clipsift.errors import ClipsiftError
 from clipsift.eval import zeroshot
 from clipsift.eval.tasks import EvalTask, load_tasks
 from clipsift.eval.train import cpu_threads
+
+from clipsift.errors import ClipsiftError
 from clipsift.log import get_logger
 
 log = get_logger("eval.evaluate")
@@ -77,6 +78,8 @@ def evaluate(
     tasks: list[str] | None = None,
 ) -> list[dict]:
     """Evaluate a trained model on ``suite``; returns the result records in tasklist order."""
+    if os.environ.get("CLIPSIFT_PROGRESS") == "0":  # -q: silence clip_benchmark's own tqdm bars
+        os.environ.setdefault("TQDM_DISABLE", "1")
     train_dir = Path(train_output_dir)
     out = Path(output_dir) if output_dir is not None else train_dir
     if use_model is not None:

@@ -31,7 +31,15 @@ from clipsift.errors import ClipsiftError, SubsetError
 from clipsift.io import atomic_write, write_json
 from clipsift.log import get_logger, progress
 from clipsift.subset import read_subset
-from clipsift.uids import UID_DTYPE, hex_to_records, is_sorted, isin_sorted, records_to_hex, sort_records, unique_sorted
+from clipsift.uids import (
+    UID_DTYPE,
+    hex_to_records,
+    is_sorted,
+    isin_sorted,
+    records_to_hex,
+    sort_records,
+    unique_sorted,
+)
 
 log = get_logger("eval.reshard")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import logging
 import os
 import pickle
 import re
@@ -21,8 +22,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clipsift.errors import ClipsiftError, MissingDependencyError
 from clipsift.eval.scales import get_scale_config, run_defaults
+
+from clipsift.errors import ClipsiftError, MissingDependencyError
 from clipsift.log import get_logger
 
 log = get_logger("eval.train")
@@ -346,8 +348,14 @@ def run_training(cfg: TrainConfig, gpus: int | None = None) -> dict:
         from open_clip_train.main import main as open_clip_main
 
         log.info("training in-process (world size %d): open_clip_train.main %s", world, shlex.join(args))
-        with cpu_threads():
-            status = open_clip_main(list(args))
+        root = logging.getLogger()
+        handlers, level = root.handlers[:], root.level
+        try:
+            with cpu_threads():
+                status = open_clip_main(list(args))
+        finally:  # open_clip's setup_logging re-configures the root logger; give it back
+            root.handlers[:] = handlers
+            root.setLevel(level)
         if status == -1:
             log.warning("open_clip returned -1 (an existing out.log without --resume latest); checking for a checkpoint")
     if rank == 0:

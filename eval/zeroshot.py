@@ -34,7 +34,6 @@ def load_model(arch: str, checkpoint: str | os.PathLike) -> LoadedModel:
     """DataComp's ``create_model`` (seed 0, eval mode, validation transform), cached per checkpoint."""
     import open_clip
     import torch
-
     from clipsift.eval.train import register_model_configs
 
     key = (arch, str(checkpoint), os.path.getmtime(checkpoint) if os.path.exists(checkpoint) else None)
@@ -136,7 +135,6 @@ def _retrieval_metrics(lm: LoadedModel, loader) -> dict:
 def evaluate_wds_retrieval(task, lm: LoadedModel, data_root, batch_size=64, num_workers=4) -> dict:
     """Retrieval on a webdataset set (``dataset_type.txt`` = retrieval, captions one per line)."""
     import torch
-
     from clip_benchmark.datasets.builder import build_dataset
 
     dataset = build_dataset(dataset_name=f"wds/{task.key}", root=_wds_root(task, data_root), transform=lm.transform, split="test", download=False, task="zeroshot_retrieval")

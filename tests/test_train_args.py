@@ -7,10 +7,17 @@ import json
 import pickle
 
 import pytest
+from clipsift.eval.scales import available_scales, get_scale_config
+from clipsift.eval.train import (
+    TrainConfig,
+    build_open_clip_args,
+    info_dict,
+    resolve_train_data,
+    samples_seen,
+    torchrun_command,
+)
 
 from clipsift.cli import main as cli
-from clipsift.eval.scales import available_scales, get_scale_config
-from clipsift.eval.train import TrainConfig, build_open_clip_args, info_dict, resolve_train_data, samples_seen, torchrun_command
 
 
 def datacomp_args(data, scale_model, batch, lr, warmup, samples, *, precision="amp", workers=4, ckpts=5, out="out", name="x", seed=0, accum=1, log_n=100, resume="latest", save_freq=0):
@@ -122,8 +129,9 @@ def test_dry_run_prints_torchrun_command(tmp_path, capsys):
 
 
 def test_blur_field_rejected(tmp_path):
-    from clipsift.errors import ClipsiftError
     from clipsift.eval.train import run_training
+
+    from clipsift.errors import ClipsiftError
 
     with pytest.raises(ClipsiftError, match="blur-field"):
         run_training(TrainConfig(scale="tiny", data_dir=str(tmp_path), output_dir=str(tmp_path), blur_field="face_bboxes"))
