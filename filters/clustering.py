@@ -89,53 +89,70 @@ class ExternalEmbeddings:
         raise ClipsiftError(f"{self.path}: no external embeddings found; give an .npz (uids, emb) or .parquet (uid, emb) file or a folder of them")
 
     @staticmethod
-    def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    def _read(path: Path, what: str) -> np.ndarray:
+        """One file's ``uids`` (as records) or ``emb`` (float (n, d)); only that part is loaded."""
         try:
             if path.suffix == ".npz":
                 with np.load(path, allow_pickle=False) as z:
-                    uids, emb = z["uids"], z["emb"]
+                    if what == "uids":
+                        return hex_to_records(z["uids"])
+                    emb = z["emb"]
             else:
                 import pyarrow.parquet as pq
 
-                table = pq.read_table(path, columns=["uid", "emb"])
-                uids = table.column("uid")
-                col = table.column("emb").combine_chunks()
+                if what == "uids":
+                    return hex_to_records(pq.read_table(path, columns=["uid"]).column("uid"))
+                col = pq.read_table(path, columns=["emb"]).column("emb").combine_chunks()
                 emb = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(col), -1)
-            recs = hex_to_records(uids)
         except ClipsiftError:
             raise
         except Exception as exc:
             raise ClipsiftError(f"{path}: unreadable external embeddings ({exc}); it needs uids/uid and emb") from exc
         emb = np.asarray(emb)
-        if emb.ndim != 2 or len(emb) != len(recs) or not np.issubdtype(emb.dtype, np.floating):
+        if emb.ndim != 2 or not np.issubdtype(emb.dtype, np.floating):
             raise ClipsiftError(f"{path}: emb must be a float (n, d) array row-aligned with the uids")
-        return recs, emb
+        return emb
 
     def prepare(self, workdir: Path) -> ExternalEmbeddings:
-        """Write uid-sorted ``keys.npy`` and ``emb.npy`` under ``workdir`` (once)."""
+        """Write uid-sorted ``keys.npy`` and ``emb.npy`` under ``workdir`` (once).
+
+        Two passes, one file in memory at a time: uids first (16 B/row, sorted), then each file's
+        vectors are scattered to their sorted rows of a memory-mapped output.
+        """
         out = Path(workdir) / "external-embeddings"
         if (out / "emb.npy").exists():
             self._dir = out
             return self
         out.mkdir(parents=True, exist_ok=True)
         files = self._files()
-        parts = [self._read(f) for f in files]  # one pass to size the output
-        n = sum(len(r) for r, _ in parts)
-        dims = {e.shape[1] for _, e in parts}
-        if len(dims) != 1:
-            raise ClipsiftError(f"{self.path}: files disagree on the embedding dimension ({sorted(dims)})")
-        keys = np.concatenate([uid_keys(r["f0"], r["f1"]) for r, _ in parts])
+        recs = [self._read(f, "uids") for f in files]
+        sizes = [len(r) for r in recs]
+        keys = np.concatenate([uid_keys(r["f0"], r["f1"]) for r in recs])
+        del recs
         order = np.argsort(keys, kind="stable")
         keys = keys[order]
-        if n > 1 and np.any(keys[1:] == keys[:-1]):
+        if len(keys) > 1 and np.any(keys[1:] == keys[:-1]):
             raise ClipsiftError(f"{self.path}: a uid occurs twice in the external embeddings; deduplicate them")
-        dtype = np.result_type(*[e.dtype for _, e in parts])
-        emb = np.lib.format.open_memmap(out / "emb.tmp.npy", mode="w+", dtype=dtype, shape=(n, dims.pop()))
-        flat = np.concatenate([e for _, e in parts]) if len(parts) > 1 else parts[0][1]
-        for start in range(0, n, 65536):
-            emb[start : start + 65536] = flat[order[start : start + 65536]]
-        emb.flush()
-        del emb, flat, parts
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        del order
+        emb_out, start = None, 0
+        for f, n in zip(files, sizes):
+            emb = self._read(f, "emb")
+            if len(emb) != n:
+                raise ClipsiftError(f"{f}: {len(emb)} vectors for {n} uids; they must be row-aligned")
+            if emb_out is None:
+                emb_out = np.lib.format.open_memmap(out / "emb.tmp.npy", mode="w+", dtype=emb.dtype, shape=(len(keys), emb.shape[1]))
+            if emb.shape[1] != emb_out.shape[1]:
+                raise ClipsiftError(f"{f}: dimension {emb.shape[1]}, other files have {emb_out.shape[1]}")
+            dest = rank[start : start + n]
+            srt = np.argsort(dest, kind="stable")
+            emb_out[dest[srt]] = emb[srt]
+            start += n
+        if emb_out is None:
+            raise ClipsiftError(f"{self.path}: the external embeddings hold no rows")
+        emb_out.flush()
+        del emb_out
         np.save(out / "keys.npy", keys)
         (out / "emb.tmp.npy").rename(out / "emb.npy")
         self._dir = out
