@@ -252,3 +252,39 @@ def test_class_embeddings_command(tmp_path):
     sel = run(root, tmp_path / "w", class_embeddings=str(out), fraction=0.25)
     assert sel.details["class_sizes"][3] == 0 and len(sel) == 30
     assert sel.details["partition"]["model"] == "tiny-clip"
+
+
+def test_resumed_classes_and_interrupted_runs_give_the_same_order(tmp_path, monkeypatch):
+    from clipsift.filters import clipcov_pipeline
+
+    root, uids, _, _ = clipcov_pool(tmp_path / "pool", [500], seed=20)
+    labels = write_labels(tmp_path / "labels.parquet", uids, np.random.default_rng(2).integers(0, 3, 500))
+    base = dict(partition="labels", labels=str(labels), fraction=0.4, batch=3)
+    run(root, tmp_path / "w0", mode="reference", **base, order_out=str(tmp_path / "ref.parquet"))
+    monkeypatch.setattr(clipcov_pipeline, "prefix_length", lambda n, f, B: 1)  # every class runs out (P4)
+    sel = run(root, tmp_path / "w1", **base, order_out=str(tmp_path / "short.parquet"))
+    assert sel.details["resumed_classes"] == 3
+    assert np.array_equal(order_of(tmp_path / "short.parquet"), order_of(tmp_path / "ref.parquet"))
+    # an interrupted run: some classes' saved sequences are missing; the re-run completes them
+    seq = next((tmp_path / "w1" / "clipcov").glob("*/seq-*"))
+    for f in sorted(seq.glob("u*.npz"))[::2]:
+        f.unlink()
+    run(root, tmp_path / "w1", **base, order_out=str(tmp_path / "again.parquet"))
+    assert np.array_equal(order_of(tmp_path / "again.parquet"), order_of(tmp_path / "ref.parquet"))
+
+
+def test_kmeans_partition_follows_the_spec_recipe(tmp_path):
+    from clipsift.filters.clipcov_numeric import argmax_exact
+    from clipsift.filters.clipcov_partition import kmeans_centres, kmeans_sample_step
+
+    assert kmeans_sample_step(12_800_000, 1000) == 13 and kmeans_sample_step(500, 1000) == 1
+    root, _, img, _ = clipcov_pool(tmp_path / "pool", [240], seed=21, distinct=40)
+    cent = kmeans_centres(img, 5)
+    assert cent.dtype == np.float16 and np.all(np.abs(np.linalg.norm(cent.astype(np.float64), axis=1) - 1) < 1e-2)
+    assert np.array_equal(cent, kmeans_centres(img, 5))
+    sel = run(root, tmp_path / "w", partition="kmeans", clusters=5, fraction=0.25)
+    expect = np.bincount(argmax_exact(img, cent), minlength=5)
+    assert sel.details["class_sizes"] == expect.tolist() and len(sel) == 60
+    # more clusters than distinct rows: the extra clusters stay empty
+    cent = kmeans_centres(img[:10], 20)
+    assert np.count_nonzero(np.abs(cent.astype(np.float64)).sum(1)) <= 10
