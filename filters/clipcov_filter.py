@@ -8,6 +8,7 @@ Three modes (spec ../shared/specs/clipcov.md): ``reference`` (the notebook's den
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +28,7 @@ from clipsift.filters.clipcov_pipeline import (
     run_scalable,
     uids_of,
 )
+from clipsift.filters.clipcov_partition import file_digest
 from clipsift.filters.clipcov_reference import budget
 from clipsift.io import atomic_path
 from clipsift.params import Param
@@ -76,7 +78,8 @@ class ClipCovFilter(Filter):
     def _run_dir(self, ctx: RunContext):
         pool_fp = ctx.pool.fingerprint()["digest"]
         cand = "all" if ctx.candidates is None else hashlib.sha256(np.ascontiguousarray(ctx.candidates).tobytes()).hexdigest()[:16]
-        return ctx.workdir / "clipcov" / _digest([pool_fp, cand, self.embeddings, self.partition, self.clusters, self.kmeans_iters, self.class_embeddings, self.labels])
+        files = [file_digest(f) if f and Path(f).is_file() else f for f in (self.class_embeddings, self.labels)]
+        return ctx.workdir / "clipcov" / _digest([pool_fp, cand, self.embeddings, self.partition, self.clusters, self.kmeans_iters, *files])
 
     def select(self, ctx: RunContext) -> Selection:
         run_dir = self._run_dir(ctx)
