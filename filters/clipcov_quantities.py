@@ -60,17 +60,19 @@ class EmbeddingKernel:
     ``fast`` uses fp32 (TF32 on CUDA) products: about 10× faster on GPUs, not parity-exact.
     """
 
-    def __init__(self, img: np.ndarray, txt: np.ndarray, tau: float = 0.0, device: str = "cpu", block: int = 4096, fast: bool = False):
+    def __init__(self, img, txt, tau: float = 0.0, device: str = "cpu", block: int = 4096, fast: bool = False, backend: str | None = None):
         self.tau, self.device, self.block, self.fast = float(tau), str(device), int(block), bool(fast)
         self.n = len(img)
-        self.on_gpu = self.device != "cpu"
+        # backend: "torch" or "numpy"; default torch on accelerators, numpy on CPU
+        self.on_gpu = (backend or ("numpy" if self.device == "cpu" else "torch")) == "torch"
         img = np.ascontiguousarray(img, dtype=np.float16)
         txt = np.ascontiguousarray(txt, dtype=np.float16)
         if self.on_gpu:
             import torch
 
             dt = torch.float32 if fast else torch.float64
-            torch.backends.cuda.matmul.allow_tf32 = bool(fast)
+            if fast:
+                torch.backends.cuda.matmul.allow_tf32 = True
             self.img = torch.from_numpy(img.copy()).to(self.device).to(dt)
             self.txt = torch.from_numpy(txt.copy()).to(self.device).to(dt)
         else:

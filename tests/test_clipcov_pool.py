@@ -101,6 +101,16 @@ def test_blocked_products_are_bitwise_equal(tmp_path):
     assert np.array_equal(dense_p.r, block_p.r) and np.array_equal(dense_p.u0, block_p.u0)
 
 
+def test_numpy_and_torch_backends_agree(tmp_path):
+    """The CUDA code path (torch) run on CPU gives the same bits as the numpy path."""
+    _, _, img, txt = clipcov_pool(tmp_path / "pool", [300], seed=10)
+    np_k = EmbeddingKernel(img, txt, block=64, tau=0.05)
+    th_k = EmbeddingKernel(img, txt, block=100, tau=0.05, backend="torch")
+    assert np.array_equal(np_k.coverage_sums(), th_k.coverage_sums())
+    assert np.array_equal(np_k.pair_sums([1, 2, 250, 2]), th_k.pair_sums([1, 2, 250, 2]))
+    assert np.array_equal(np_k.diag(), th_k.diag()) and np.array_equal(np_k.dense(), th_k.dense())
+
+
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device")
 def test_cpu_and_gpu_agree(tmp_path):
     _, _, img, txt = clipcov_pool(tmp_path / "pool", [700], seed=10)
