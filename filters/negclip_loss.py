@@ -47,7 +47,9 @@ def batch_gaps(img: torch.Tensor, txt: torch.Tensor, tau: float, chunk_rows: int
     """(LSE_row - L_ii, LSE_col - L_ii) in float64 for one batch, logits L = img @ txt.T / tau.
 
     Rows are processed ``chunk_rows`` at a time; each column keeps a running (max, sum) merged as
-    m' = max(m, chunk max), s' = s * exp(m - m') + sum exp(x - m').
+    m' = max(m, chunk max), s' = s * exp(m - m') + sum exp(x - m'). Exponentials and in-chunk sums
+    are float32 (terms <= 1, pairwise-summed), merged in float64. ``amax``, not ``max``: the
+    latter also computes indices and is ~10x slower on CPU.
     """
     b = img.shape[0]
     dev = img.device
@@ -63,14 +65,14 @@ def batch_gaps(img: torch.Tensor, txt: torch.Tensor, tau: float, chunk_rows: int
         logits.mul_(inv_tau)
         d = logits.diagonal(offset=a)
         diag[a:z] = d
-        rmax = logits.max(dim=1).values
-        rsum = torch.exp(logits - rmax[:, None]).sum(dim=1, dtype=torch.float64)
-        row_gap[a:z] = (rmax.double() - d.double()) + torch.log(rsum)
-        cmax = torch.maximum(col_max, logits.max(dim=0).values)
+        rmax = logits.amax(dim=1)
+        rsum = torch.exp(logits - rmax[:, None]).sum(dim=1)
+        row_gap[a:z] = (rmax - d).double() + torch.log(rsum.double())
+        cmax = torch.maximum(col_max, logits.amax(dim=0))
         logits.sub_(cmax[None, :]).exp_()
-        col_sum = col_sum * torch.exp((col_max - cmax).double()) + logits.sum(dim=0, dtype=torch.float64)
+        col_sum = col_sum * torch.exp((col_max - cmax).double()) + logits.sum(dim=0).double()
         col_max = cmax
-    col_gap = (col_max.double() - diag.double()) + torch.log(col_sum)
+    col_gap = (col_max - diag).double() + torch.log(col_sum)
     return row_gap, col_gap
 
 
