@@ -63,5 +63,5 @@ def normsim_inf(rows, targets, device: str = "cpu", row_chunk: int = 8192, targe
         best = out[a : a + len(f)]
         for t in range(0, len(targets), target_tile):
             g = as_tensor(targets[t : t + target_tile], device)
-            torch.maximum(best, (f @ g.T).abs_().max(dim=1).values, out=best)
+            torch.maximum(best, (f @ g.T).abs_().amax(dim=1), out=best)
     return out
