@@ -23,6 +23,8 @@ import pyarrow.compute as pc
 from clipsift.errors import MissingDependencyError
 
 _MODELS: dict[str, object] = {}  # per-process cache: a model is loaded once, not once per shard
+_MEMO: dict[str, dict[str, str]] = {}  # model path -> caption -> label
+_MEMO_MAX = 2_000_000
 
 
 class LanguageIdentifier(Protocol):
@@ -49,8 +51,18 @@ class FastTextLID:
         return model
 
     def predict(self, texts: Sequence[str]) -> list[str]:
-        model = self._model()
-        return [model.predict(t)[0][0].split("__label__")[1] for t in texts]
+        """Top-1 label per text; answers are memoised per process across shards (bounded)."""
+        memo = _MEMO.setdefault(self.path, {})
+        if len(memo) > _MEMO_MAX:
+            memo.clear()
+        native = self._model().f  # the wrapper's predict(t) is this call on t + "\n", plus checks
+        out = []
+        for t in texts:
+            label = memo.get(t)
+            if label is None:
+                label = memo[t] = native.predict(t + "\n", 1, 0.0, "strict")[0][1].split("__label__")[1]
+            out.append(label)
+        return out
 
     def __getstate__(self):
         return {"path": self.path}

@@ -1,0 +1,190 @@
+"""Time and peak memory of every DataComp baseline on a synthetic pool, against the floor of
+reading the columns it needs and, optionally, against DataComp's own ``baselines.py``.
+
+    python benchmarks/bench_baselines.py --pool /data/p1m            # existing pool (metadata/ or its parent)
+    python benchmarks/bench_baselines.py --make-pool /data/p1m --rows 1000000
+    python benchmarks/bench_baselines.py --pool P --reference-cmd /path/to/run_datacomp_baselines.sh
+
+``--reference-cmd`` is any executable taking DataComp's ``baselines.py`` flags (``--name``,
+``--metadata_dir``, ``--save_path``, ...); for the image-based baselines it also gets the asset
+paths in ``CLIPSIFT_BENCH_CENTROIDS`` / ``CLIPSIFT_BENCH_TARGETS``. Outputs are compared byte for byte.
+``--lid-bin PATH`` measures how often the bundled ``lid.176.ftz`` and DataComp's ``lid.176.bin``
+disagree on English for the pool's distinct captions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+RUNS = {  # label: (filter name, clipsift --set params, DataComp flags, columns read, npz keys)
+    "no_filter": ("no_filter", [], [], ["uid"], []),
+    "basic_filter": ("basic_filter", [], [], ["uid", "text", "original_width", "original_height"], []),
+    "text_based": ("text_based", [], [], ["uid", "text"], []),
+    "clip_score_l14_f0.3": ("clip_score", ["arch=l14", "fraction=0.3"], ["--arch", "l14", "--fraction", "0.3"], ["uid", "clip_l14_similarity_score"], []),
+    "clip_score_b32_t0.3": ("clip_score", ["arch=b32", "threshold=0.3"], ["--arch", "b32", "--threshold", "0.3"], ["uid", "clip_b32_similarity_score"], []),
+    "laion2b": ("laion2b", [], [], ["uid", "text", "clip_b32_similarity_score"], []),
+    "image_based": ("image_based", [], ["--image_based_scale", "small"], ["uid", "text"], ["l14_img"]),
+    "image_based_intersect_clip_score_l14_f0.3": (
+        "image_based_intersect_clip_score", ["arch=l14", "fraction=0.3"],
+        ["--image_based_scale", "small", "--arch", "l14", "--fraction", "0.3"], ["uid", "text", "clip_l14_similarity_score"], ["l14_img"],
+    ),
+}
+
+_MEASURE = (
+    "import resource, subprocess, sys, time; t = time.perf_counter(); rc = subprocess.run(sys.argv[1:]).returncode; "
+    "w = time.perf_counter() - t; r = resource.getrusage(resource.RUSAGE_CHILDREN); "
+    "print('@@', rc, w, r.ru_maxrss / 1024, r.ru_utime + r.ru_stime)"
+)
+
+
+def measure(cmd: list[str], env=None) -> dict:
+    """Wall time, CPU time (all processes) and the largest resident set among the command's processes."""
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, env=env)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("@@")][-1].split()
+    if int(line[1]) != 0:
+        sys.stderr.write(proc.stderr[-3000:])
+    return {"rc": int(line[1]), "wall_s": round(float(line[2]), 2), "peak_rss_mb": round(float(line[3]), 1), "cpu_s": round(float(line[4]), 2)}
+
+
+def _read(columns, keys, pool, shard):
+    batch = pool.read(shard, columns=columns, keys=keys)
+    return len(batch)
+
+
+def read_floor(metadata: str, columns, keys, workers: int) -> float:
+    """Seconds to read the needed columns (uids decoded) and npz keys of every shard, nothing else."""
+    from functools import partial
+
+    from clipsift.executor import LocalExecutor
+    from clipsift.pool import Pool
+
+    pool = Pool(metadata)
+    t = time.perf_counter()
+    rows = sum(LocalExecutor(workers, show_progress=False).map(partial(_read, tuple(columns), tuple(keys), pool), pool.shards))
+    assert rows == pool.num_rows
+    return time.perf_counter() - t
+
+
+def image_assets(metadata: str, workdir: Path, workers: int, clusters: int) -> tuple[str, str]:
+    """Centroids by `clipsift build-centroids` (sampled) and 1000 pool embeddings as stand-in targets."""
+    import torch
+
+    from clipsift.pool import Pool
+
+    cent = workdir / "bench_centroids.pt"
+    if not cent.exists():
+        subprocess.run([sys.executable, "-m", "clipsift.cli", "-q", "build-centroids", "--pool", metadata, "--out", str(cent),
+                        "--num-clusters", str(clusters), "--sample-ratio", "0.05", "--workers", str(workers)], check=True)
+    tgt = workdir / "bench_targets.pt"
+    if not tgt.exists():
+        pool = Pool(metadata)
+        emb = pool.read(pool.shards[-1], keys=("l14_img",)).embeddings["l14_img"]
+        pick = np.random.default_rng(0).choice(len(emb), min(1000, len(emb)), replace=False)
+        torch.save({"image_features": torch.from_numpy(np.asarray(emb[np.sort(pick)], dtype=np.float16))}, tgt)
+    return str(cent), str(tgt)
+
+
+def lid_disagreement(metadata: str, lid_bin: str) -> dict:
+    """Distinct captions (LF replaced) on which the .ftz and the .bin disagree about English."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from clipsift.baselines.assets import bundled_lid_model, resolve_lid_model
+    from clipsift.baselines.langid import FastTextLID
+    from clipsift.pool import Pool
+
+    pool = Pool(metadata)
+    texts = pa.chunked_array([pool.read(s, columns=("text",)).column("text").combine_chunks() for s in pool.shards])
+    distinct = pc.unique(pc.replace_substring(texts.combine_chunks(), "\n", " ")).to_pylist()
+    ftz = np.asarray(FastTextLID(str(bundled_lid_model())).predict(distinct)) == "en"
+    bin_ = np.asarray(FastTextLID(str(resolve_lid_model(lid_bin)[0])).predict(distinct)) == "en"
+    return {"distinct_captions": len(distinct), "en_ftz": int(ftz.sum()), "en_bin": int(bin_.sum()),
+            "disagree": int((ftz != bin_).sum()), "disagree_rate": float((ftz != bin_).mean())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pool", help="pool folder (its metadata/ subfolder is used when present)")
+    ap.add_argument("--make-pool", help="generate a synthetic pool here first (clipsift.synth.make_pool)")
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--workers", type=int, default=os.cpu_count())
+    ap.add_argument("--only", default="", help="comma-separated labels of RUNS")
+    ap.add_argument("--reference-cmd", help="executable running DataComp's baselines.py (outside this repository)")
+    ap.add_argument("--reference-only", default="", help="labels to run the reference on (default: all selected)")
+    ap.add_argument("--clusters", type=int, default=256, help="K of the bench centroids")
+    ap.add_argument("--lid-bin", help="DataComp's lid.176.bin, to measure .ftz/.bin disagreement")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+
+    if args.make_pool:
+        from clipsift.synth import make_pool
+
+        if not Path(args.make_pool).exists():
+            make_pool(args.make_pool, args.rows, seed=0, workers=args.workers)
+        args.pool = args.make_pool
+    root = Path(args.pool)
+    metadata = str(root / "metadata") if (root / "metadata").is_dir() else str(root)
+    from clipsift.pool import Pool
+
+    n = Pool(metadata).num_rows
+    work = Path(tempfile.mkdtemp(prefix="bench-baselines-"))
+    labels = [x for x in (args.only.split(",") if args.only else RUNS) if x]
+    ref_labels = set(args.reference_only.split(",")) if args.reference_only else set(labels)
+    env = dict(os.environ)
+    if any("image" in x for x in labels):
+        env["CLIPSIFT_BENCH_CENTROIDS"], env["CLIPSIFT_BENCH_TARGETS"] = image_assets(metadata, work, args.workers, args.clusters)
+    print(f"pool {metadata}: {n} rows, {len(Pool(metadata).shards)} shards, workers {args.workers}")
+    print(f"{'baseline':44s} {'kept':>9s} {'clipsift s':>10s} {'peak MB':>8s} {'floor s':>8s} {'x floor':>7s} {'ref s':>8s} {'ref MB':>7s} {'speedup':>7s} {'cpu x':>6s} identical")
+    results = {}
+    for label in labels:
+        name, sets, flags, columns, keys = RUNS[label]
+        if name == "laion2b":
+            import importlib.util
+
+            if importlib.util.find_spec("gcld3") is None:
+                print(f"{label:44s} skipped (gcld3 not installed)")
+                continue
+        if "image" in name:
+            sets = sets + [f"centroids={env['CLIPSIFT_BENCH_CENTROIDS']}", f"targets={env['CLIPSIFT_BENCH_TARGETS']}"]
+        floor = read_floor(metadata, columns, keys, args.workers)
+        out = work / f"{label}.npy"
+        cmd = [sys.executable, "-m", "clipsift.cli", "-q", "filter", name, "--pool", metadata, "--out", str(out), "--workers", str(args.workers)]
+        for s in sets:
+            cmd += ["--set", s]
+        mine = measure(cmd, env)
+        res = {"rows": n, "clipsift": mine, "floor_s": round(floor, 2)}
+        if mine["rc"] == 0:
+            manifest = json.loads(Path(f"{out}.json").read_text())
+            res["kept"] = manifest["output_count"]
+            res["filter_wall_s"] = manifest["wall_time_s"]
+        if args.reference_cmd and label in ref_labels:
+            ref_out = work / f"ref_{label}.npy"
+            ref = measure([args.reference_cmd, "--name", name, "--metadata_dir", metadata, "--save_path", str(ref_out),
+                           "--num_workers", str(args.workers), *flags], env)
+            res["reference"] = ref
+            res["identical"] = ref["rc"] == 0 and mine["rc"] == 0 and ref_out.read_bytes() == out.read_bytes()
+            res["speedup"] = round(ref["wall_s"] / mine["wall_s"], 2)
+            res["cpu_speedup"] = round(ref["cpu_s"] / max(mine["cpu_s"], 1e-9), 2)
+        results[label] = res
+        r = res.get("reference", {})
+        print(f"{label:44s} {res.get('kept', -1):9d} {mine['wall_s']:10.2f} {mine['peak_rss_mb']:8.0f} {floor:8.2f} "
+              f"{mine['wall_s'] / max(floor, 1e-9):7.1f} {r.get('wall_s', float('nan')):8.2f} {r.get('peak_rss_mb', float('nan')):7.0f} "
+              f"{res.get('speedup', float('nan')):7.2f} {res.get('cpu_speedup', float('nan')):6.2f} {res.get('identical', '-')}", flush=True)
+    if args.lid_bin:
+        results["lid_disagreement"] = lid_disagreement(metadata, args.lid_bin)
+        print("lid.176.ftz vs lid.176.bin:", results["lid_disagreement"])
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
