@@ -90,7 +90,11 @@ def _finished(spec: TrackSpec) -> dict | None:
     return None
 
 
-def _timed_run(spec: TrackSpec) -> tuple[dict, float]:
+def _timed_run(spec: TrackSpec, child: bool = False) -> tuple[dict, float]:
+    if child:  # a spawned interpreter: open_clip's data workers need fork (its pipeline has lambdas)
+        import multiprocessing as mp
+
+        mp.set_start_method("fork", force=True)
     t0 = time.perf_counter()
     return run_track(spec), time.perf_counter() - t0
 
@@ -129,7 +133,7 @@ def _run_all(specs: list[TrackSpec], timings: dict) -> list[dict]:
     elif todo:
         log.info("demo: %d track runs, %d at a time", len(todo), workers)
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
-            futures = {i: ex.submit(_timed_run, specs[i]) for i in todo}
+            futures = {i: ex.submit(_timed_run, specs[i], True) for i in todo}
             for i, fut in futures.items():
                 results[i], dt = fut.result()
                 timings[f"run_{specs[i].method}_s"] = round(dt, 1)
