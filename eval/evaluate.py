@@ -91,6 +91,9 @@ def evaluate(
         out.mkdir(parents=True, exist_ok=True)
         with open(train_dir / "info.pkl", "wb") as fh:
             pickle.dump({"scale_config": {"model": arch}, "checkpoint": ckpt}, fh)
+    if data_dir is None:  # DataComp would stream from the Hugging Face hub; clipsift never downloads at run time
+        raise ClipsiftError(f"no --data-dir for suite {suite}: fetch the sets with `clipsift evalsets download --data-dir DIR`"
+                            + (" or render them with `clipsift evalsets tiny`" if suite == "tiny" else ""))
     info = _load_info(train_dir / "info.pkl")
     tasklist = load_tasks(suite)
     if tasks:

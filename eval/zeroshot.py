@@ -55,7 +55,7 @@ def load_model(arch: str, checkpoint: str | os.PathLike) -> LoadedModel:
 def _wds_root(task, data_root: str | None) -> str:
     folder = task.folder
     if data_root is None:
-        return f"https://huggingface.co/datasets/djghosh/{folder}/tree/main"
+        raise ClipsiftError(f"{task.key}: no evaluation data dir; fetch the sets with `clipsift evalsets download --data-dir DIR`")
     root = os.path.join(data_root, folder)
     if not os.path.exists(os.path.join(root, "test", "nshards.txt")):
         raise ClipsiftError(
@@ -150,6 +150,7 @@ def _collate_captions(samples):
 
 
 def _hf_dataset(name: str, data_root: str | None):
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # read the local cache only (set before import)
     try:
         import datasets
     except ImportError as exc:
