@@ -100,6 +100,8 @@ def run_track(spec: TrackSpec) -> dict:
     uids = read_subset(subset_path)
     manifest = _manifest(subset_path)
     suite = spec.suite or ("tiny" if spec.train.scale == "tiny" else "datacomp38")
+    if suite == "datacomp38" and not spec.eval_data_dir:  # fail before hours of training, not after
+        raise ClipsiftError("suite datacomp38 needs --eval-data-dir (fetch it with `clipsift evalsets download --data-dir DIR`)")
     state = _state(out)
     timings = state.get("timings", {})
     if state.get("subset") not in (None, subset_path) or state.get("scale") not in (None, spec.train.scale):
