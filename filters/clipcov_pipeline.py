@@ -225,12 +225,12 @@ class UnitLoader:
             d["gidx"], d["img"], d["txt"], self.label_vector(unit[0]), tau=s.tau, device=s.device, block=s.block, fast=s.fast, dense=dense
         )
 
-    def resume_problem(self, unit, r, lsim) -> ClassProblem:
-        """A unit ready to continue its sequence: r and l from disk, no coverage recompute."""
+    def resume_problem(self, unit, u, r, lsim) -> ClassProblem:
+        """A unit ready to continue its sequence: scores, r and l from disk, no coverage recompute."""
         d = self.rows(unit)
         s = self.s
         kern = EmbeddingKernel(d["img"], d["txt"], s.tau, s.device, s.block, s.fast)
-        return ClassProblem(d["gidx"], np.asarray(r), np.asarray(r), np.asarray(lsim), kern)
+        return ClassProblem(d["gidx"], np.asarray(u), np.asarray(r), np.asarray(lsim), kern)
 
 
 # ---- the three modes -----------------------------------------------------------------------------
@@ -280,7 +280,7 @@ def run_scalable(loader: UnitLoader, units, k: int, B: int, fraction: float, seq
         f = seq_dir / f"u{i:06d}.npz"
         with np.load(f) as z:
             state = {name: z[name] for name in z.files}
-        prob = loader.resume_problem(units[i], state["r"], state["lsim"])
+        prob = loader.resume_problem(units[i], state["u"], state["r"], state["lsim"])
         seq = ClassSequence(prob, B, state)
         keys, loc = seq.extend(m)
         keys_all = np.concatenate([state["keys"], keys])
