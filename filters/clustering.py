@@ -21,6 +21,8 @@ external uid-aligned set (:class:`ExternalEmbeddings`). Rows are cast to float32
 from __future__ import annotations
 
 import math
+import resource
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -368,6 +370,26 @@ def distance_order(dist: np.ndarray, gidx: np.ndarray) -> np.ndarray:
 def cosine_distance(sim: np.ndarray) -> np.ndarray:
     """d = 1 − s in float32, as the reference stores it."""
     return (np.float32(1.0) - np.asarray(sim, dtype=np.float32)).astype(np.float32)
+
+
+class StageClock:
+    """Wall and CPU seconds per stage (CPU of this process plus its finished workers), for manifests:
+    on a shared machine CPU time is the figure that does not depend on other load."""
+
+    def __init__(self):
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._t, self._c = time.perf_counter(), self._cpu()
+
+    @staticmethod
+    def _cpu() -> float:
+        a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+    def lap(self, name: str) -> None:
+        t, c = time.perf_counter(), self._cpu()
+        self.wall[name], self.cpu[name] = round(t - self._t, 3), round(c - self._c, 3)
+        self._t, self._c = t, c
 
 
 def auto_clusters(n: int, mean_size: int = 2500) -> int:

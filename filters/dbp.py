@@ -18,18 +18,30 @@ Stages 3–6 need no embeddings after the assignment pass: rows are grouped by c
 from __future__ import annotations
 
 import shutil
-import time
 import uuid
 from pathlib import Path
 
 import numpy as np
+from clipsift.filters import density
+from clipsift.filters.clustering import (
+    EmbeddingSource,
+    StageClock,
+    assign_to_store,
+    cosine_distance,
+    fit_centroids,
+    records,
+)
+from clipsift.filters.semdedup import (
+    DEFAULT_EPS,
+    EMBEDDING_PARAMS,
+    KEEP_MODES,
+    KMEANS_PARAMS,
+    run_semdedup,
+)
+from clipsift.filters.ssp import keep_count
 
 from clipsift.errors import ParamError
 from clipsift.filter import Filter, RunContext, Selection
-from clipsift.filters import density
-from clipsift.filters.clustering import EmbeddingSource, assign_to_store, cosine_distance, fit_centroids, records
-from clipsift.filters.semdedup import DEFAULT_EPS, EMBEDDING_PARAMS, KEEP_MODES, KMEANS_PARAMS, run_semdedup
-from clipsift.filters.ssp import keep_count
 from clipsift.log import get_logger, progress
 from clipsift.params import Param
 from clipsift.uids import UID_DTYPE, sort_records, unique_sorted
@@ -75,13 +87,13 @@ def run_density(ctx: RunContext, *, source: EmbeddingSource, k: int = 500, niter
     """Density-based pruning of ``ctx``'s candidates to N rows: (kept uid records, counters, details)."""
     work = Path(ctx.workdir) / f"{desc}-{uuid.uuid4().hex[:8]}"
     info: dict = {}
-    t0 = time.perf_counter()
+    clock = StageClock()
     if centroids is None:
         centroids, info = fit_centroids(ctx, source, k, niter=niter, seed=kmeans_seed, train_rows=train_rows, desc=f"{desc} k-means")
-    t1 = time.perf_counter()
+    clock.lap("kmeans")
     try:
         store = assign_to_store(ctx, source, centroids, work / "store", desc=f"{desc}: assign")
-        t2 = time.perf_counter()
+        clock.lap("assign")
         sizes = store.sizes
         n_in = store.num_rows
         n_keep = keep_count(n_in, fraction, count)
@@ -98,13 +110,13 @@ def run_density(ctx: RunContext, *, source: EmbeddingSource, k: int = 500, niter
             parts.append(records(grp["uid_hi"][pos], grp["uid_lo"][pos]))
         kept = np.concatenate(parts) if parts else np.empty(0, UID_DTYPE)
         del store
-        t3 = time.perf_counter()
+        clock.lap("budgets_select")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     counters = {"input": int(n_in), "kept": int(len(kept)), "dropped": int(n_in - len(kept))}
     details = {
         "kmeans": info or {"k": int(len(centroids)), "centroids": "given"},
-        "seconds": {"kmeans": round(t1 - t0, 3), "assign": round(t2 - t1, 3), "budgets_select": round(t3 - t2, 3)},
+        "seconds": clock.wall, "cpu_seconds": clock.cpu,
         "tau": tau, "num_nn": num_nn, "balance": balance, "density": density_rule, "keep": keep, "nu": float(b["nu"]),
         "cluster_sizes": sizes.tolist(), "budgets": b["x"].tolist(),
         "complexity": np.round(c, 8).tolist(), "probabilities": np.round(b["p"], 8).tolist(),
@@ -192,9 +204,10 @@ class DBPFilter(Filter):
             details["dedup"] = {**c, **d}
             ctx = ctx.with_candidates(unique_sorted(sort_records(kept)))
         if self.clip_filter:
-            t0 = time.perf_counter()
+            clock = StageClock()
             kept, d = run_clip_stage(ctx, self.clip_column, self.clip_fraction, self.clip_threshold)
-            d["seconds"] = round(time.perf_counter() - t0, 3)
+            clock.lap("clip")
+            d["seconds"], d["cpu_seconds"] = clock.wall["clip"], clock.cpu["clip"]
             counters["after_clip_score"] = int(len(kept))
             details["clip_score"] = d
             ctx = ctx.with_candidates(unique_sorted(sort_records(kept)))

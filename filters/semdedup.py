@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import math
 import shutil
-import time
 import uuid
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-
-from clipsift.errors import ParamError
-from clipsift.filter import Filter, RunContext, Selection
 from clipsift.filters.clustering import (
     EmbeddingSource,
+    StageClock,
     assign_to_store,
     auto_clusters,
     cosine_distance,
@@ -36,6 +33,9 @@ from clipsift.filters.clustering import (
     normalize,
     records,
 )
+
+from clipsift.errors import ParamError
+from clipsift.filter import Filter, RunContext, Selection
 from clipsift.log import get_logger, progress
 from clipsift.params import Param
 from clipsift.uids import UID_DTYPE
@@ -150,13 +150,8 @@ def run_semdedup(ctx: RunContext, *, source: EmbeddingSource, k: int | None = No
     n_in = ctx.num_candidates
     work = Path(ctx.workdir) / f"{desc}-{uuid.uuid4().hex[:8]}"
     info: dict = {}
-    clock = [time.perf_counter()]
-    seconds = {}
-
-    def lap(name):
-        clock.append(time.perf_counter())
-        seconds[name] = round(clock[-1] - clock[-2], 3)
-
+    clock = StageClock()
+    lap = clock.lap
     if centroids is None:
         centroids, info = fit_centroids(ctx, source, k or auto_clusters(n_in), niter=niter, seed=kmeans_seed,
                                         train_rows=train_rows, desc=f"{desc} k-means")
@@ -192,7 +187,8 @@ def run_semdedup(ctx: RunContext, *, source: EmbeddingSource, k: int | None = No
     counters = {"input": int(n_in), "clustered": int(n_rows), "kept": int(len(kept)), "dropped": int(n_rows - len(kept)),
                 "eps": float(eps), "kept_fraction": (len(kept) / n_rows) if n_rows else 0.0}
     details = {"kmeans": info or {"k": int(len(centroids)), "centroids": "given"}, "largest_cluster": largest,
-               "keep": keep, "target": target, "threshold_m": float(thr), "seconds": seconds}
+               "keep": keep, "target": target, "threshold_m": float(thr), "seconds": clock.wall,
+               "cpu_seconds": clock.cpu}
     log.info("%s: kept %d of %d (eps=%.6g, %d clusters, largest %d)", desc, len(kept), n_rows, eps, len(centroids), largest)
     return kept, counters, details
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.optimize import minimize
-
-from clipsift.errors import ParamError
 from clipsift.filters import density
 from clipsift.filters.semdedup import (
     cluster_max_similarity,
@@ -17,6 +14,9 @@ from clipsift.filters.semdedup import (
     threshold,
 )
 from clipsift.filters.ssp import ssp_floor, uniform_budgets
+from scipy.optimize import minimize
+
+from clipsift.errors import ParamError
 
 
 def u(deg):
@@ -162,8 +162,8 @@ def test_water_fill_equals_generic_qp_solver():
         total = float(rng.integers(int(lb.sum()), int(ub.sum()) + 1))
         t = rng.dirichlet(np.ones(k)) * total * rng.uniform(0.5, 2.0)
         x, nu = density.water_fill(t, lb, ub, total)
-        ref = minimize(lambda v: 0.5 * v @ v - t @ v, np.clip(t, lb, ub), jac=lambda v: v - t,
-                       bounds=list(zip(lb, ub)), constraints=[{"type": "eq", "fun": lambda v: v.sum() - total}],
+        ref = minimize(lambda v, t=t: 0.5 * v @ v - t @ v, np.clip(t, lb, ub), jac=lambda v, t=t: v - t,
+                       bounds=list(zip(lb, ub)), constraints=[{"type": "eq", "fun": lambda v, total=total: v.sum() - total}],
                        method="SLSQP", options={"ftol": 1e-14, "maxiter": 500})
         np.testing.assert_allclose(x, ref.x, atol=1e-6)
         f = density.round_budgets(x, lb.astype(int), ub.astype(int), int(total))

@@ -3,15 +3,14 @@ DBP at 30% keeps more of the rare concepts than a uniform random subset of the s
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
-
-from clipsift.executor import LocalExecutor
-from clipsift.filter import RunContext
 from clipsift.filters.dbp import DBPFilter
 from clipsift.filters.random_subset import RandomFilter
 from clipsift.filters.semdedup import SemDeDupFilter
+
+from clipsift.executor import LocalExecutor
+from clipsift.filter import RunContext
 from clipsift.pool import Pool
 from clipsift.uids import hex_to_records, isin_sorted
 
