@@ -110,3 +110,17 @@ def test_metric_rules():
     assert fmow["acc_worst_region"] == 0.5 and fmow["count_region:1"] == 0.0 and "acc_worst_year" in fmow
     geo = fairness_metrics("fairness/geode", logits, target, np.array([[0, 5], [0, 5], [1, 5], [1, 5]]))
     assert geo["acc_wg"] == 0.5 and geo["acc_avg"] == 0.75
+
+
+def test_datacomp_task_reads_local_webdataset(tmp_path, suite, checkpoint):
+    """A DataComp task runs from <data_dir>/wds_<key>_test exactly like the tiny ones (CIFAR-10 stand-in)."""
+    import shutil
+
+    data = tmp_path / "evalsets"
+    shutil.copytree(suite / "wds_tiny-colour_test", data / "wds_cifar10_test")
+    out = tmp_path / "dc"
+    recs = ev.evaluate(out, out, str(data), "datacomp38", batch_size=16, use_model=f"clipsift-tiny {checkpoint}", num_workers=0, tasks=["cifar10"])
+    assert [(r["key"], r["dataset"]) for r in recs] == [("cifar10", "CIFAR-10")]
+    assert recs[0]["metrics"]["main_metric"] == recs[0]["metrics"]["acc1"]
+    with pytest.raises(ClipsiftError, match="data-dir"):
+        ev.evaluate(out, out, None, "datacomp38")
