@@ -79,15 +79,16 @@ def run_filter(pool: Path, name: str, params: dict, workers: int, out: Path) -> 
     return res
 
 
-def stage_seconds(name: str, details: dict) -> str:
+def stage_seconds(name: str, details: dict, field: str = "seconds") -> str:
+    """Per-stage seconds (``seconds``: wall; ``cpu_seconds``: CPU of the process tree)."""
     if name == "semdedup":
-        return json.dumps(details.get("seconds", {}))
+        return json.dumps(details.get(field, {}))
     parts = {}
     if "dedup" in details:
-        parts.update({f"dedup_{k}": v for k, v in details["dedup"].get("seconds", {}).items()})
+        parts.update({f"dedup_{k}": v for k, v in details["dedup"].get(field, {}).items()})
     if "clip_score" in details:
-        parts["clip"] = details["clip_score"].get("seconds")
-    parts.update({f"dbp_{k}": v for k, v in details["density"].get("seconds", {}).items()})
+        parts["clip"] = details["clip_score"].get(field)
+    parts.update({f"dbp_{k}": v for k, v in details["density"].get(field, {}).items()})
     return json.dumps(parts)
 
 
@@ -105,7 +106,8 @@ def scaling(rows_list, filters, params, workers) -> None:
         for name in filters:
             res = run_filter(pool, name, params.get(name, {}), workers, pool.parent / f"bench-{name}.npy")
             row = {"filter": name, "rows": rows, "kept": res["kept"], "wall_s": res["wall_s"], "cpu_s": res["cpu_s"],
-                   "peak_mb": res["peak_mb"], "anon_mb": res["peak_anon_mb"], "stages_s": stage_seconds(name, res["details"])}
+                   "peak_mb": res["peak_mb"], "anon_mb": res["peak_anon_mb"], "stages_s": stage_seconds(name, res["details"]),
+                   "stages_cpu_s": stage_seconds(name, res["details"], "cpu_seconds")}
             if name == "semdedup":
                 row["largest_cluster"] = res["details"]["largest_cluster"]
                 row["k"] = res["details"]["kmeans"]["k"]
@@ -113,7 +115,7 @@ def scaling(rows_list, filters, params, workers) -> None:
                 row["counts"] = json.dumps({k: v for k, v in res["counters"].items() if k != "dropped"})
             results.append(row)
             print(json.dumps(row), flush=True)
-    print(table(results, ["filter", "rows", "kept", "wall_s", "cpu_s", "peak_mb", "anon_mb", "stages_s"]))
+    print(table(results, ["filter", "rows", "kept", "wall_s", "cpu_s", "peak_mb", "anon_mb", "stages_cpu_s"]))
     for name in filters:
         rs = [r for r in results if r["filter"] == name]
         n = [r["rows"] for r in rs]
