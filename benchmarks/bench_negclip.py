@@ -1,7 +1,8 @@
 """negCLIPLoss / NormSim speed and peak memory on synthetic pools (CPU unless CUDA is present).
 
 Jobs per pool size: ``negclip`` (fraction 0.3, K=10, B=32768, tau=0.01: the paper's settings; a
-10k-row synthetic shard is one batch, so K does not multiply the work), ``normsim`` p=2 and p=inf
+10k-row synthetic shard is one batch, so K does not multiply the work), ``negclip_b2048_k1`` (B=2048,
+K=1: 5x less arithmetic, for scaling runs on a CPU), ``normsim`` p=2 and p=inf
 against 5,000 target rows, and the two-stage ``negclip_normsim`` NormSim_2-D (0.3 -> 0.2). Each job
 runs in a fresh interpreter; peak memory is its resident peak (parent and workers); ``cpu s`` is
 the CPU time of the job (parent and workers), the figure to trust on a shared, loaded machine.
@@ -59,6 +60,7 @@ def jobs(pool: Path, selected: list[str]) -> list[tuple[str, str, dict]]:
     target = target_file(pool)
     every = {
         "negclip": ("negclip", {"fraction": 0.3}),
+        "negclip_b2048_k1": ("negclip", {"fraction": 0.3, "batch_size": 2048, "repeats": 1}),
         "normsim_2": ("normsim", {"fraction": 0.3, "norm": "2", "target": target}),
         "normsim_inf": ("normsim", {"fraction": 0.3, "norm": "inf", "target": target}),
         "negclip_normsim_dynamic": ("negclip_normsim", {"preset": "dynamic", "iterations": 50}),
