@@ -219,3 +219,15 @@ def test_dbp_stages_run_alone(pool_dir, tmp_path):
     same(dedup_only.uids, o.semdedup(5, 10, eps=0.07))
     with pytest.raises(Exception, match="every stage is off"):
         DBPFilter(dedup=False, clip_filter=False, prune=False)
+
+
+def test_datacomp_medium_recipe_runs(pool_dir, tmp_path):
+    from importlib.resources import files
+
+    from clipsift.recipe import load_recipe
+
+    step = load_recipe(files("clipsift.filters") / "recipes" / "dbp_datacomp_medium.toml")
+    assert step.k == 100 and step.tau == 0.1 and step.num_nn == 20 and step.balance == 0.0
+    sel = run(step, pool_dir, tmp=tmp_path)
+    assert len(sel) == int(0.3785 * sel.counters["after_clip_score"])
+    assert len(sel.details["density"]["budgets"]) == 100
