@@ -7,7 +7,7 @@ against 5,000 target rows, and the two-stage ``negclip_normsim`` NormSim_2-D (0.
 runs in a fresh interpreter; peak memory is its resident peak (parent and workers); ``cpu s`` is
 the CPU time of the job (parent and workers), the figure to trust on a shared, loaded machine.
 ``--lse-demo`` also shows the row-chunked log-sum-exp: one batch of B rows with the automatic chunk
-versus the whole B x B logits at once.
+versus the whole B x B logits at once (D = 64: memory is what this shows).
 Usage: python benchmarks/bench_negclip.py [--rows 250000 1000000] [--workers 1] [--jobs negclip normsim_2]
 """
 
@@ -37,8 +37,8 @@ LSE = """
 import time, numpy as np, torch
 from clipsift.filters.negclip_loss import batch_gaps
 rng = np.random.default_rng(0)
-x = torch.from_numpy(rng.standard_normal(({b}, 768)).astype(np.float32))
-y = torch.from_numpy(rng.standard_normal(({b}, 768)).astype(np.float32))
+x = torch.from_numpy(rng.standard_normal(({b}, 64)).astype(np.float32))
+y = torch.from_numpy(rng.standard_normal(({b}, 64)).astype(np.float32))
 x /= x.norm(dim=1, keepdim=True); y /= y.norm(dim=1, keepdim=True)
 t = time.perf_counter()
 batch_gaps(x, y, 0.01, chunk_rows={chunk})
