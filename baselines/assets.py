@@ -184,14 +184,15 @@ def _load_numpy_pickle(path: Path):
 
 def _torch_load(path: Path, trusted: bool):
     """torch.load; arbitrary pickles only for files verified by sha256, else tensors or numpy arrays."""
+    if not trusted:
+        try:
+            return _load_numpy_pickle(path)  # centroid files: no need to import torch
+        except Exception:
+            pass
     import torch
 
     if trusted:
         return torch.load(path, map_location="cpu", weights_only=False)
-    try:
-        return _load_numpy_pickle(path)
-    except Exception:
-        pass
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
