@@ -350,12 +350,16 @@ def run_training(cfg: TrainConfig, gpus: int | None = None) -> dict:
         log.info("training in-process (world size %d): open_clip_train.main %s", world, shlex.join(args))
         root = logging.getLogger()
         handlers, level = root.handlers[:], root.level
+        levels = {n: lg.level for n, lg in logging.root.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
         try:
             with cpu_threads():
                 status = open_clip_main(list(args))
-        finally:  # open_clip's setup_logging re-configures the root logger; give it back
+        finally:  # open_clip's setup_logging sets every logger to its level; give them back
             root.handlers[:] = handlers
             root.setLevel(level)
+            for name, lg in logging.root.manager.loggerDict.items():
+                if isinstance(lg, logging.Logger):
+                    lg.setLevel(levels.get(name, logging.NOTSET))
         if status == -1:
             log.warning("open_clip returned -1 (an existing out.log without --resume latest); checking for a checkpoint")
     if rank == 0:
