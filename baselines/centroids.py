@@ -15,29 +15,34 @@ from clipsift.log import get_logger
 log = get_logger("baselines.centroids")
 
 
-def assign(features: np.ndarray, centroids: np.ndarray, device: str = "cpu", batch_size: int = 4096) -> np.ndarray:
-    """``argmax_j <float32(x_i), c_j>`` for every row, as int64 (float32 GEMM; on CUDA with TF32 off).
+def assign(features: np.ndarray, centroids: np.ndarray, device: str = "cpu", batch_size: int = 1024) -> np.ndarray:
+    """``argmax_j <float32(x_i), c_j>`` for every row, as int64.
 
-    The CPU path uses numpy's BLAS rather than torch: torch's OpenMP pool hangs in forked workers.
+    The same torch einsum over the same row blocks as DataComp (default 1024 rows), so rounding
+    on near-ties matches its GEMM calls. TF32 is off on CUDA. On CPU, torch runs single-threaded
+    here (callers parallelise over shards), because an OpenMP pool started in a parent process hangs
+    in forked workers.
     """
-    if len(features) == 0:
-        return np.empty(0, dtype=np.int64)
-    c = np.ascontiguousarray(centroids, dtype=np.float32)
-    out = np.empty(len(features), dtype=np.int64)
-    if not device.startswith("cuda"):
-        ct = c.T
-        for i in range(0, len(features), batch_size):
-            block = np.asarray(features[i : i + batch_size], dtype=np.float32)
-            out[i : i + batch_size] = np.argmax(block @ ct, axis=1)
-        return out
     import torch
 
-    torch.backends.cuda.matmul.allow_tf32 = False
-    cg = torch.from_numpy(c).to(device)
-    with torch.no_grad():
-        for i in range(0, len(features), batch_size):
-            block = torch.from_numpy(np.ascontiguousarray(features[i : i + batch_size])).to(device).float()
-            out[i : i + batch_size] = torch.argmax(torch.einsum("ik,jk->ij", block, cg), dim=1).cpu().numpy()
+    if len(features) == 0:
+        return np.empty(0, dtype=np.int64)
+    c = torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32)).to(device)
+    out = np.empty(len(features), dtype=np.int64)
+    on_cpu = not str(device).startswith("cuda")
+    threads = torch.get_num_threads()
+    if on_cpu:
+        torch.set_num_threads(1)
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            for i in range(0, len(features), batch_size):
+                block = torch.from_numpy(np.ascontiguousarray(features[i : i + batch_size])).float().to(device)
+                out[i : i + batch_size] = torch.argmax(torch.einsum("ik, jk -> ij", block, c), dim=1).cpu().numpy()
+    finally:
+        if on_cpu:
+            torch.set_num_threads(threads)
     return out
 
 

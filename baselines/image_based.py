@@ -49,7 +49,7 @@ class ImageBasedFilter(BaselineFilter):
         Param("centroids", str, None, "pool centroids file (DataComp's {scale}_centroids_l14.pt, or clipsift build-centroids output)"),
         Param("targets", str, None, "folder with DataComp's in1k_clip_vit_l14_{0..4}.pt, or FILE[,FILE...] of [n, 768] embeddings"),
         Param("image_based_scale", str, None, "DataComp scale whose released centroids `centroids` must be (sha256-checked)", choices=assets.SCALES),
-        Param("batch_size", int, 4096, "rows per assignment block", min=1),
+        Param("batch_size", int, 1024, "rows per assignment block (DataComp: 1024; the same blocks give the same rounding)", min=1),
         LID_PARAM,
     )
     columns = ("uid", "text")
