@@ -233,7 +233,7 @@ def test_image_based_intersect_applies_score_first(tmp_path, image_assets):
     root, uids = write_image_pool(tmp_path, IMAGE_ROWS, scores)
     f = ImageBasedIntersectClipScoreFilter(centroids=image_assets[0], targets=image_assets[1], arch="l14", threshold=0.2)
     f.language_id = FakeLID()
-    got = run(f, root, tmp_path / "ibi.npy", workers=2)
+    got = run(f, root, tmp_path / "ibi.npy")
     assert got == expected_bytes([uids[0]])  # row 3 fails the score, row 7 is NaN
     with pytest.raises(ParamError):
         ImageBasedIntersectClipScoreFilter(centroids=image_assets[0], targets=image_assets[1], threshold=0.2)
