@@ -41,18 +41,17 @@ RUNS = {  # label: (filter name, clipsift --set params, DataComp flags, columns 
 
 _MEASURE = (
     "import resource, subprocess, sys, time; t = time.perf_counter(); rc = subprocess.run(sys.argv[1:]).returncode; "
-    "w = time.perf_counter() - t; r = resource.getrusage(resource.RUSAGE_CHILDREN); "
-    "print('@@', rc, w, r.ru_maxrss / 1024, r.ru_utime + r.ru_stime)"
+    "w = time.perf_counter() - t; print('@@', rc, w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)"
 )
 
 
 def measure(cmd: list[str], env=None) -> dict:
-    """Wall time, CPU time (all processes) and the largest resident set among the command's processes."""
+    """Wall time and the largest resident set among the command's processes (fresh parent per run)."""
     proc = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, env=env)
     line = [x for x in proc.stdout.splitlines() if x.startswith("@@")][-1].split()
     if int(line[1]) != 0:
         sys.stderr.write(proc.stderr[-3000:])
-    return {"rc": int(line[1]), "wall_s": round(float(line[2]), 2), "peak_rss_mb": round(float(line[3]), 1), "cpu_s": round(float(line[4]), 2)}
+    return {"rc": int(line[1]), "wall_s": round(float(line[2]), 2), "peak_rss_mb": round(float(line[3]), 1)}
 
 
 def _read(columns, keys, pool, shard):
@@ -97,9 +96,9 @@ def lid_disagreement(metadata: str, lid_bin: str) -> dict:
     """Distinct captions (LF replaced) on which the .ftz and the .bin disagree about English."""
     import pyarrow as pa
     import pyarrow.compute as pc
-
     from clipsift.baselines.assets import bundled_lid_model, resolve_lid_model
     from clipsift.baselines.langid import FastTextLID
+
     from clipsift.pool import Pool
 
     pool = Pool(metadata)
@@ -143,7 +142,7 @@ def main() -> None:
     if any("image" in x for x in labels):
         env["CLIPSIFT_BENCH_CENTROIDS"], env["CLIPSIFT_BENCH_TARGETS"] = image_assets(metadata, work, args.workers, args.clusters)
     print(f"pool {metadata}: {n} rows, {len(Pool(metadata).shards)} shards, workers {args.workers}")
-    print(f"{'baseline':44s} {'kept':>9s} {'clipsift s':>10s} {'peak MB':>8s} {'floor s':>8s} {'x floor':>7s} {'ref s':>8s} {'ref MB':>7s} {'speedup':>7s} {'cpu x':>6s} identical")
+    print(f"{'baseline':44s} {'kept':>9s} {'clipsift s':>10s} {'peak MB':>8s} {'floor s':>8s} {'x floor':>7s} {'ref s':>8s} {'ref MB':>7s} {'speedup':>7s} identical")
     results = {}
     for label in labels:
         name, sets, flags, columns, keys = RUNS[label]
@@ -173,12 +172,11 @@ def main() -> None:
             res["reference"] = ref
             res["identical"] = ref["rc"] == 0 and mine["rc"] == 0 and ref_out.read_bytes() == out.read_bytes()
             res["speedup"] = round(ref["wall_s"] / mine["wall_s"], 2)
-            res["cpu_speedup"] = round(ref["cpu_s"] / max(mine["cpu_s"], 1e-9), 2)
         results[label] = res
         r = res.get("reference", {})
         print(f"{label:44s} {res.get('kept', -1):9d} {mine['wall_s']:10.2f} {mine['peak_rss_mb']:8.0f} {floor:8.2f} "
               f"{mine['wall_s'] / max(floor, 1e-9):7.1f} {r.get('wall_s', float('nan')):8.2f} {r.get('peak_rss_mb', float('nan')):7.0f} "
-              f"{res.get('speedup', float('nan')):7.2f} {res.get('cpu_speedup', float('nan')):6.2f} {res.get('identical', '-')}", flush=True)
+              f"{res.get('speedup', float('nan')):7.2f} {res.get('identical', '-')}", flush=True)
     if args.lid_bin:
         results["lid_disagreement"] = lid_disagreement(metadata, args.lid_bin)
         print("lid.176.ftz vs lid.176.bin:", results["lid_disagreement"])
