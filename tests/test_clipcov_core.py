@@ -1,7 +1,5 @@
 """ClipCov core parity (spec §8): hand example, scalable = reference on random pools, schedules, fixed mode."""
 
-import itertools
-
 import numpy as np
 import pytest
 
@@ -17,11 +15,11 @@ def hand_problems():
     S0[0, 1] = S0[1, 0] = 0.5
     S0[2, 3] = 0.5
     S1 = np.array([[0.5, 0.25], [0.25, 0.25]])
-    l = np.full(10, 0.25)
-    l[2] = 0.5
+    lsim = np.full(10, 0.25)
+    lsim[2] = 0.5
     q = np.zeros(10)
     q[8], q[9] = 0.5625, -0.0234375
-    return [dense_problem(np.arange(8), S0, l[:8], q[:8]), dense_problem(np.arange(8, 10), S1, l[8:], q[8:])]
+    return [dense_problem(np.arange(8), S0, lsim[:8], q[:8]), dense_problem(np.arange(8, 10), S1, lsim[8:], q[8:])]
 
 
 def scalable_select(problems, k, B, fraction=None, prefix=None):
@@ -104,11 +102,11 @@ def random_dense_instance(rng):
             S[b, :] = S[a, :]
             S[:, b] = S[:, a]
             S[b, b] = S[a, a]
-        l = rng.choice([-0.5, -0.25, 0.0, 0.25, 0.5], size=n)
+        lsim = rng.choice([-0.5, -0.25, 0.0, 0.25, 0.5], size=n)
         centre = rng.choice([-0.25, 0.0, 0.25, 0.5], size=n)
         gidx = start + np.sort(rng.choice(3 * n, n, replace=False))
         start = int(gidx[-1]) + 1
-        problems.append(dense_problem(gidx, S, l, centre))
+        problems.append(dense_problem(gidx, S, lsim, centre))
     return problems
 
 
