@@ -31,7 +31,6 @@ def main() -> None:
     from clipsift.eval.reshard import ReshardArgs, reshard
     from clipsift.eval.tiny_suite import make_tiny_suite
     from clipsift.eval.train import TrainConfig, run_training
-
     from clipsift.subset import write_subset
     from clipsift.synth import make_pool
 

@@ -22,7 +22,6 @@ from clipsift.eval.tasks import load_tasks
 from clipsift.eval.tiny_suite import make_tiny_suite
 from clipsift.eval.track import TrackSpec, run_track
 from clipsift.eval.train import TrainConfig
-
 from clipsift.log import configure_logging
 
 METHODS = (("no_filter", {}), ("clip_score", {"fraction": 0.3, "arch": "l14"}))

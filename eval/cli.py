@@ -235,12 +235,14 @@ def _register_demo(sub) -> None:
     p.add_argument("--fraction", type=float, default=None, help="budget: share of the pool kept by each filter")
     p.add_argument("--filters", default=None, help="comma-separated filter names (default: the registered demo filters)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-num-samples", type=int, default=16_384, help="samples seen per run (default 16384, half the tiny scale, to fit 15 min on 2 cores)")
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args) -> int:
     from clipsift.eval.demo import run_demo
 
-    summary = run_demo(args.out, rows=args.rows, fraction=args.fraction, filters=args.filters.split(",") if args.filters else None, seed=args.seed)
+    summary = run_demo(args.out, rows=args.rows, fraction=args.fraction, filters=args.filters.split(",") if args.filters else None,
+                       seed=args.seed, train_num_samples=args.train_num_samples)
     print(summary["table"])
     return 0

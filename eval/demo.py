@@ -11,10 +11,9 @@ import json
 import time
 from pathlib import Path
 
+from clipsift.errors import ClipsiftError
 from clipsift.eval.track import RUN_FILE, TrackSpec, run_track
 from clipsift.eval.train import TrainConfig
-
-from clipsift.errors import ClipsiftError
 from clipsift.io import write_json
 from clipsift.log import get_logger
 
@@ -22,6 +21,9 @@ log = get_logger("eval.demo")
 
 DEFAULT_ROWS = 12_000
 DEFAULT_FRACTION = 0.3
+# Half the tiny scale's samples seen per run, so that seven runs fit in 15 minutes on 2 cores
+# (two runs at a time); pass train_num_samples=None to use the full tiny budget.
+DEFAULT_DEMO_SAMPLES = 16_384
 
 # name -> parameters at budget f; seed methods are included when registered and constructible
 DEMO_FILTERS = (
@@ -142,10 +144,9 @@ def _run_all(specs: list[TrackSpec], timings: dict) -> list[dict]:
 
 
 def run_demo(out, rows: int | None = None, fraction: float | None = None, filters=None, seed: int = 0,
-             train_num_samples: int | None = None) -> dict:
+             train_num_samples: int | None = DEFAULT_DEMO_SAMPLES) -> dict:
     """Build pool, subsets, runs and the leaderboard under ``out``; returns a summary dict."""
     from clipsift.eval.tiny_suite import make_tiny_suite
-
     from clipsift.synth import make_pool
 
     t_start = time.perf_counter()

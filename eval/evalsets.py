@@ -11,9 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from clipsift.eval.tasks import EvalTask, load_tasks
-
 from clipsift.errors import ClipsiftError, MissingDependencyError
+from clipsift.eval.tasks import EvalTask, load_tasks
 from clipsift.log import get_logger
 
 log = get_logger("eval.evalsets")

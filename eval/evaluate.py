@@ -16,11 +16,10 @@ import pickle
 import time
 from pathlib import Path
 
+from clipsift.errors import ClipsiftError
 from clipsift.eval import zeroshot
 from clipsift.eval.tasks import EvalTask, load_tasks
 from clipsift.eval.train import cpu_threads
-
-from clipsift.errors import ClipsiftError
 from clipsift.log import get_logger
 
 log = get_logger("eval.evaluate")

@@ -14,8 +14,8 @@ import os
 import tarfile
 
 import numpy as np
-from clipsift.eval import zeroshot
 
+from clipsift.eval import zeroshot
 from clipsift.log import get_logger
 
 log = get_logger("eval.groups")

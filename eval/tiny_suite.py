@@ -17,10 +17,10 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-from clipsift.eval.tasks import load_tasks
 from PIL import Image
 
 from clipsift.errors import ClipsiftError
+from clipsift.eval.tasks import load_tasks
 from clipsift.io import atomic_dir, write_json
 from clipsift.log import get_logger
 

@@ -22,10 +22,9 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from clipsift.eval.train import TrainConfig
-
 from clipsift import __version__
 from clipsift.errors import ClipsiftError
+from clipsift.eval.train import TrainConfig
 from clipsift.io import write_json
 from clipsift.log import get_logger
 from clipsift.subset import manifest_path, read_subset

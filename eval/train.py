@@ -22,9 +22,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clipsift.eval.scales import get_scale_config, run_defaults
-
 from clipsift.errors import ClipsiftError, MissingDependencyError
+from clipsift.eval.scales import get_scale_config, run_defaults
 from clipsift.log import get_logger
 
 log = get_logger("eval.train")

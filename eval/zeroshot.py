@@ -34,6 +34,7 @@ def load_model(arch: str, checkpoint: str | os.PathLike) -> LoadedModel:
     """DataComp's ``create_model`` (seed 0, eval mode, validation transform), cached per checkpoint."""
     import open_clip
     import torch
+
     from clipsift.eval.train import register_model_configs
 
     key = (arch, str(checkpoint), os.path.getmtime(checkpoint) if os.path.exists(checkpoint) else None)

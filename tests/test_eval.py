@@ -8,14 +8,14 @@ import pickle
 import numpy as np
 import pytest
 import torch
+
+from clipsift.errors import ClipsiftError
 from clipsift.eval import evaluate as ev
 from clipsift.eval.evalsets import missing_tasks
 from clipsift.eval.groups import fairness_metrics, wilds_metrics
 from clipsift.eval.tasks import load_tasks
 from clipsift.eval.tiny_suite import make_tiny_suite
 from clipsift.eval.zeroshot import classification_metrics
-
-from clipsift.errors import ClipsiftError
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +28,7 @@ def suite(tmp_path_factory):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     import open_clip
+
     from clipsift.eval.train import register_model_configs
 
     register_model_configs()

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clipsift.eval.reshard import ReshardArgs, reshard
-from clipsift.eval.train import resolve_train_data
 
 from clipsift.cli import main as cli
+from clipsift.eval.reshard import ReshardArgs, reshard
+from clipsift.eval.train import resolve_train_data
 from clipsift.subset import write_subset
 from clipsift.uids import hex_to_records
 

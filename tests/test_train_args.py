@@ -7,6 +7,8 @@ import json
 import pickle
 
 import pytest
+
+from clipsift.cli import main as cli
 from clipsift.eval.scales import available_scales, get_scale_config
 from clipsift.eval.train import (
     TrainConfig,
@@ -16,8 +18,6 @@ from clipsift.eval.train import (
     samples_seen,
     torchrun_command,
 )
-
-from clipsift.cli import main as cli
 
 
 def datacomp_args(data, scale_model, batch, lr, warmup, samples, *, precision="amp", workers=4, ckpts=5, out="out", name="x", seed=0, accum=1, log_n=100, resume="latest", save_freq=0):
@@ -129,9 +129,8 @@ def test_dry_run_prints_torchrun_command(tmp_path, capsys):
 
 
 def test_blur_field_rejected(tmp_path):
-    from clipsift.eval.train import run_training
-
     from clipsift.errors import ClipsiftError
+    from clipsift.eval.train import run_training
 
     with pytest.raises(ClipsiftError, match="blur-field"):
         run_training(TrainConfig(scale="tiny", data_dir=str(tmp_path), output_dir=str(tmp_path), blur_field="face_bboxes"))
