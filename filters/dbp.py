@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+
+from clipsift.errors import ParamError
+from clipsift.filter import Filter, RunContext, Selection
 from clipsift.filters import density
 from clipsift.filters.clustering import (
     EmbeddingSource,
@@ -39,9 +43,6 @@ from clipsift.filters.semdedup import (
     run_semdedup,
 )
 from clipsift.filters.ssp import keep_count
-
-from clipsift.errors import ParamError
-from clipsift.filter import Filter, RunContext, Selection
 from clipsift.log import get_logger, progress
 from clipsift.params import Param
 from clipsift.uids import UID_DTYPE, sort_records, unique_sorted
@@ -68,8 +69,6 @@ def _scores(column: str, batch):
 
 def run_clip_stage(ctx: RunContext, column: str, fraction: float | None, threshold: float | None) -> tuple[np.ndarray, dict]:
     """(uids with score ≥ T, details) over ``ctx``'s candidates."""
-    from functools import partial
-
     parts = list(ctx.map_shards(partial(_scores, column), columns=(column,), desc="dbp: clip score"))
     uids = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, UID_DTYPE)
     scores = np.concatenate([p[1] for p in parts]) if parts else np.empty(0)
