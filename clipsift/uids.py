@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from clipsift.errors import SubsetError
 
@@ -49,12 +48,11 @@ def _fixed_width_bytes(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
     if arr.null_count:
         row = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
         raise UidFormatError(row, "None", "is null")
-    lengths = pc.binary_length(arr).to_numpy(zero_copy_only=False)
-    bad = np.flatnonzero(lengths != UID_HEX_LEN)
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + n + 1]
+    bad = np.flatnonzero(np.diff(offsets) != UID_HEX_LEN)
     if bad.size:
         row = int(bad[0])
         raise UidFormatError(row, arr[row].as_py(), f"must be {UID_HEX_LEN} hex characters")
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + n + 1]
     data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)
     start = int(offsets[0])
     return data[start : start + n * UID_HEX_LEN].reshape(n, UID_HEX_LEN)
