@@ -94,9 +94,14 @@ def _finished(spec: TrackSpec) -> dict | None:
 
 def _timed_run(spec: TrackSpec, child: bool = False) -> tuple[dict, float]:
     if child:  # a spawned interpreter: open_clip's data workers need fork (its pipeline has lambdas)
+        import logging
         import multiprocessing as mp
 
+        from clipsift.log import configure_logging
+
         mp.set_start_method("fork", force=True)
+        logging.getLogger().addHandler(logging.NullHandler())  # no basicConfig echo of open_clip's INFO lines
+        configure_logging(0)
     t0 = time.perf_counter()
     return run_track(spec), time.perf_counter() - t0
 
