@@ -349,6 +349,8 @@ def run_training(cfg: TrainConfig, gpus: int | None = None) -> dict:
         log.info("training in-process (world size %d): open_clip_train.main %s", world, shlex.join(args))
         root = logging.getLogger()
         handlers, level = root.handlers[:], root.level
+        if not root.handlers:  # else logging.info() would basicConfig a second echo of every line
+            root.addHandler(logging.NullHandler())
         levels = {n: lg.level for n, lg in logging.root.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
         try:
             with cpu_threads():
