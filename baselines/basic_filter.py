@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+
 from clipsift.baselines.common import LID_PARAM, BaselineFilter, and_mask, float_column, text_column
 from clipsift.baselines.langid import english_mask
 from clipsift.baselines.textstats import char_counts, split_word_counts
-
 from clipsift.filter import RunContext
 
 

@@ -128,7 +128,6 @@ class _EmbeddingReader:
 def cmd_build_centroids(args) -> int:
     from clipsift.baselines import assets
     from clipsift.baselines.centroids import save_centroids, train_kmeans
-
     from clipsift.commands import _executor
     from clipsift.executor import map_shards
     from clipsift.io import write_json

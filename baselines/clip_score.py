@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+
 from clipsift.baselines.common import BaselineFilter, float_column
 from clipsift.baselines.scores import SCORE_COLUMNS, at_least, fraction_threshold
-
 from clipsift.errors import ParamError
 from clipsift.filter import RunContext, Selection
 from clipsift.params import Param

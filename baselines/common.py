@@ -6,9 +6,9 @@ from collections import Counter
 
 import numpy as np
 import pyarrow as pa
+
 from clipsift.baselines import assets
 from clipsift.baselines.langid import FastTextLID
-
 from clipsift.errors import PoolError
 from clipsift.filter import Filter, RunContext, Selection
 from clipsift.params import Param

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
 from clipsift.baselines import assets
 from clipsift.baselines.centroids import assign
 from clipsift.baselines.clip_score import (
@@ -25,7 +26,6 @@ from clipsift.baselines.common import LID_PARAM, BaselineFilter, and_mask, float
 from clipsift.baselines.langid import english_mask
 from clipsift.baselines.scores import SCORE_COLUMNS, at_least
 from clipsift.baselines.textstats import char_counts, fasttext_token_counts
-
 from clipsift.errors import ParamError
 from clipsift.filter import RunContext
 from clipsift.params import Param

@@ -7,7 +7,6 @@ from collections import Counter
 from clipsift.baselines.common import BaselineFilter, and_mask, float_column, text_column
 from clipsift.baselines.langid import Gcld3LID, english_mask
 from clipsift.baselines.scores import SCORE_COLUMNS, at_least
-
 from clipsift.filter import RunContext
 
 LAION_THRESHOLD = 0.28  # a Python float: compared in the score column's dtype, as in DataComp

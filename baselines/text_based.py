@@ -12,12 +12,12 @@ from collections import Counter
 
 import numpy as np
 import pyarrow.compute as pc
+
 from clipsift.baselines import assets
 from clipsift.baselines.common import LID_PARAM, BaselineFilter, and_mask, text_column
 from clipsift.baselines.langid import english_mask
 from clipsift.baselines.textstats import any_per_row, split_tokens
 from clipsift.baselines.wordnet import WordNet
-
 from clipsift.filter import RunContext
 from clipsift.params import Param
 

@@ -96,9 +96,9 @@ def lid_disagreement(metadata: str, lid_bin: str) -> dict:
     """Distinct captions (LF replaced) on which the .ftz and the .bin disagree about English."""
     import pyarrow as pa
     import pyarrow.compute as pc
+
     from clipsift.baselines.assets import bundled_lid_model, resolve_lid_model
     from clipsift.baselines.langid import FastTextLID
-
     from clipsift.pool import Pool
 
     pool = Pool(metadata)

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from clipsift.errors import ParamError
 from clipsift.filter import Filter, RunContext, Selection
+from clipsift.filters.clipcov_partition import file_digest
 from clipsift.filters.clipcov_pipeline import (
     Settings,
     UnitLoader,
@@ -28,7 +29,6 @@ from clipsift.filters.clipcov_pipeline import (
     run_scalable,
     uids_of,
 )
-from clipsift.filters.clipcov_partition import file_digest
 from clipsift.filters.clipcov_reference import budget
 from clipsift.io import atomic_path
 from clipsift.params import Param

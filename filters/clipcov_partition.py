@@ -14,7 +14,13 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from clipsift.errors import ParamError, PoolError
-from clipsift.filters.clipcov_numeric import argmax_exact, canonical, q_np, rowdot_exact, unit_canonical
+from clipsift.filters.clipcov_numeric import (
+    argmax_exact,
+    canonical,
+    q_np,
+    rowdot_exact,
+    unit_canonical,
+)
 from clipsift.log import get_logger
 from clipsift.uids import UidFormatError, hex_to_records, isin_sorted, sort_order
 

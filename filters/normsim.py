@@ -15,7 +15,12 @@ from clipsift.errors import ParamError, PoolError
 from clipsift.filter import Filter, RunContext, Selection
 from clipsift.filters.negclip_rank import count_for, top_n
 from clipsift.filters.normsim_dynamic import dynamic_select
-from clipsift.filters.normsim_pass import collect_embeddings, pool_moment, prepare_target, score_candidates
+from clipsift.filters.normsim_pass import (
+    collect_embeddings,
+    pool_moment,
+    prepare_target,
+    score_candidates,
+)
 from clipsift.params import Param
 
 NORMS = ("2", "inf", "dynamic")

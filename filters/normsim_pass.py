@@ -15,8 +15,18 @@ import numpy as np
 import torch
 
 from clipsift.filters.negclip_loss import shard_rng
-from clipsift.filters.normsim_math import normalize_rows, normsim2, normsim_inf, quad_form, second_moment
-from clipsift.filters.normsim_targets import iter_target_blocks, load_covariance, write_target_matrix
+from clipsift.filters.normsim_math import (
+    normalize_rows,
+    normsim2,
+    normsim_inf,
+    quad_form,
+    second_moment,
+)
+from clipsift.filters.normsim_targets import (
+    iter_target_blocks,
+    load_covariance,
+    write_target_matrix,
+)
 from clipsift.uids import UID_DTYPE
 
 MOMENT_REPEAT = 2**32 - 1  # stream of the moment subsample draw, disjoint from the batchings (0..K-1)

@@ -22,6 +22,9 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+
+from clipsift.errors import ParamError
+from clipsift.filter import Filter, RunContext, Selection
 from clipsift.filters.clustering import (
     EmbeddingSource,
     StageClock,
@@ -33,9 +36,6 @@ from clipsift.filters.clustering import (
     normalize,
     records,
 )
-
-from clipsift.errors import ParamError
-from clipsift.filter import Filter, RunContext, Selection
 from clipsift.log import get_logger, progress
 from clipsift.params import Param
 from clipsift.uids import UID_DTYPE

@@ -17,6 +17,9 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+
+from clipsift.errors import ParamError
+from clipsift.filter import Filter, RunContext, Selection
 from clipsift.filters import density
 from clipsift.filters.clustering import (
     EmbeddingSource,
@@ -26,9 +29,6 @@ from clipsift.filters.clustering import (
     records,
 )
 from clipsift.filters.semdedup import EMBEDDING_PARAMS, KMEANS_PARAMS
-
-from clipsift.errors import ParamError
-from clipsift.filter import Filter, RunContext, Selection
 from clipsift.log import get_logger, progress
 from clipsift.params import Param
 from clipsift.uids import UID_DTYPE

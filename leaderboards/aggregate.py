@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from clipsift.leaderboards.tasks import AVERAGE, TaskList, detect_suite, task_list
 
 from clipsift.errors import ClipsiftError
+from clipsift.leaderboards.tasks import AVERAGE, TaskList, detect_suite, task_list
 from clipsift.log import get_logger
 
 log = get_logger("leaderboards.aggregate")

@@ -10,7 +10,6 @@ from clipsift.leaderboards.files import write_text
 from clipsift.leaderboards.published import published
 from clipsift.leaderboards.store import ResultsStore, RunGroup
 from clipsift.leaderboards.tables import Leaderboard
-
 from clipsift.log import get_logger
 
 log = get_logger("leaderboards.build")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from clipsift.errors import ClipsiftError
 from clipsift.leaderboards import compare as cmp_mod
 from clipsift.leaderboards import tables
 from clipsift.leaderboards.aggregate import aggregate_file
@@ -13,8 +14,6 @@ from clipsift.leaderboards.build import ALL_FORMATS, write_comparison, write_lea
 from clipsift.leaderboards.published import PUBLISHED_SCALES, published
 from clipsift.leaderboards.store import ResultsStore, RunGroup, load_run
 from clipsift.leaderboards.submit import SubmitInfo, write_submit_pack
-
-from clipsift.errors import ClipsiftError
 
 
 def cmd_aggregate(args) -> int:

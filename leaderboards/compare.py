@@ -11,10 +11,9 @@ import io
 import json
 from dataclasses import asdict, dataclass, field
 
+from clipsift.errors import ClipsiftError
 from clipsift.leaderboards.store import RunGroup
 from clipsift.leaderboards.tasks import DATACOMP, task_list
-
-from clipsift.errors import ClipsiftError
 
 
 @dataclass

@@ -11,6 +11,9 @@ import datetime as dt
 from html import escape
 from pathlib import Path
 
+from matplotlib import colormaps
+
+from clipsift import __version__
 from clipsift.leaderboards.compare import Comparison
 from clipsift.leaderboards.store import RunGroup
 from clipsift.leaderboards.tables import (
@@ -22,9 +25,6 @@ from clipsift.leaderboards.tables import (
     score_columns,
 )
 from clipsift.leaderboards.tasks import DATACOMP, task_list
-from matplotlib import colormaps
-
-from clipsift import __version__
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px;color:#222;background:#fff}

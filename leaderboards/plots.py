@@ -13,11 +13,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from clipsift.io import atomic_path  # noqa: E402
 from clipsift.leaderboards.compare import Comparison  # noqa: E402
 from clipsift.leaderboards.files import make_readable  # noqa: E402
 from clipsift.leaderboards.tables import BASELINE, Leaderboard  # noqa: E402
-
-from clipsift.io import atomic_path  # noqa: E402
 
 YOUR_COLORS = [
     "#d62728",

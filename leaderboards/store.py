@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from clipsift.leaderboards.aggregate import Aggregate, ResultRow, aggregate_rows, read_eval_results
-from clipsift.leaderboards.tasks import TINY, detect_suite, task_list
 
 from clipsift.errors import ClipsiftError
+from clipsift.leaderboards.aggregate import Aggregate, ResultRow, aggregate_rows, read_eval_results
+from clipsift.leaderboards.tasks import TINY, detect_suite, task_list
 from clipsift.log import get_logger
 
 log = get_logger("leaderboards.store")

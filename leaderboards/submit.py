@@ -20,13 +20,13 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+
+from clipsift.errors import ClipsiftError
+from clipsift.io import atomic_dir
 from clipsift.leaderboards.files import make_readable
 from clipsift.leaderboards.published import PUBLISHED_SCALES, TRACKS
 from clipsift.leaderboards.store import Run
 from clipsift.leaderboards.tasks import DATACOMP, datacomp_tasks
-
-from clipsift.errors import ClipsiftError
-from clipsift.io import atomic_dir
 from clipsift.log import get_logger
 from clipsift.uids import UID_DTYPE, is_sorted
 

@@ -13,11 +13,10 @@ import json
 import re
 from dataclasses import asdict, dataclass, field, fields
 
+from clipsift.errors import ClipsiftError
 from clipsift.leaderboards.published import PublishedEntry
 from clipsift.leaderboards.store import RunGroup
 from clipsift.leaderboards.tasks import AVERAGE, DATACOMP, TINY
-
-from clipsift.errors import ClipsiftError
 
 YOURS, PUBLISHED, BASELINE = "yours", "published", "baseline"
 

@@ -7,12 +7,12 @@ import random
 import numpy as np
 import pyarrow as pa
 import pytest
+
 from clipsift.baselines import assets, textstats
 from clipsift.baselines.cli import check_args
 from clipsift.baselines.langid import FastTextLID, english_mask, languages
 from clipsift.baselines.scores import at_least, fraction_threshold
 from clipsift.baselines.wordnet import WordNet
-
 from clipsift.errors import ClipsiftError, MissingDependencyError, ParamError
 
 

@@ -7,14 +7,14 @@ import json
 
 import numpy as np
 import pytest
+from conftest import make_uids, write_pool
+
 from clipsift.baselines.basic_filter import BasicFilter
 from clipsift.baselines.centroids import save_centroids
 from clipsift.baselines.clip_score import ClipScoreFilter
 from clipsift.baselines.image_based import ImageBasedFilter, ImageBasedIntersectClipScoreFilter
 from clipsift.baselines.laion2b import Laion2bFilter
 from clipsift.baselines.text_based import TextBasedFilter
-from conftest import make_uids, write_pool
-
 from clipsift.cli import main
 from clipsift.errors import MissingDependencyError, ParamError
 from clipsift.executor import LocalExecutor

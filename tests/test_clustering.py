@@ -7,6 +7,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_dbp_streaming import Oracle, planted_pool, run, same
+
+from clipsift.errors import ClipsiftError
+from clipsift.executor import LocalExecutor
+from clipsift.filter import RunContext
 from clipsift.filters.clustering import (
     EmbeddingSource,
     assign,
@@ -20,11 +25,6 @@ from clipsift.filters.clustering import (
 )
 from clipsift.filters.dbp import DBPFilter
 from clipsift.filters.semdedup import SemDeDupFilter
-from test_dbp_streaming import Oracle, planted_pool, run, same
-
-from clipsift.errors import ClipsiftError
-from clipsift.executor import LocalExecutor
-from clipsift.filter import RunContext
 from clipsift.pool import Pool
 from clipsift.uids import records_to_hex
 

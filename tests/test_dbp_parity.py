@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.optimize import minimize
+
+from clipsift.errors import ParamError
 from clipsift.filters import density
 from clipsift.filters.semdedup import (
     cluster_max_similarity,
@@ -14,9 +17,6 @@ from clipsift.filters.semdedup import (
     threshold,
 )
 from clipsift.filters.ssp import ssp_floor, uniform_budgets
-from scipy.optimize import minimize
-
-from clipsift.errors import ParamError
 
 
 def u(deg):

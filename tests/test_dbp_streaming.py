@@ -11,15 +11,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import make_uids
+
+from clipsift.executor import LocalExecutor
+from clipsift.filter import RunContext
 from clipsift.filters import density
 from clipsift.filters.clustering import normalize, sample_size, train_centroids, uid_keys
 from clipsift.filters.dbp import DBPFilter, clip_threshold
 from clipsift.filters.semdedup import SemDeDupFilter, eps_for_target, processing_order, threshold
 from clipsift.filters.ssp import SSPFilter, keep_count, ssp_floor, uniform_budgets
-from conftest import make_uids
-
-from clipsift.executor import LocalExecutor
-from clipsift.filter import RunContext
 from clipsift.pool import Pool
 from clipsift.uids import UID_DTYPE, isin_sorted, sort_records
 

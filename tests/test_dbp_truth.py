@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from clipsift.filters.dbp import DBPFilter
-from clipsift.filters.random_subset import RandomFilter
-from clipsift.filters.semdedup import SemDeDupFilter
 
 from clipsift.executor import LocalExecutor
 from clipsift.filter import RunContext
+from clipsift.filters.dbp import DBPFilter
+from clipsift.filters.random_subset import RandomFilter
+from clipsift.filters.semdedup import SemDeDupFilter
 from clipsift.pool import Pool
 from clipsift.uids import hex_to_records, isin_sorted
 

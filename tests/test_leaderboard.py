@@ -15,6 +15,9 @@ from pathlib import Path, PosixPath
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
+
+from clipsift.errors import ClipsiftError
 from clipsift.leaderboards import compare as cmp_mod
 from clipsift.leaderboards import tables
 from clipsift.leaderboards.aggregate import aggregate_file, parse_eval_results
@@ -31,9 +34,6 @@ from clipsift.leaderboards.published import (
 from clipsift.leaderboards.store import ResultsStore, load_run, read_info_pkl
 from clipsift.leaderboards.submit import SubmitInfo, write_submit_pack
 from clipsift.leaderboards.tasks import datacomp_tasks, detect_suite, tiny_tasks
-from PIL import Image
-
-from clipsift.errors import ClipsiftError
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"  # beside the checkout
 NULL_TASKS = ("fairness/fairface", "fairness/utkface")

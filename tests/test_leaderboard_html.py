@@ -13,11 +13,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from PIL import Image
+from test_leaderboard import _make_runs  # noqa: E402  (tests/ is on sys.path under pytest)
+
 from clipsift.leaderboards.build import write_comparison, write_leaderboards
 from clipsift.leaderboards.compare import build_comparison
 from clipsift.leaderboards.store import ResultsStore
-from PIL import Image
-from test_leaderboard import _make_runs  # noqa: E402  (tests/ is on sys.path under pytest)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(

@@ -15,7 +15,6 @@ from clipsift.filters.normsim_math import normsim2, normsim_inf, quad_form, seco
 from clipsift.uids import UID_DTYPE
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def one_torch_thread():
     """Tiny tensors: one thread avoids OpenMP barrier waits on a busy machine (restored after)."""
