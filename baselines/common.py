@@ -1,7 +1,6 @@
 """Pieces every DataComp baseline shares: per-rule counters, column access, language-ID resolution."""
 
 from __future__ import annotations
-
 from collections import Counter
 
 import numpy as np
@@ -85,7 +84,11 @@ class BaselineFilter(Filter):
         return {}
 
     def shard(self, batch) -> tuple[np.ndarray, Counter]:
-        raise NotImplementedError
+        """Map step: kept uids of one shard and the counters of why rows were dropped.
+
+        Row-rule baselines implement it; those needing a global cut (clip_score) override select.
+        """
+        raise TypeError(f"{type(self).__name__} must implement shard() or override select()")
 
     def select(self, ctx: RunContext) -> Selection:
         details = self.prepare(ctx)
