@@ -1,6 +1,7 @@
 """Pieces every DataComp baseline shares: per-rule counters, column access, language-ID resolution."""
 
 from __future__ import annotations
+
 from collections import Counter
 
 import numpy as np
