@@ -25,15 +25,18 @@ DEFAULT_FRACTION = 0.3
 # (two runs at a time); pass train_num_samples=None to use the full tiny budget.
 DEFAULT_DEMO_SAMPLES = 16_384
 
-# name -> parameters at budget f; seed methods are included when registered and constructible
+# name -> parameters for budget fraction f of an n-row pool (every filter keeps int(f·n) rows,
+# except no_filter and basic_filter, which have no budget); seed methods are included when registered
 DEMO_FILTERS = (
-    ("no_filter", lambda f: {}),
-    ("random", lambda f: {"fraction": f}),
-    ("basic_filter", lambda f: {}),
-    ("clip_score", lambda f: {"fraction": f, "arch": "l14"}),
-    ("negclip", lambda f: {"fraction": f, "arch": "l14"}),
-    ("clipcov", lambda f: {"fraction": f, "partition": "kmeans", "clusters": 20}),
-    ("dbp", lambda f: {"fraction": f, "k": 20, "niter": 20}),
+    ("no_filter", lambda f, n: {}),
+    ("random", lambda f, n: {"fraction": f}),
+    ("basic_filter", lambda f, n: {}),
+    ("clip_score", lambda f, n: {"fraction": f, "arch": "l14"}),
+    ("negclip", lambda f, n: {"fraction": f, "arch": "l14"}),
+    ("clipcov", lambda f, n: {"fraction": f, "partition": "kmeans", "clusters": 20}),
+    # DBP's own budget is a count of its density stage's input: ask for the common budget and let
+    # the CLIP-score stage keep enough rows for it
+    ("dbp", lambda f, n: {"count": int(f * n), "clip_fraction": min(1.0, 2 * f), "k": 20, "niter": 20}),
 )
 
 
@@ -169,11 +172,11 @@ def run_demo(out, rows: int | None = None, fraction: float | None = None, filter
     wanted = [(n, p) for n, p in DEMO_FILTERS if filters is None or n in filters]
     if filters:
         known = {n for n, _ in DEMO_FILTERS}
-        wanted += [(n, lambda f: {"fraction": f}) for n in filters if n not in known]
+        wanted += [(n, lambda f, rows: {"fraction": f}) for n in filters if n not in known]
     specs = []
     for name, params_of in wanted:
         t0 = time.perf_counter()
-        subset = _make_subset(name, params_of(fraction), pool_dir, out / "subsets" / f"{name}.npy")
+        subset = _make_subset(name, params_of(fraction, rows), pool_dir, out / "subsets" / f"{name}.npy")
         if subset is None:
             continue
         timings[f"filter_{name}_s"] = round(time.perf_counter() - t0, 1)
