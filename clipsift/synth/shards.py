@@ -33,6 +33,33 @@ FAIL_MESSAGES = (
 )
 
 
+# img2dataset's per-sample fields, in its json key order (also the shard parquet's columns)
+SHARD_SCHEMA = pa.schema(
+    [
+        ("uid", pa.string()),
+        ("face_bboxes", pa.list_(pa.list_(pa.float64()))),
+        ("caption", pa.string()),
+        ("url", pa.string()),
+        ("key", pa.string()),
+        ("status", pa.string()),
+        ("error_message", pa.string()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("original_width", pa.int64()),
+        ("original_height", pa.int64()),
+        ("exif", pa.string()),
+        ("sha256", pa.string()),
+    ]
+)
+
+
+def _meta(rows, r: int, key: str) -> dict:
+    """One sample's record with every field in img2dataset's order; unset fields are None."""
+    meta = dict.fromkeys(SHARD_SCHEMA.names)
+    meta.update(uid=rows["uid"][r], face_bboxes=rows["face_bboxes"][r], caption=rows["caption"][r], url=rows["url"][r], key=key)
+    return meta
+
+
 def stored_size(width: np.ndarray, height: np.ndarray, side: int = IMAGE_SIDE):
     """Size after img2dataset's keep_ratio_largest resize (only if bigger) to ``side``."""
     w = np.asarray(width, dtype=np.float64)
@@ -80,24 +107,7 @@ def write_shards(out: Path, first_id: int, rows: dict, squares: np.ndarray) -> l
     for j, start in enumerate(range(0, n, SAMPLES_PER_SHARD)):
         sid = first_id + j
         stop = min(n, start + SAMPLES_PER_SHARD)
-        table_rows = {
-            k: []
-            for k in (
-                "uid",
-                "face_bboxes",
-                "caption",
-                "url",
-                "key",
-                "status",
-                "error_message",
-                "width",
-                "height",
-                "original_width",
-                "original_height",
-                "exif",
-                "sha256",
-            )
-        }
+        table_rows = {k: [] for k in SHARD_SCHEMA.names}
         status_dict: dict[str, int] = {}
         with atomic_path(out / f"{sid:08d}.tar") as tmp, open(tmp, "wb") as tar:
             for r in range(start, stop):
@@ -112,66 +122,24 @@ def write_shards(out: Path, first_id: int, rows: dict, squares: np.ndarray) -> l
                     im.save(buf, format="JPEG", quality=JPEG_QUALITY)
                     jpg = buf.getvalue()
                     sha = hashlib.sha256(jpg).hexdigest()
-                    meta = {
-                        "uid": rows["uid"][r],
-                        "face_bboxes": rows["face_bboxes"][r],
-                        "caption": rows["caption"][r],
-                        "url": rows["url"][r],
-                        "key": key,
-                        "status": "success",
-                        "error_message": None,
-                        "width": size[0],
-                        "height": size[1],
-                        "original_width": int(ow[r]),
-                        "original_height": int(oh[r]),
-                        "exif": "{}",
-                        "sha256": sha,
-                    }
+                    meta = _meta(rows, r, key)
+                    meta.update(status="success", width=size[0], height=size[1], original_width=int(ow[r]),
+                                original_height=int(oh[r]), exif="{}", sha256=sha)
                     _member(tar, key + ".jpg", jpg)
                     _member(tar, key + ".json", json.dumps(meta, indent=4).encode("utf-8"))
                     _member(tar, key + ".txt", str(rows["caption"][r]).encode("utf-8"))
                     status_dict["success"] = status_dict.get("success", 0) + 1
                 else:
                     msg = FAIL_MESSAGES[int(rows["fail"][r]) % len(FAIL_MESSAGES)]
-                    meta = {
-                        "uid": rows["uid"][r],
-                        "face_bboxes": rows["face_bboxes"][r],
-                        "caption": rows["caption"][r],
-                        "url": rows["url"][r],
-                        "key": key,
-                        "status": "failed_to_download",
-                        "error_message": msg,
-                        "width": None,
-                        "height": None,
-                        "original_width": None,
-                        "original_height": None,
-                        "exif": None,
-                        "sha256": None,
-                    }
+                    meta = _meta(rows, r, key)
+                    meta.update(status="failed_to_download", error_message=msg)
                     status_dict[msg] = status_dict.get(msg, 0) + 1
                 for k in table_rows:
                     table_rows[k].append(meta[k])
             _close_tar(tar)
         n_ok = status_dict.get("success", 0)
-        schema = pa.schema(
-            [
-                ("uid", pa.string()),
-                ("face_bboxes", pa.list_(pa.list_(pa.float64()))),
-                ("caption", pa.string()),
-                ("url", pa.string()),
-                ("key", pa.string()),
-                ("status", pa.string()),
-                ("error_message", pa.string()),
-                ("width", pa.int64()),
-                ("height", pa.int64()),
-                ("original_width", pa.int64()),
-                ("original_height", pa.int64()),
-                ("exif", pa.string()),
-                ("sha256", pa.string()),
-            ]
-        )
         with atomic_path(out / f"{sid:08d}.parquet") as tmp:
-            pq.write_table(pa.Table.from_pydict(table_rows, schema=schema), tmp)
+            pq.write_table(pa.Table.from_pydict(table_rows, schema=SHARD_SCHEMA), tmp)
         stats = {
             "count": stop - start,
             "successes": n_ok,
