@@ -65,6 +65,13 @@ def atomic_dir(path: str | os.PathLike):
         raise
 
 
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomically write UTF-8 text; returns the path."""
+    with atomic_write(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    return Path(path)
+
+
 def write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
     """Atomically write ``obj`` as JSON (UTF-8, trailing newline)."""
     with atomic_write(path, "w", encoding="utf-8") as fh:

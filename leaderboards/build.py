@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from clipsift.io import write_text
 from clipsift.leaderboards import compare as cmp_mod
 from clipsift.leaderboards import page, plots, tables
-from clipsift.leaderboards.files import write_text
 from clipsift.leaderboards.published import published
 from clipsift.leaderboards.store import ResultsStore, RunGroup
 from clipsift.leaderboards.tables import Leaderboard

@@ -16,7 +16,6 @@ import numpy as np  # noqa: E402
 
 from clipsift.io import atomic_path  # noqa: E402
 from clipsift.leaderboards.compare import Comparison  # noqa: E402
-from clipsift.leaderboards.files import make_readable  # noqa: E402
 from clipsift.leaderboards.tables import BASELINE, Leaderboard  # noqa: E402
 
 YOUR_COLORS = [
@@ -43,7 +42,7 @@ def save(fig, stem: str | Path) -> list[Path]:
             path = stem.with_suffix(f".{ext}")
             with atomic_path(path, suffix=f".{ext}") as tmp:
                 fig.savefig(tmp, format=ext, bbox_inches="tight", **kw)
-            out.append(make_readable(path))
+            out.append(path)
     plt.close(fig)
     return out
 

@@ -23,7 +23,6 @@ import numpy as np
 
 from clipsift.errors import ClipsiftError
 from clipsift.io import atomic_dir
-from clipsift.leaderboards.files import make_readable
 from clipsift.leaderboards.published import PUBLISHED_SCALES, TRACKS
 from clipsift.leaderboards.store import Run
 from clipsift.leaderboards.tasks import DATACOMP, datacomp_tasks
@@ -271,5 +270,4 @@ def write_submit_pack(
         (tmp / "checks.json").write_text(
             json.dumps([c.__dict__ for c in checks], indent=2, ensure_ascii=False) + "\n", "utf-8"
         )
-    make_readable(out)
     return out, checks
