@@ -1,16 +1,33 @@
 """DataComp's ``basic_filter``: English captions of more than 2 words and 5 characters, images with
-a short side of at least 200 px and an aspect ratio of at most 3."""
+a short side of at least 200 px and an aspect ratio of at most 3.
+
+Language ID is the cost (one fastText call per caption), so it runs last and as few times as the
+output allows: the cheap rules run per shard in the workers, which send back the distinct
+LF-replaced captions of the rows still alive; the main process de-duplicates those across shards
+(a block of shards at a time) and the workers then share the distinct captions out in chunks.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 
 import numpy as np
+import pyarrow.compute as pc
 
-from clipsift.baselines.common import LID_PARAM, BaselineFilter, and_mask, float_column, text_column
-from clipsift.baselines.langid import english_mask
+from clipsift.baselines.common import (
+    LID_PARAM,
+    BaselineFilter,
+    and_mask,
+    float_column,
+    take,
+    text_column,
+)
+from clipsift.baselines.langid import FastTextLID, dictionary_indices, english_of_distinct
 from clipsift.baselines.textstats import char_counts, split_word_counts
-from clipsift.filter import RunContext
+from clipsift.filter import RunContext, Selection
+from clipsift.uids import UID_DTYPE
+
+BLOCK_CAPTIONS = 2_000_000  # per-shard distinct captions held by the main process per language-ID round
 
 
 def image_size_mask(width: np.ndarray, height: np.ndarray) -> np.ndarray:
@@ -31,17 +48,50 @@ class BasicFilter(BaselineFilter):
     def prepare(self, ctx: RunContext) -> dict:
         return self.describe_lid()
 
-    def shard(self, batch):
+    def cheap_rules(self, batch):
+        """Every rule but language ID, on one shard.
+
+        Returns (uids of the rows still alive, their distinct LF-replaced captions, each alive
+        row's index into those, counters).
+        """
         counters = Counter(input=len(batch))
         text = text_column(batch)
         w = float_column(batch, "original_width")
         h = float_column(batch, "original_height")
         steps = [
             ("image_size", lambda idx: image_size_mask(w[idx], h[idx])),
-            ("words", lambda idx: split_word_counts(text.take(idx)) > 2),
-            ("chars", lambda idx: char_counts(text.take(idx)) > 5),
-            ("language", lambda idx: english_mask(text.take(idx), self.lid())),
+            ("words", lambda idx: split_word_counts(take(text, idx)) > 2),
+            ("chars", lambda idx: char_counts(take(text, idx)) > 5),
         ]
+        idx = np.flatnonzero(and_mask(steps, len(batch), counters))
+        enc = pc.dictionary_encode(pc.replace_substring(take(text, idx), "\n", " "))
+        return batch.uids[idx], enc.dictionary, dictionary_indices(enc), counters
 
-        keep = and_mask(steps, len(batch), counters)
-        return batch.uids[keep], counters
+    def select(self, ctx: RunContext) -> Selection:
+        details = self.prepare(ctx)
+        lid = self.lid(memoize=False)  # captions arrive distinct across the block
+        if isinstance(lid, FastTextLID):
+            lid.load()
+        counters, parts, block = Counter(), [], []
+
+        def identify():
+            flags = english_of_distinct([b[1] for b in block], lid, ctx.executor)
+            for (uids, _, rows), english in zip(block, flags):
+                keep = english[rows]
+                parts.append(uids[keep])
+                counters["dropped_language"] += int(len(keep) - keep.sum())
+            counters["language_id_captions"] += sum(len(b[1]) for b in block)
+            block.clear()
+
+        held = 0
+        for uids, captions, rows, c in ctx.map_shards(self.cheap_rules, columns=self.input_columns(), desc=self.name):
+            counters.update(c)
+            block.append((uids, captions, rows))
+            held += len(captions)
+            if held >= BLOCK_CAPTIONS:
+                identify()
+                held = 0
+        identify()
+        uids = np.concatenate(parts) if parts else np.empty(0, dtype=UID_DTYPE)
+        counters["kept"] = len(uids)
+        return Selection(uids, counters=dict(counters), details=details)

@@ -34,12 +34,37 @@ def text_column(batch) -> pa.Array:
     return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
 
+_NUMPY_TYPES = {
+    pa.int8(): np.int8, pa.int16(): np.int16, pa.int32(): np.int32, pa.int64(): np.int64,
+    pa.uint8(): np.uint8, pa.uint16(): np.uint16, pa.uint32(): np.uint32, pa.uint64(): np.uint64,
+    pa.float16(): np.float16, pa.float32(): np.float32, pa.float64(): np.float64,
+}
+
+
 def float_column(batch, name: str) -> np.ndarray:
-    """A numeric column as numpy in its own dtype; nulls become NaN (float64 for integer columns)."""
+    """A numeric column as numpy in its own dtype; nulls become NaN (float64 for integer columns).
+
+    Read from the Arrow buffers: pyarrow's ``to_numpy`` imports pandas (0.3 s in every worker)."""
     col = batch.column(name)
-    if col.null_count:
-        return col.to_pandas().to_numpy()
-    return col.to_numpy()
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    dtype = _NUMPY_TYPES.get(col.type)
+    if dtype is None:
+        return col.to_numpy(zero_copy_only=False)
+    n, off = len(col), col.offset
+    values = np.frombuffer(col.buffers()[1], dtype=dtype)[off : off + n] if n else np.empty(0, dtype=dtype)
+    if not col.null_count:
+        return values
+    valid = np.unpackbits(np.frombuffer(col.buffers()[0], dtype=np.uint8), bitorder="little")[off : off + n].astype(bool)
+    out = values.astype(np.float64 if values.dtype.kind in "iu" else values.dtype)
+    out[~valid] = np.nan
+    return out
+
+
+def take(arr: pa.Array, idx: np.ndarray) -> pa.Array:
+    """``arr.take(idx)`` for an int64 numpy index, wrapped zero-copy (``pa.array(numpy)`` imports pandas)."""
+    idx = np.ascontiguousarray(idx, dtype=np.int64)
+    return arr.take(pa.Array.from_buffers(pa.int64(), len(idx), [None, pa.py_buffer(idx)]))
 
 
 def and_mask(steps, n: int, counters: Counter) -> np.ndarray:
@@ -61,12 +86,12 @@ class BaselineFilter(Filter):
 
     language_id = None  # set an object with predict(texts) -> codes to override the model (tests)
 
-    def lid(self):
+    def lid(self, memoize: bool = True):
         """The language identifier: an injected one, else fastText from ``lid_model``."""
         if self.language_id is not None:
             return self.language_id
         path, _ = assets.resolve_lid_model(self.lid_model)
-        return FastTextLID(str(path))
+        return FastTextLID(str(path), memoize=memoize)
 
     def describe_lid(self) -> dict:
         if self.language_id is not None:

@@ -22,7 +22,14 @@ from clipsift.baselines.clip_score import (
     check_score_params,
     resolve_threshold,
 )
-from clipsift.baselines.common import LID_PARAM, BaselineFilter, and_mask, float_column, text_column
+from clipsift.baselines.common import (
+    LID_PARAM,
+    BaselineFilter,
+    and_mask,
+    float_column,
+    take,
+    text_column,
+)
 from clipsift.baselines.langid import english_mask
 from clipsift.baselines.scores import SCORE_COLUMNS, at_least
 from clipsift.baselines.textstats import char_counts, fasttext_token_counts
@@ -42,9 +49,9 @@ def shared_centroids(path: str) -> np.ndarray:
 def caption_steps(text, lid):
     """DataComp's caption filter as ordered (name, mask-over-rows) rules, cheapest first."""
     return [
-        ("tokens", lambda idx: fasttext_token_counts(text.take(idx)) > 1),
-        ("chars", lambda idx: char_counts(text.take(idx)) > 5),
-        ("language", lambda idx: english_mask(text.take(idx), lid)),
+        ("tokens", lambda idx: fasttext_token_counts(take(text, idx)) > 1),
+        ("chars", lambda idx: char_counts(take(text, idx)) > 5),
+        ("language", lambda idx: english_mask(take(text, idx), lid)),
     ]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from clipsift.baselines.common import BaselineFilter, and_mask, float_column, text_column
+from clipsift.baselines.common import BaselineFilter, and_mask, float_column, take, text_column
 from clipsift.baselines.langid import Gcld3LID, english_mask
 from clipsift.baselines.scores import SCORE_COLUMNS, at_least
 from clipsift.filter import RunContext
@@ -30,7 +30,7 @@ class Laion2bFilter(BaselineFilter):
         score = float_column(batch, SCORE_COLUMNS["b32"])
         steps = [
             ("score", lambda idx: at_least(score[idx], LAION_THRESHOLD)),
-            ("language", lambda idx: english_mask(text.take(idx), self.lid())),
+            ("language", lambda idx: english_mask(take(text, idx), self.lid())),
         ]
         keep = and_mask(steps, len(batch), counters)
         return batch.uids[keep], counters

@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow.compute as pc
 
 from clipsift.baselines import assets
-from clipsift.baselines.common import LID_PARAM, BaselineFilter, and_mask, text_column
-from clipsift.baselines.langid import english_mask
+from clipsift.baselines.common import LID_PARAM, BaselineFilter, and_mask, take, text_column
+from clipsift.baselines.langid import dictionary_indices, english_mask
 from clipsift.baselines.textstats import any_per_row, split_tokens
 from clipsift.baselines.wordnet import WordNet
 from clipsift.filter import RunContext
@@ -44,7 +44,7 @@ def entity_hits(words, wordnet_dir: str | None, in21k_ids: str | None) -> np.nda
         if hit is None:
             hit = memo[w] = wn.first_offset(w) in entities
         flags[i] = hit
-    return flags[enc.indices.to_numpy(zero_copy_only=False)] if len(distinct) else np.zeros(len(words), dtype=bool)
+    return flags[dictionary_indices(enc)] if len(distinct) else np.zeros(len(words), dtype=bool)
 
 
 class TextBasedFilter(BaselineFilter):
@@ -63,7 +63,7 @@ class TextBasedFilter(BaselineFilter):
         return {**self.describe_lid(), "wordnet_dir": str(WordNet.load(self.wordnet_dir).root), "entities": len(entities)}
 
     def _entity_rows(self, text, idx):
-        words, rows = split_tokens(text.take(idx))
+        words, rows = split_tokens(take(text, idx))
         return any_per_row(entity_hits(words, self.wordnet_dir, self.in21k_ids), rows, len(idx))
 
     def shard(self, batch):
@@ -71,7 +71,7 @@ class TextBasedFilter(BaselineFilter):
         text = text_column(batch)
         steps = [
             ("entity", lambda idx: self._entity_rows(text, idx)),
-            ("language", lambda idx: english_mask(text.take(idx), self.lid())),
+            ("language", lambda idx: english_mask(take(text, idx), self.lid())),
         ]
         keep = and_mask(steps, len(batch), counters)
         return batch.uids[keep], counters

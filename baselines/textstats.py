@@ -19,11 +19,9 @@ ASCII_SPACE = (9, 10, 11, 12, 13, 28, 29, 30, 31, 32)
 UNICODE_SPACE = (0x85, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000)
 FASTTEXT_SEP = (32, 10, 13, 9, 11, 12, 0)
 
-_ASCII_LUT = np.zeros(256, dtype=bool)
-_ASCII_LUT[list(ASCII_SPACE)] = True
-_FT_LUT = np.zeros(256, dtype=bool)
-_FT_LUT[list(FASTTEXT_SEP)] = True
 _MULTI = [tuple(chr(c).encode("utf-8")) for c in UNICODE_SPACE]
+_LEAD_LUT = np.zeros(256, dtype=bool)
+_LEAD_LUT[[seq[0] for seq in _MULTI]] = True
 
 
 def string_buffers(texts) -> tuple[np.ndarray, np.ndarray]:
@@ -52,15 +50,19 @@ def string_buffers(texts) -> tuple[np.ndarray, np.ndarray]:
 
 
 def python_space_mask(data: np.ndarray) -> np.ndarray:
-    """True on every byte that belongs to a ``str.isspace`` character."""
-    mask = _ASCII_LUT[data]
-    if len(data) and data.max() >= 0x80:
+    """True on every byte that belongs to a ``str.isspace`` character.
+
+    ASCII spaces (ASCII_SPACE) by comparisons, which beat a table lookup per byte; multi-byte
+    spaces only where one of their lead bytes occurs, as non-ASCII text is the minority."""
+    mask = (data == 32) | (data - np.uint8(9) <= 4) | (data - np.uint8(28) <= 3)  # uint8 wraps: 9-13, 28-31
+    cand = np.flatnonzero(data >= 0xC2)  # lead bytes of non-ASCII characters, a superset of _MULTI's
+    cand = cand[_LEAD_LUT[data[cand]]]
+    if len(cand):
         for seq in _MULTI:
             k = len(seq)
-            hit = data[: len(data) - k + 1] == seq[0]
+            pos = cand[(data[cand] == seq[0]) & (cand + k <= len(data))]
             for j in range(1, k):
-                hit &= data[j : len(data) - k + 1 + j] == seq[j]
-            pos = np.flatnonzero(hit)
+                pos = pos[data[pos + j] == seq[j]]
             for j in range(k):
                 mask[pos + j] = True
     return mask
@@ -77,9 +79,8 @@ def _run_starts(sep: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 
 def _per_row(flags: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    c = np.zeros(len(flags) + 1, dtype=np.int64)
-    np.cumsum(flags, out=c[1:])
-    return c[offsets[1:]] - c[offsets[:-1]]
+    """Number of True flags in each row; for sparse flags (positions, then one binary search per row)."""
+    return np.diff(np.searchsorted(np.flatnonzero(flags), offsets))
 
 
 def split_word_counts(texts) -> np.ndarray:
@@ -91,13 +92,13 @@ def split_word_counts(texts) -> np.ndarray:
 def char_counts(texts) -> np.ndarray:
     """``len(t)`` (code points) for every row."""
     offsets, data = string_buffers(texts)
-    return _per_row((data & 0xC0) != 0x80, offsets)
+    return np.diff(offsets) - _per_row((data & 0xC0) == 0x80, offsets)  # bytes minus continuation bytes
 
 
 def fasttext_token_counts(texts) -> np.ndarray:
     """``len(fasttext.tokenize(t))`` for every row: byte runs between fastText's 7 separators + LFs."""
     offsets, data = string_buffers(texts)
-    sep = _FT_LUT[data]
+    sep = (data == 32) | (data - np.uint8(9) <= 4) | (data == 0)  # FASTTEXT_SEP: 9-13, 32, 0
     return _per_row(_run_starts(sep, offsets), offsets) + _per_row(data == 10, offsets)
 
 

@@ -180,6 +180,38 @@ def test_check_args_matches_datacomp(args, ok):
             check_args(*args)
 
 
+
+def test_space_rule_on_every_code_point_up_to_u3100_and_the_rest_of_pythons_spaces():
+    chars = [chr(c) for c in range(0x3100) if not 0xD800 <= c < 0xE000] + ["\U0001f600", "\uffff", "\u3000"]
+    texts = [f"a{c}b{c}" for c in chars]
+    assert textstats.split_word_counts(pa.array(texts)).tolist() == [len(t.split()) for t in texts]
+    assert textstats.char_counts(pa.array(texts)).tolist() == [len(t) for t in texts]
+    assert textstats.fasttext_token_counts(pa.array(texts)).tolist() == [len(fasttext_tokenize(t)) for t in texts]
+
+
+def test_numeric_columns_without_pandas_nulls_and_slices():
+    from clipsift.baselines.common import float_column, take
+
+    class Batch:
+        def __init__(self, col):
+            self.col = col
+
+        def column(self, name):
+            return self.col
+
+    cases = [
+        pa.array([1, 2, None, 4, 5, 6, 7, 8, 9, None], pa.int64()).slice(3, 7),
+        pa.chunked_array([pa.array([1, 2], pa.int32()), pa.array([None, 4], pa.int32())]),
+        pa.array([1.5, None], pa.float32()),
+        pa.chunked_array([pa.array([5, 6], pa.uint16())]),
+        pa.array([], pa.int64()),
+    ]
+    for col in cases:
+        expected = col.to_pandas().to_numpy()
+        got = float_column(Batch(col), "x")
+        assert got.dtype == expected.dtype and np.array_equal(got, expected, equal_nan=True)
+    assert take(pa.array(["a", "b", "c"]), np.array([2, 0])).to_pylist() == ["c", "a"]
+
 # ---- language ID ---------------------------------------------------------------------------------
 class Recorder:
     def __init__(self):
@@ -206,6 +238,35 @@ def test_real_fasttext_model_on_obvious_sentences():
         "El rápido zorro marrón salta sobre el perro perezoso.",
     ]
     assert languages(pa.array(texts), lid).tolist() == ["en", "de", "fr", "es"]
+
+
+def test_batched_fasttext_equals_the_per_string_wrapper_datacomp_calls():
+    import fasttext
+
+    path = str(assets.bundled_lid_model())
+    texts = [
+        "a photo of a dog on the beach", "Der Hund am Strand", "", " ", "\t", "\x00", "é", "日本語のテキスト",
+        "a\rb", "\u3000x", "x\x0by\x0cz", "\U0001f600" * 3, "\x85\xa0", "ok " * 2000, "Привет мир", "hola",
+    ]
+    wrapper = fasttext.load_model(path)
+    expected = [wrapper.predict(t)[0][0].split("__label__")[1] for t in texts]  # DataComp's call
+    assert FastTextLID(path, memoize=False).predict(texts) == expected
+    lid = FastTextLID(path)
+    assert lid.predict(texts) == expected and lid.predict(texts[::-1]) == expected[::-1]  # memo hits
+
+
+def test_english_of_distinct_asks_each_caption_once_and_splits_back():
+    from clipsift.baselines.langid import english_of_distinct
+    from clipsift.executor import LocalExecutor
+
+    lists = [pa.array(["english a", "b"]), pa.array([], pa.string()), pa.array(["b", "english c", "english a"])]
+    rec = Recorder()
+    flags = english_of_distinct(lists, rec, LocalExecutor(1, show_progress=False))
+    assert [f.tolist() for f in flags] == [[True, False], [], [False, True, True]]
+    assert sorted(rec.seen) == ["b", "english a", "english c"]
+    flags2 = english_of_distinct(lists, Recorder(), LocalExecutor(2, show_progress=False))
+    assert [f.tolist() for f in flags2] == [f.tolist() for f in flags]
+    assert [f.tolist() for f in english_of_distinct([pa.array([], pa.string())], rec, LocalExecutor(2, show_progress=False))] == [[]]
 
 
 def test_lid_bin_is_sha_checked(tmp_path):

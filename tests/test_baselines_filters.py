@@ -87,6 +87,25 @@ def test_basic_filter_boundaries(tmp_path):
     assert all("\n" not in t for t in lid.seen) and "one two three" in lid.seen
 
 
+def test_basic_filter_parallel_and_in_blocks_is_the_same(tmp_path, monkeypatch):
+    import clipsift.baselines.basic_filter as bf
+
+    rows = BASIC_ROWS * 3
+    root, uids = build(tmp_path, rows, sizes=[17, 0, 20, 14], original_width=[r[1] for r in rows], original_height=[r[2] for r in rows])
+    expected = expected_bytes(u for u, r in zip(uids, rows) if r[3])
+    f = BasicFilter()
+    f.language_id = FakeLID()
+    assert run(f, root, tmp_path / "p.npy", workers=2) == expected
+    f.language_id = lid = FakeLID()
+    assert run(f, root, tmp_path / "one.npy") == expected
+    assert sorted(lid.seen) == sorted(set(lid.seen))  # one round: each caption once in the whole job
+    monkeypatch.setattr(bf, "BLOCK_CAPTIONS", 3)  # a language-ID round after every shard
+    f.language_id = FakeLID()
+    assert run(f, root, tmp_path / "b.npy") == expected
+    manifest = json.loads((tmp_path / "b.npy.json").read_text())
+    assert manifest["counters"]["kept"] == sum(r[3] for r in rows) and manifest["counters"]["input"] == len(rows)
+
+
 # ---- text_based ---------------------------------------------------------------------------------
 TEXT_ROWS = [  # text, kept
     ("a dog on the sofa", True),  # dog -> n02084071
