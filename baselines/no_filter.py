@@ -11,6 +11,7 @@ class NoFilter(RowFilter):
     name = "no_filter"
     description = "Keep every sample (DataComp baseline no_filter)."
     columns = ("uid",)
+    threads = True  # only numpy work per shard
 
     def keep(self, batch) -> np.ndarray:
         return np.ones(len(batch), dtype=bool)

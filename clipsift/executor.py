@@ -13,7 +13,7 @@ import sys
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
 
 import numpy as np
@@ -50,7 +50,11 @@ class LocalExecutor:
         self.workers = default_workers() if workers is None else max(1, int(workers))
         self.show_progress = show_progress
 
-    def map(self, fn: Callable, items: Iterable, *, desc: str = "", unit: str = "shard", total: int | None = None) -> Iterator:
+    def map(
+        self, fn: Callable, items: Iterable, *, desc: str = "", unit: str = "shard", total: int | None = None,
+        threads: bool = False,
+    ) -> Iterator:
+        """Yield ``fn(item)`` in input order; ``threads`` uses threads instead of processes (GIL-free work)."""
         items = list(items)
         bar = progress(total=total or len(items), desc=desc, unit=unit, disable=not self.show_progress)
         try:
@@ -59,7 +63,9 @@ class LocalExecutor:
                     yield fn(item)
                     bar.update(1)
                 return
-            with ProcessPoolExecutor(max_workers=min(self.workers, len(items)), mp_context=_mp_context()) as pool:
+            workers = min(self.workers, len(items))
+            runner = ThreadPoolExecutor(workers) if threads else ProcessPoolExecutor(workers, mp_context=_mp_context())
+            with runner as pool:
                 pending: deque = deque()
                 it = iter(items)
                 for item in it:
@@ -96,6 +102,7 @@ def map_shards(
     executor: LocalExecutor | None = None,
     desc: str = "",
     shards=None,
+    threads: bool = False,
 ) -> Iterator:
     """Apply ``fn(ShardBatch)`` to every shard (restricted to sorted ``candidates``), in shard order.
 
@@ -108,13 +115,13 @@ def map_shards(
     shards = pool.shards if shards is None else shards
     tmpdir = None
     cand = candidates
-    if candidates is not None and executor.workers > 1 and len(candidates) > 65536:
+    if candidates is not None and executor.workers > 1 and not threads and len(candidates) > 65536:
         tmpdir = tempfile.TemporaryDirectory(prefix="clipsift-cand-")
         cand = os.path.join(tmpdir.name, "candidates.npy")
         np.save(cand, np.ascontiguousarray(candidates))
     try:
         task = partial(_read_and_apply, fn, pool, columns, keys, cand)
-        yield from executor.map(task, shards, desc=desc or "shards")
+        yield from executor.map(task, shards, desc=desc or "shards", threads=threads)
     finally:
         if tmpdir is not None:
             tmpdir.cleanup()

@@ -11,9 +11,11 @@ Most rule-based filters subclass :class:`RowFilter` and implement ``keep(batch) 
 from __future__ import annotations
 
 import abc
+import hashlib
 import importlib.util
 import tempfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,26 +26,51 @@ from clipsift.executor import LocalExecutor, map_shards
 from clipsift.log import get_logger
 from clipsift.params import Param, resolve_params
 from clipsift.uids import UID_DTYPE, sort_records
+from clipsift.uidsort import UidSorter, partition
 
 
-@dataclass
 class Selection:
-    """A filter's result: sorted uid records, counters, and details for the manifest."""
+    """A filter's result: sorted uid records, counters, and details for the manifest.
 
-    uids: np.ndarray
-    counters: dict[str, Any] = field(default_factory=dict)
-    details: dict[str, Any] = field(default_factory=dict)
-    scores: np.ndarray | None = None  # optional, aligned with ``uids``
+    The records are either an array (sorted here) or a :class:`~clipsift.uidsort.UidSorter` that
+    streams them sorted from disk, so a whole-pool result never has to sit in memory.
+    """
 
-    def __post_init__(self):
-        if self.scores is None:
-            self.uids = sort_records(np.asarray(self.uids, dtype=UID_DTYPE))
+    def __init__(self, uids=None, counters=None, details=None, scores=None, *, sorter: UidSorter | None = None):
+        if (uids is None) == (sorter is None):
+            raise ValueError("Selection needs exactly one of uids or sorter")
+        self.counters: dict[str, Any] = counters if counters is not None else {}
+        self.details: dict[str, Any] = details if details is not None else {}
+        self.scores = None  # optional, aligned with ``uids``
+        self._sorter = sorter
+        self._uids = None
+        if uids is None:
+            if scores is not None:
+                raise ValueError("scores need in-memory uids")
+            return
+        uids = np.asarray(uids, dtype=UID_DTYPE)
+        if scores is None:
+            self._uids = sort_records(uids)
         else:
-            order = np.lexsort((self.uids["f1"], self.uids["f0"]))
-            self.uids, self.scores = self.uids[order], np.asarray(self.scores)[order]
+            order = np.lexsort((uids["f1"], uids["f0"]))
+            self._uids, self.scores = uids[order], np.asarray(scores)[order]
+
+    @property
+    def uids(self) -> np.ndarray:
+        if self._uids is None:
+            self._uids = self._sorter.to_array()
+        return self._uids
 
     def __len__(self) -> int:
-        return len(self.uids)
+        return len(self._uids) if self._uids is not None else self._sorter.count
+
+    def write(self, path) -> tuple[Path, str]:
+        """Write the sorted records as a DataComp ``.npy`` (atomically); returns (path, sha256 of records)."""
+        if self._uids is None:
+            return self._sorter.write_npy(path)
+        from clipsift.subset import write_subset
+
+        return write_subset(path, self._uids), hashlib.sha256(np.ascontiguousarray(self._uids).tobytes()).hexdigest()
 
 
 @dataclass
@@ -66,10 +93,15 @@ class RunContext:
     def num_candidates(self) -> int:
         return self.pool.num_rows if self.candidates is None else len(self.candidates)
 
-    def map_shards(self, fn, *, columns=(), keys=(), desc: str = ""):
-        """Run ``fn(ShardBatch)`` on every shard (restricted to the candidates), in shard order."""
+    def map_shards(self, fn, *, columns=(), keys=(), desc: str = "", threads: bool = False):
+        """Run ``fn(ShardBatch)`` on every shard (restricted to the candidates), in shard order.
+
+        ``threads=True`` runs it in worker threads: cheaper than processes when ``fn`` is numpy or
+        pyarrow work that releases the GIL.
+        """
         return map_shards(
-            self.pool, fn, columns=columns, keys=keys, candidates=self.candidates, executor=self.executor, desc=desc
+            self.pool, fn, columns=columns, keys=keys, candidates=self.candidates, executor=self.executor, desc=desc,
+            threads=threads,
         )
 
     def with_candidates(self, candidates: np.ndarray | None) -> RunContext:
@@ -147,21 +179,27 @@ class Filter(abc.ABC):
 class RowFilter(Filter):
     """A filter that decides each row from that row alone: implement ``keep``."""
 
+    threads: ClassVar[bool] = False  # True when keep() is numpy/pyarrow work that releases the GIL
+
     @abc.abstractmethod
     def keep(self, batch) -> np.ndarray:
         """Boolean mask over ``batch`` rows: True keeps the row."""
 
-    def _map_shard(self, batch):
+    def _map_shard(self, bits: int, batch):
         mask = np.asarray(self.keep(batch), dtype=bool)
         if mask.shape != (len(batch),):
             raise ValueError(f"{self.name}.keep returned shape {mask.shape} for {len(batch)} rows")
-        # sorted per shard (in the worker), so the global sort only merges runs
-        return sort_records(batch.uids[mask]), len(batch)
+        # partitioned for the sorter in the worker, so the parent only appends to the spill file
+        return partition(batch.uids[mask], bits), len(batch)
 
     def select(self, ctx: RunContext) -> Selection:
-        parts, seen = [], 0
-        for uids, n in ctx.map_shards(self._map_shard, columns=self.input_columns(), keys=self.input_keys(), desc=self.name):
-            parts.append(uids)
+        sorter = UidSorter(ctx.num_candidates, ctx.workdir, threads=ctx.executor.workers)
+        seen = 0
+        step = partial(self._map_shard, sorter.bits)
+        for (grouped, counts), n in ctx.map_shards(
+            step, columns=self.input_columns(), keys=self.input_keys(), desc=self.name, threads=self.threads
+        ):
+            sorter.add_partitioned(grouped, counts)
             seen += n
-        uids = np.concatenate(parts) if parts else np.empty(0, dtype=UID_DTYPE)
-        return Selection(uids, counters={"input": seen, "kept": len(uids), "dropped": seen - len(uids)})
+        kept = sorter.count
+        return Selection(sorter=sorter, counters={"input": seen, "kept": kept, "dropped": seen - kept})

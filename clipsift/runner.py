@@ -13,8 +13,9 @@ import numpy as np
 
 from clipsift import __version__
 from clipsift.filter import RunContext, Selection
+from clipsift.io import write_json
 from clipsift.log import get_logger
-from clipsift.subset import write_subset
+from clipsift.subset import manifest_path
 
 log = get_logger("runner")
 
@@ -30,7 +31,9 @@ def uids_digest(uids: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(uids).tobytes()).hexdigest()
 
 
-def build_manifest(step, ctx: RunContext, sel: Selection, wall: float, recipe: str | None = None) -> dict:
+def build_manifest(
+    step, ctx: RunContext, sel: Selection, wall: float, recipe: str | None = None, digest: str | None = None
+) -> dict:
     return {
         "clipsift_version": __version__,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -39,7 +42,7 @@ def build_manifest(step, ctx: RunContext, sel: Selection, wall: float, recipe: s
         "pool": ctx.pool.fingerprint(),
         "input_count": ctx.num_candidates,
         "output_count": len(sel),
-        "uids_sha256": uids_digest(sel.uids),
+        "uids_sha256": digest if digest is not None else uids_digest(sel.uids),
         "counters": sel.counters,
         "details": sel.details,
         "wall_time_s": round(wall, 3),
@@ -57,8 +60,11 @@ def run_step(step, ctx: RunContext) -> tuple[Selection, float]:
 
 def run_to_subset(step, ctx: RunContext, out: str | Path, recipe: str | None = None) -> tuple[Path, dict]:
     """Select, then write ``out`` (sorted ``u8,u8`` .npy) and ``out.json`` atomically."""
-    sel, wall = run_step(step, ctx)
-    manifest = build_manifest(step, ctx, sel, wall, recipe)
-    path = write_subset(out, sel.uids, manifest)
+    t0 = time.perf_counter()
+    sel = step.select(ctx)
+    path, digest = sel.write(out)
+    wall = time.perf_counter() - t0
+    manifest = build_manifest(step, ctx, sel, wall, recipe, digest)
+    write_json(manifest_path(path), manifest)
     log.info("%s: kept %d of %d rows in %.1f s -> %s", manifest.get("filter", manifest.get("pipeline")), len(sel), ctx.num_candidates, wall, path)
     return path, manifest

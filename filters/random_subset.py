@@ -3,16 +3,32 @@
 Each uid gets a 64-bit key hashed from (seed, uid); the rows with the smallest keys win (ties by
 uid). The result depends only on the seed and the set of candidate uids, never on shard layout,
 worker count or processing order.
+
+Keys are uniform, so the cut lies within a few standard deviations of ``k/n * 2**64``. One pass
+streams the rows below a window around that point straight into the sorter and keeps only the
+window's rows (a few thousand) in memory; the exact cut is then taken inside the window. If the
+cut falls outside it (a pool whose row count differs from the expected one), a second, in-memory
+pass gives the same answer.
 """
 
 from __future__ import annotations
+
+import math
+from functools import partial
 
 import numpy as np
 
 from clipsift.errors import ParamError
 from clipsift.filter import Filter, RunContext, Selection
+from clipsift.log import get_logger
 from clipsift.params import Param
 from clipsift.uids import UID_DTYPE
+from clipsift.uidsort import UidSorter, partition
+
+log = get_logger("filters.random")
+WINDOW_SIGMAS = 8.0  # half-width of the window in binomial standard deviations of the count below the cut
+WINDOW_MIN_ROWS = 256
+_SPAN = 1 << 64
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -53,11 +69,45 @@ class RandomFilter(Filter):
         if (self.fraction is None) == (self.count is None):
             raise ParamError("random: give exactly one of fraction or count")
 
+    threads = True
+
     def _keys(self, batch):
         return batch.uids, uid_hash(batch.uids, self.seed)
 
+    def _split(self, bits: int, low: int, high: int | None, batch):
+        """Rows with key < low (partitioned for the sorter) and the rows inside [low, high)."""
+        keys = uid_hash(batch.uids, self.seed)
+        below = keys < np.uint64(low) if low < _SPAN else np.ones(len(keys), dtype=bool)
+        window = ~below if high is None else (~below & (keys < np.uint64(high)))
+        return partition(batch.uids[below], bits), batch.uids[window], keys[window], len(batch)
+
     def select(self, ctx: RunContext) -> Selection:
-        parts = list(ctx.map_shards(self._keys, desc=self.name))
+        n_expected = ctx.num_candidates
+        k = target_size(n_expected, self.fraction, self.count)
+        half = int(WINDOW_SIGMAS * math.sqrt(k * (n_expected - k) / max(n_expected, 1))) + WINDOW_MIN_ROWS
+        low = max(k - half, 0) * _SPAN // max(n_expected, 1)
+        high = None if k + half >= n_expected else (k + half) * _SPAN // n_expected
+        sorter = UidSorter(max(k, 1), ctx.workdir, threads=ctx.executor.workers)
+        win_uids, win_keys, seen = [], [], 0
+        step = partial(self._split, sorter.bits, low, high)
+        for (grouped, counts), wu, wk, n in ctx.map_shards(step, desc=self.name, threads=self.threads):
+            sorter.add_partitioned(grouped, counts)
+            win_uids.append(wu)
+            win_keys.append(wk)
+            seen += n
+        k = target_size(seen, self.fraction, self.count)
+        need = k - sorter.count
+        uids = np.concatenate(win_uids) if win_uids else np.empty(0, dtype=UID_DTYPE)
+        keys = np.concatenate(win_keys) if win_keys else np.empty(0, dtype=np.uint64)
+        if not 0 <= need <= len(uids):
+            sorter.close()
+            log.warning("random: the cut fell outside the expected window (%d rows, %d expected); second pass", seen, n_expected)
+            return self._select_in_memory(ctx)
+        sorter.add(uids[smallest_keys(keys, uids, need)])
+        return Selection(sorter=sorter, counters={"input": seen, "kept": k, "dropped": seen - k})
+
+    def _select_in_memory(self, ctx: RunContext) -> Selection:
+        parts = list(ctx.map_shards(self._keys, desc=self.name, threads=self.threads))
         uids = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, dtype=UID_DTYPE)
         keys = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, dtype=np.uint64)
         k = target_size(len(uids), self.fraction, self.count)

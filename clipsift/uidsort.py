@@ -1,0 +1,153 @@
+"""Sorted uid output at bounded memory: DataComp subsets must be sorted, pools arrive in shard order.
+
+:class:`UidSorter` partitions records by the top bits of ``hi`` into buckets of about
+``bucket_rows`` rows (uids are hashes, so buckets are balanced), appends each shard's partition to
+one spill file, and at the end sorts one bucket at a time. Memory holds one shard's output plus
+one bucket whatever the pool size; skewed uids only make some buckets larger, never wrong.
+
+The map side (:func:`partition`) is a pure function, so executors run it in their workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from clipsift.io import atomic_write
+from clipsift.subset import subset_path
+from clipsift.uids import UID_DTYPE, sort_records
+
+BUCKET_ROWS = 1 << 18  # 4 MiB of records per bucket
+MAX_BUCKET_BITS = 12
+
+
+def bucket_bits(expected_rows: int, bucket_rows: int = BUCKET_ROWS) -> int:
+    """log2 of the bucket count that keeps buckets near ``bucket_rows`` rows (at most 4096 buckets)."""
+    bits = 0
+    while (bucket_rows << bits) < expected_rows and bits < MAX_BUCKET_BITS:
+        bits += 1
+    return bits
+
+
+def partition(records: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Records grouped by bucket (stable) and the row count of every bucket."""
+    if bits == 0 or len(records) == 0:
+        return records, np.array([len(records)] + [0] * ((1 << bits) - 1), dtype=np.int64)
+    bucket = (records["f0"] >> np.uint64(64 - bits)).astype(np.uint16)
+    order = np.argsort(bucket, kind="stable")
+    return records[order], np.bincount(bucket, minlength=1 << bits).astype(np.int64)
+
+
+class UidSorter:
+    """Collect uid records in any order; read them back sorted (duplicates kept), bucket by bucket."""
+
+    def __init__(
+        self, expected_rows: int, workdir: str | os.PathLike | None = None, bucket_rows: int = BUCKET_ROWS, threads: int = 1
+    ):
+        self.threads = max(1, int(threads))  # buckets sorted concurrently when reading back
+        self.bits = bucket_bits(max(int(expected_rows), 0), bucket_rows)
+        self.num_buckets = 1 << self.bits
+        self.count = 0
+        self._fd, self._path = tempfile.mkstemp(prefix="clipsift-uids-", suffix=".spill", dir=workdir)
+        self._spill = os.fdopen(self._fd, "wb")
+        self._offset = 0
+        self._blocks: list[np.ndarray] = []  # per add(): byte offset of each bucket's slice
+        self._counts: list[np.ndarray] = []
+
+    def add(self, records: np.ndarray) -> None:
+        """Add unsorted records (partitioned here; use :meth:`add_partitioned` for worker output)."""
+        self.add_partitioned(*partition(np.asarray(records, dtype=UID_DTYPE), self.bits))
+
+    def add_partitioned(self, grouped: np.ndarray, counts: np.ndarray) -> None:
+        if len(counts) != self.num_buckets:
+            raise ValueError(f"partition has {len(counts)} buckets, sorter has {self.num_buckets}")
+        if len(grouped) == 0:
+            return
+        self._spill.write(np.ascontiguousarray(grouped, dtype=UID_DTYPE).data)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) * UID_DTYPE.itemsize + self._offset
+        self._blocks.append(starts)
+        self._counts.append(counts)
+        self._offset += len(grouped) * UID_DTYPE.itemsize
+        self.count += len(grouped)
+
+    def sorted_chunks(self) -> Iterator[np.ndarray]:
+        """Each non-empty bucket, sorted; concatenated they are the sorted records.
+
+        With ``threads > 1`` the next buckets are read and sorted while the caller consumes one
+        (numpy's sorts release the GIL); at most ``threads + 1`` buckets are in memory.
+        """
+        self._spill.flush()
+        if not self._counts:
+            return
+        starts, counts = np.stack(self._blocks), np.stack(self._counts)  # (adds, buckets)
+        buckets = [int(b) for b in np.flatnonzero(counts.sum(axis=0))]
+        load = partial(self._load_sorted, starts, counts)
+        if self.threads == 1 or len(buckets) == 1:
+            yield from map(load, buckets)
+            return
+        with ThreadPoolExecutor(self.threads) as pool:
+            pending = deque(pool.submit(load, b) for b in buckets[: self.threads])
+            for b in buckets[self.threads :] + [None] * self.threads:
+                chunk = pending.popleft().result()
+                if b is not None:
+                    pending.append(pool.submit(load, b))
+                yield chunk
+
+    def _load_sorted(self, starts: np.ndarray, counts: np.ndarray, b: int) -> np.ndarray:
+        buf = np.empty(int(counts[:, b].sum()), dtype=UID_DTYPE)
+        view = memoryview(buf.view(np.uint8))
+        pos = 0
+        with open(self._path, "rb", buffering=0) as fh:
+            for i in np.flatnonzero(counts[:, b]):
+                nbytes = int(counts[i, b]) * UID_DTYPE.itemsize
+                fh.seek(int(starts[i, b]))
+                fh.readinto(view[pos : pos + nbytes])
+                pos += nbytes
+        return sort_records(buf)
+
+    def to_array(self) -> np.ndarray:
+        """All records, sorted, in memory (for callers that need the whole array)."""
+        chunks = list(self.sorted_chunks())
+        return np.concatenate(chunks) if chunks else np.empty(0, dtype=UID_DTYPE)
+
+    def write_npy(self, path: str | os.PathLike) -> tuple[Path, str]:
+        """Stream the sorted records into ``path`` (as ``np.save`` writes them), atomically.
+
+        Returns the path and the sha256 of the record bytes (the manifest's ``uids_sha256``).
+        """
+        path = subset_path(path)
+        digest = hashlib.sha256()
+        header = {"descr": np.lib.format.dtype_to_descr(UID_DTYPE), "fortran_order": False, "shape": (self.count,)}
+        with atomic_write(path) as fh:
+            np.lib.format.write_array_header_1_0(fh, header)
+            for chunk in self.sorted_chunks():
+                digest.update(chunk.view(np.uint8))
+                fh.write(chunk.view(np.uint8))
+        return path, digest.hexdigest()
+
+    def close(self) -> None:
+        """Delete the spill file."""
+        if not self._spill.closed:
+            self._spill.close()
+        if os.path.exists(self._path):
+            os.unlink(self._path)
+
+    def __enter__(self) -> UidSorter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
