@@ -185,21 +185,30 @@ class RowFilter(Filter):
     def keep(self, batch) -> np.ndarray:
         """Boolean mask over ``batch`` rows: True keeps the row."""
 
-    def _map_shard(self, bits: int, batch):
+    def _kept(self, batch) -> np.ndarray:
         mask = np.asarray(self.keep(batch), dtype=bool)
         if mask.shape != (len(batch),):
             raise ValueError(f"{self.name}.keep returned shape {mask.shape} for {len(batch)} rows")
-        # partitioned for the sorter in the worker, so the parent only appends to the spill file
-        return partition(batch.uids[mask], bits), len(batch)
+        return batch.uids if mask.all() else batch.uids[mask]
+
+    def _map_shard(self, bits: int, batch):
+        # partitioned for the sorter in the worker process, so the parent only appends to the spill
+        return partition(self._kept(batch), bits), len(batch)
+
+    def _map_shard_into(self, sorter: UidSorter, batch):
+        # thread workers share the sorter and write their partition themselves
+        sorter.add_partitioned(*partition(self._kept(batch), sorter.bits))
+        return len(batch)
 
     def select(self, ctx: RunContext) -> Selection:
         sorter = UidSorter(ctx.num_candidates, ctx.workdir, threads=ctx.executor.workers)
-        seen = 0
-        step = partial(self._map_shard, sorter.bits)
-        for (grouped, counts), n in ctx.map_shards(
-            step, columns=self.input_columns(), keys=self.input_keys(), desc=self.name, threads=self.threads
-        ):
-            sorter.add_partitioned(grouped, counts)
-            seen += n
+        cols, keys = self.input_columns(), self.input_keys()
+        if self.threads:
+            seen = sum(ctx.map_shards(partial(self._map_shard_into, sorter), columns=cols, keys=keys, desc=self.name, threads=True))
+        else:
+            seen = 0
+            for (grouped, counts), n in ctx.map_shards(partial(self._map_shard, sorter.bits), columns=cols, keys=keys, desc=self.name):
+                sorter.add_partitioned(grouped, counts)
+                seen += n
         kept = sorter.count
         return Selection(sorter=sorter, counters={"input": seen, "kept": kept, "dropped": seen - kept})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import fsspec
@@ -80,21 +81,35 @@ class Pool:
         if not listing:
             raise PoolError(f"{self.root}: no .parquet files; pass the DataComp metadata folder")
         self._listing = set(self.fs.ls(self._root_path, detail=False))
+        self.schema, counts = self._footers(listing)
         shards, offset = [], 0
-        for rank, path in enumerate(listing):
+        for rank, (path, n) in enumerate(zip(listing, counts)):
             stem = path.split(".parquet")[0]
-            try:
-                with self.fs.open(path, "rb") as fh:
-                    meta = pq.ParquetFile(fh).metadata
-                    n = meta.num_rows
-                    if rank == 0:
-                        self.schema = meta.schema.to_arrow_schema()
-            except Exception as exc:
-                raise PoolError(f"{path}: unreadable parquet ({exc}); re-download this shard") from exc
             shards.append(ShardInfo(rank, stem, path, stem + ".npz", n, offset))
             offset += n
         self.shards: list[ShardInfo] = shards
         self.num_rows = offset
+
+    def _footers(self, paths: list[str]) -> tuple[pa.Schema, list[int]]:
+        """The first shard's schema and every shard's row count, from the parquet footers.
+
+        Remote footers are latency-bound, so they are fetched by a few threads.
+        """
+
+        def footer(path):
+            try:
+                if self._local:  # pyarrow's native reader skips the Python file object
+                    return pq.read_metadata(path)
+                with self.fs.open(path, "rb") as fh:
+                    return pq.ParquetFile(fh).metadata
+            except Exception as exc:
+                raise PoolError(f"{path}: unreadable parquet ({exc}); re-download this shard") from exc
+
+        schema = footer(paths[0]).schema.to_arrow_schema()
+        if self._local or len(paths) < 8:
+            return schema, [footer(p).num_rows for p in paths]
+        with ThreadPoolExecutor(8) as pool:
+            return schema, [m.num_rows for m in pool.map(footer, paths)]
 
     # ---- description -------------------------------------------------------------------------
     @property
@@ -148,7 +163,7 @@ class Pool:
         cols = ["uid"] + [c for c in columns if c != "uid"]
         try:
             if self._local:  # pyarrow's native reader is ~2x faster than a Python file object
-                table = pq.ParquetFile(shard.parquet).read(columns=cols)
+                table = pq.ParquetFile(shard.parquet, pre_buffer=False).read(columns=cols, use_threads=False)
             else:
                 with self.fs.open(shard.parquet, "rb") as fh:
                     table = pq.ParquetFile(fh).read(columns=cols)

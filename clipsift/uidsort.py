@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,7 @@ from clipsift.io import atomic_write
 from clipsift.subset import subset_path
 from clipsift.uids import UID_DTYPE, sort_records
 
-BUCKET_ROWS = 1 << 18  # 4 MiB of records per bucket
+BUCKET_ROWS = 1 << 17  # 2 MiB of records per bucket
 MAX_BUCKET_BITS = 12
 
 
@@ -41,7 +42,7 @@ def partition(records: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """Records grouped by bucket (stable) and the row count of every bucket."""
     if bits == 0 or len(records) == 0:
         return records, np.array([len(records)] + [0] * ((1 << bits) - 1), dtype=np.int64)
-    bucket = (records["f0"] >> np.uint64(64 - bits)).astype(np.uint16)
+    bucket = (records["f0"] >> np.uint64(64 - bits)).astype(np.uint8 if bits <= 8 else np.uint16)
     order = np.argsort(bucket, kind="stable")
     return records[order], np.bincount(bucket, minlength=1 << bits).astype(np.int64)
 
@@ -57,7 +58,7 @@ class UidSorter:
         self.num_buckets = 1 << self.bits
         self.count = 0
         self._fd, self._path = tempfile.mkstemp(prefix="clipsift-uids-", suffix=".spill", dir=workdir)
-        self._spill = os.fdopen(self._fd, "wb")
+        self._lock = threading.Lock()  # add_partitioned may be called from worker threads
         self._offset = 0
         self._blocks: list[np.ndarray] = []  # per add(): byte offset of each bucket's slice
         self._counts: list[np.ndarray] = []
@@ -67,16 +68,21 @@ class UidSorter:
         self.add_partitioned(*partition(np.asarray(records, dtype=UID_DTYPE), self.bits))
 
     def add_partitioned(self, grouped: np.ndarray, counts: np.ndarray) -> None:
+        """Append one partition (from :func:`partition`); safe to call from several threads."""
         if len(counts) != self.num_buckets:
             raise ValueError(f"partition has {len(counts)} buckets, sorter has {self.num_buckets}")
         if len(grouped) == 0:
             return
-        self._spill.write(np.ascontiguousarray(grouped, dtype=UID_DTYPE).data)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) * UID_DTYPE.itemsize + self._offset
-        self._blocks.append(starts)
-        self._counts.append(counts)
-        self._offset += len(grouped) * UID_DTYPE.itemsize
-        self.count += len(grouped)
+        data = np.ascontiguousarray(grouped, dtype=UID_DTYPE).view(np.uint8)
+        with self._lock:  # reserve a region of the spill file; equal uids are equal bytes, so order is free
+            offset = self._offset
+            self._offset += len(data)
+            self._blocks.append(np.concatenate([[0], np.cumsum(counts)[:-1]]) * UID_DTYPE.itemsize + offset)
+            self._counts.append(counts)
+            self.count += len(grouped)
+        written = 0
+        while written < len(data):  # pwrite releases the GIL; regions never overlap
+            written += os.pwrite(self._fd, data[written:], offset + written)
 
     def sorted_chunks(self) -> Iterator[np.ndarray]:
         """Each non-empty bucket, sorted; concatenated they are the sorted records.
@@ -84,7 +90,6 @@ class UidSorter:
         With ``threads > 1`` the next buckets are read and sorted while the caller consumes one
         (numpy's sorts release the GIL); at most ``threads + 1`` buckets are in memory.
         """
-        self._spill.flush()
         if not self._counts:
             return
         starts, counts = np.stack(self._blocks), np.stack(self._counts)  # (adds, buckets)
@@ -126,17 +131,24 @@ class UidSorter:
         path = subset_path(path)
         digest = hashlib.sha256()
         header = {"descr": np.lib.format.dtype_to_descr(UID_DTYPE), "fortran_order": False, "shape": (self.count,)}
-        with atomic_write(path) as fh:
+        with atomic_write(path) as fh, ThreadPoolExecutor(1) as hasher:
             np.lib.format.write_array_header_1_0(fh, header)
+            hashed = None
             for chunk in self.sorted_chunks():
-                digest.update(chunk.view(np.uint8))
-                fh.write(chunk.view(np.uint8))
+                data = chunk.view(np.uint8)
+                if hashed is not None:
+                    hashed.result()
+                hashed = hasher.submit(digest.update, data)  # hashlib releases the GIL: hash while writing
+                fh.write(data)
+            if hashed is not None:
+                hashed.result()
         return path, digest.hexdigest()
 
     def close(self) -> None:
         """Delete the spill file."""
-        if not self._spill.closed:
-            self._spill.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         if os.path.exists(self._path):
             os.unlink(self._path)
 

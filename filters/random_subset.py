@@ -74,12 +74,13 @@ class RandomFilter(Filter):
     def _keys(self, batch):
         return batch.uids, uid_hash(batch.uids, self.seed)
 
-    def _split(self, bits: int, low: int, high: int | None, batch):
-        """Rows with key < low (partitioned for the sorter) and the rows inside [low, high)."""
+    def _split(self, sorter: UidSorter, low: int, high: int | None, batch):
+        """Send rows with key < low to the sorter (threads share it); return the rows in [low, high)."""
         keys = uid_hash(batch.uids, self.seed)
         below = keys < np.uint64(low) if low < _SPAN else np.ones(len(keys), dtype=bool)
         window = ~below if high is None else (~below & (keys < np.uint64(high)))
-        return partition(batch.uids[below], bits), batch.uids[window], keys[window], len(batch)
+        sorter.add_partitioned(*partition(batch.uids[below], sorter.bits))
+        return batch.uids[window], keys[window], len(batch)
 
     def select(self, ctx: RunContext) -> Selection:
         n_expected = ctx.num_candidates
@@ -89,9 +90,7 @@ class RandomFilter(Filter):
         high = None if k + half >= n_expected else (k + half) * _SPAN // n_expected
         sorter = UidSorter(max(k, 1), ctx.workdir, threads=ctx.executor.workers)
         win_uids, win_keys, seen = [], [], 0
-        step = partial(self._split, sorter.bits, low, high)
-        for (grouped, counts), wu, wk, n in ctx.map_shards(step, desc=self.name, threads=self.threads):
-            sorter.add_partitioned(grouped, counts)
+        for wu, wk, n in ctx.map_shards(partial(self._split, sorter, low, high), desc=self.name, threads=True):
             win_uids.append(wu)
             win_keys.append(wk)
             seen += n
