@@ -3,13 +3,15 @@ a short side of at least 200 px and an aspect ratio of at most 3.
 
 Language ID is the cost (one fastText call per caption), so it runs last and as few times as the
 output allows: the cheap rules run per shard in the workers, which send back the distinct
-LF-replaced captions of the rows still alive; the main process de-duplicates those across shards
-(a block of shards at a time) and the workers then share the distinct captions out in chunks.
+LF-replaced captions of the rows still alive, grouped into buckets by a hash of their bytes. Each
+bucket (of a block of shards) then goes to one worker, which de-duplicates it and asks fastText:
+one call per caption distinct in the block, and no central de-duplication.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from functools import partial
 
 import numpy as np
 import pyarrow.compute as pc
@@ -22,7 +24,12 @@ from clipsift.baselines.common import (
     take,
     text_column,
 )
-from clipsift.baselines.langid import FastTextLID, dictionary_indices, english_of_distinct
+from clipsift.baselines.langid import (
+    FastTextLID,
+    dictionary_indices,
+    english_by_bucket,
+    group_by_bucket,
+)
 from clipsift.baselines.textstats import char_counts, split_word_counts
 from clipsift.filter import RunContext, Selection
 from clipsift.uids import UID_DTYPE
@@ -48,11 +55,12 @@ class BasicFilter(BaselineFilter):
     def prepare(self, ctx: RunContext) -> dict:
         return self.describe_lid()
 
-    def cheap_rules(self, batch):
+    def cheap_rules(self, parts: int, batch):
         """Every rule but language ID, on one shard.
 
-        Returns (uids of the rows still alive, their distinct LF-replaced captions, each alive
-        row's index into those, counters).
+        Returns (uids of the rows still alive, their distinct LF-replaced captions grouped into
+        ``parts`` buckets, the count per bucket, each alive row's index into those captions,
+        counters).
         """
         counters = Counter(input=len(batch))
         text = text_column(batch)
@@ -65,33 +73,36 @@ class BasicFilter(BaselineFilter):
         ]
         idx = np.flatnonzero(and_mask(steps, len(batch), counters))
         enc = pc.dictionary_encode(pc.replace_substring(take(text, idx), "\n", " "))
-        return batch.uids[idx], enc.dictionary, dictionary_indices(enc), counters
+        captions, counts, where = group_by_bucket(enc.dictionary, parts)
+        return batch.uids[idx], captions, counts, where[dictionary_indices(enc)], counters
 
     def select(self, ctx: RunContext) -> Selection:
         details = self.prepare(ctx)
         lid = self.lid(memoize=False)  # captions arrive distinct across the block
         if isinstance(lid, FastTextLID):
             lid.load()
-        counters, parts, block = Counter(), [], []
+        parts = 1 if ctx.executor.workers <= 1 else 4 * ctx.executor.workers  # a few per worker, to balance
+        counters, kept, block = Counter(), [], []
 
         def identify():
-            flags = english_of_distinct([b[1] for b in block], lid, ctx.executor)
-            for (uids, _, rows), english in zip(block, flags):
+            flags = english_by_bucket([(b[1], b[2]) for b in block], lid, ctx.executor)
+            for (uids, _, _, rows), english in zip(block, flags):
                 keep = english[rows]
-                parts.append(uids[keep])
+                kept.append(uids[keep])
                 counters["dropped_language"] += int(len(keep) - keep.sum())
             counters["language_id_captions"] += sum(len(b[1]) for b in block)
             block.clear()
 
         held = 0
-        for uids, captions, rows, c in ctx.map_shards(self.cheap_rules, columns=self.input_columns(), desc=self.name):
+        step = partial(self.cheap_rules, parts)
+        for uids, captions, counts, rows, c in ctx.map_shards(step, columns=self.input_columns(), desc=self.name):
             counters.update(c)
-            block.append((uids, captions, rows))
+            block.append((uids, captions, counts, rows))
             held += len(captions)
             if held >= BLOCK_CAPTIONS:
                 identify()
                 held = 0
         identify()
-        uids = np.concatenate(parts) if parts else np.empty(0, dtype=UID_DTYPE)
+        uids = np.concatenate(kept) if kept else np.empty(0, dtype=UID_DTYPE)
         counters["kept"] = len(uids)
         return Selection(uids, counters=dict(counters), details=details)

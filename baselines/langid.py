@@ -2,7 +2,7 @@
 
 A language identifier maps a list of captions to a list of language codes. DataComp replaces each
 ``"\\n"`` (only LF) by a space before asking the model; :func:`english_mask` does that, asks the
-model once per DISTINCT caption, and maps the answers back to rows. :func:`english_of_distinct`
+model once per DISTINCT caption, and maps the answers back to rows. :func:`english_by_bucket`
 does the same for the captions of many shards at once, in parallel, asking once per caption
 distinct in the whole job.
 
@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from clipsift.baselines.textstats import string_buffers
 from clipsift.errors import MissingDependencyError
 
 _MODELS: dict[str, object] = {}  # per-process cache: a model is loaded once, not once per shard
@@ -42,7 +43,7 @@ class FastTextLID:
     """fastText language ID, exactly as DataComp calls it (top-1 label, ``__label__`` stripped).
 
     ``memoize`` keeps a per-process caption -> label memo across calls (shards); turn it off when
-    the texts are already distinct across the whole job (see :func:`english_of_distinct`).
+    the texts are already distinct across the whole job (see :func:`english_by_bucket`).
     """
 
     def __init__(self, path: str, memoize: bool = True):
@@ -139,26 +140,56 @@ def english_mask(texts, lid: LanguageIdentifier) -> np.ndarray:
     return languages(texts, lid) == "en"
 
 
-def _english_chunk(lid: LanguageIdentifier, texts: pa.Array) -> np.ndarray:
-    return np.asarray(lid.predict(texts.to_pylist()), dtype=object) == "en"
+def buckets(texts: pa.Array, parts: int) -> np.ndarray:
+    """A bucket in ``[0, parts)`` per string, from its bytes: equal strings share a bucket, so
+    captions can be de-duplicated bucket by bucket, each bucket in its own worker."""
+    offsets, data = string_buffers(texts)
+    if parts <= 1 or not len(data):
+        return np.zeros(len(offsets) - 1, dtype=np.int64)
+    d = data.astype(np.uint64)
+    sums = []
+    for v in (d, d * d * np.uint64(2654435761)):  # two byte moments, so anagrams seldom collide
+        c = np.zeros(len(v) + 1, dtype=np.uint64)
+        np.cumsum(v, out=c[1:])
+        sums.append(c[offsets[1:]] - c[offsets[:-1]])
+    h = sums[0] * np.uint64(1000003) + sums[1] + np.diff(offsets).astype(np.uint64)
+    return (h % np.uint64(parts)).astype(np.int64)
 
 
-def english_of_distinct(dictionaries: Sequence[pa.Array], lid: LanguageIdentifier, executor) -> list[np.ndarray]:
-    """English flag of every entry of every (per-shard) caption list, LF already replaced.
+def group_by_bucket(texts: pa.Array, parts: int) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """(``texts`` reordered bucket by bucket, number of texts per bucket, new position of each text)."""
+    b = buckets(texts, parts)
+    order = np.argsort(b, kind="stable")
+    where = np.empty(len(order), dtype=np.int64)
+    where[order] = np.arange(len(order))
+    grouped = texts.take(pa.Array.from_buffers(pa.int64(), len(order), [None, pa.py_buffer(order)]))
+    return grouped, np.bincount(b, minlength=max(parts, 1)), where
 
-    The lists are concatenated and de-duplicated first, so each caption is asked once in the whole
-    job rather than once per worker; the distinct captions are then split into chunks that run in
-    parallel on ``executor`` (its ``map``). Returns one bool array per input list.
+
+def _english_bucket(lid: LanguageIdentifier, texts: pa.Array) -> np.ndarray:
+    enc = pc.dictionary_encode(texts)
+    english = np.asarray(lid.predict(enc.dictionary.to_pylist()), dtype=object) == "en"
+    return english[dictionary_indices(enc)] if len(texts) else np.zeros(0, dtype=bool)
+
+
+def english_by_bucket(grouped: Sequence[tuple[pa.Array, np.ndarray]], lid: LanguageIdentifier, executor) -> list[np.ndarray]:
+    """English flag of every caption of every shard (LF already replaced), each caption asked once.
+
+    ``grouped`` holds per shard the output of :func:`group_by_bucket` (captions ordered by bucket,
+    counts per bucket). Bucket ``b`` of all shards goes to one task on ``executor``, which
+    de-duplicates it and asks ``lid`` about its distinct captions: as equal captions share a
+    bucket, that is once per caption in the whole job, and the main process only concatenates.
+    Returns one bool array per shard, aligned with its grouped captions.
     """
-    sizes = [len(d) for d in dictionaries]
-    if not sum(sizes):
-        return [np.zeros(n, dtype=bool) for n in sizes]
-    enc = pc.dictionary_encode(pa.concat_arrays([d.cast(pa.large_string()) for d in dictionaries]))
-    distinct = enc.dictionary
-    n = len(distinct)
-    parts = 1 if executor.workers <= 1 else min(n, 4 * executor.workers)  # a few per worker, to balance
-    bounds = np.linspace(0, n, parts + 1).astype(np.int64)
-    # concat_arrays compacts each slice: a pickled slice would carry the whole buffer
-    chunks = [pa.concat_arrays([distinct.slice(a, b - a)]) for a, b in zip(bounds[:-1], bounds[1:])]
-    flags = np.concatenate(list(executor.map(partial(_english_chunk, lid), chunks, desc="language ID", unit="chunk")))
-    return np.split(flags[dictionary_indices(enc)], np.cumsum(sizes)[:-1])
+    if not grouped:
+        return []
+    counts = np.stack([c for _, c in grouped])  # (shards, buckets)
+    starts = np.cumsum(counts, axis=1) - counts
+    texts = [t.cast(pa.large_string()) for t, _ in grouped]  # a bucket of many shards may pass 2 GiB
+    tasks = [pa.concat_arrays([t.slice(starts[s, b], counts[s, b]) for s, t in enumerate(texts)]) for b in range(counts.shape[1])]
+    flags = list(executor.map(partial(_english_bucket, lid), tasks, desc="language ID", unit="bucket"))
+    bucket_starts = np.cumsum(counts, axis=0) - counts  # where each shard's part begins in each bucket
+    return [
+        np.concatenate([flags[b][bucket_starts[s, b] : bucket_starts[s, b] + counts[s, b]] for b in range(counts.shape[1])])
+        for s in range(len(grouped))
+    ]

@@ -255,18 +255,29 @@ def test_batched_fasttext_equals_the_per_string_wrapper_datacomp_calls():
     assert lid.predict(texts) == expected and lid.predict(texts[::-1]) == expected[::-1]  # memo hits
 
 
-def test_english_of_distinct_asks_each_caption_once_and_splits_back():
-    from clipsift.baselines.langid import english_of_distinct
+def langid_buckets(texts, parts):
+    from clipsift.baselines.langid import buckets
+
+    return buckets(texts, parts)
+
+
+def test_captions_of_all_shards_are_asked_once_bucket_by_bucket():
+    from clipsift.baselines.langid import english_by_bucket, group_by_bucket
     from clipsift.executor import LocalExecutor
 
-    lists = [pa.array(["english a", "b"]), pa.array([], pa.string()), pa.array(["b", "english c", "english a"])]
-    rec = Recorder()
-    flags = english_of_distinct(lists, rec, LocalExecutor(1, show_progress=False))
-    assert [f.tolist() for f in flags] == [[True, False], [], [False, True, True]]
-    assert sorted(rec.seen) == ["b", "english a", "english c"]
-    flags2 = english_of_distinct(lists, Recorder(), LocalExecutor(2, show_progress=False))
-    assert [f.tolist() for f in flags2] == [f.tolist() for f in flags]
-    assert [f.tolist() for f in english_of_distinct([pa.array([], pa.string())], rec, LocalExecutor(2, show_progress=False))] == [[]]
+    texts = ["english a", "b", "", "b", "english c", "english a", "日本", "english é"] * 3
+    b1, b2 = langid_buckets(pa.array(texts), 5), langid_buckets(pa.array(texts[::-1]), 5)
+    assert b1.tolist() == b2.tolist()[::-1] and 0 <= b1.min() and b1.max() < 5
+    shards = [pa.array(["english a", "b"]), pa.array([], pa.string()), pa.array(["b", "english c", "english a", "", "日本"])]
+    for parts, workers in ((1, 1), (4, 1), (3, 2)):
+        grouped = [group_by_bucket(t, parts) for t in shards]
+        rec = Recorder()
+        flags = english_by_bucket([(g, c) for g, c, _ in grouped], rec, LocalExecutor(workers, show_progress=False))
+        per_text = [f[where].tolist() for f, (_, _, where) in zip(flags, grouped)]
+        assert per_text == [[True, False], [], [False, True, True, False, False]]
+        if workers == 1:
+            assert sorted(rec.seen) == sorted(["english a", "b", "english c", "", "日本"])  # once in the whole job
+    assert english_by_bucket([], Recorder(), LocalExecutor(1)) == []
 
 
 def test_lid_bin_is_sha_checked(tmp_path):
