@@ -141,18 +141,20 @@ def english_mask(texts, lid: LanguageIdentifier) -> np.ndarray:
 
 
 def buckets(texts: pa.Array, parts: int) -> np.ndarray:
-    """A bucket in ``[0, parts)`` per string, from its bytes: equal strings share a bucket, so
-    captions can be de-duplicated bucket by bucket, each bucket in its own worker."""
+    """A bucket in ``[0, parts)`` per string, from its length and 8 of its bytes spread over it:
+    equal strings share a bucket, so captions can be de-duplicated bucket by bucket, each bucket in
+    its own worker. Work per string, not per byte."""
     offsets, data = string_buffers(texts)
+    n = len(offsets) - 1
     if parts <= 1 or not len(data):
-        return np.zeros(len(offsets) - 1, dtype=np.int64)
-    d = data.astype(np.uint64)
-    sums = []
-    for v in (d, d * d * np.uint64(2654435761)):  # two byte moments, so anagrams seldom collide
-        c = np.zeros(len(v) + 1, dtype=np.uint64)
-        np.cumsum(v, out=c[1:])
-        sums.append(c[offsets[1:]] - c[offsets[:-1]])
-    h = sums[0] * np.uint64(1000003) + sums[1] + np.diff(offsets).astype(np.uint64)
+        return np.zeros(n, dtype=np.int64)
+    length = np.diff(offsets)
+    h = length.astype(np.uint64)
+    nonempty = length > 0
+    for k in range(8):
+        pos = offsets[:-1] + (length * k) // 8
+        byte = np.where(nonempty, data[np.minimum(pos, len(data) - 1)], 0).astype(np.uint64)
+        h = h * np.uint64(1000003) + byte  # wraps mod 2**64
     return (h % np.uint64(parts)).astype(np.int64)
 
 

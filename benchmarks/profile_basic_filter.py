@@ -3,10 +3,10 @@
     python benchmarks/profile_basic_filter.py --pool /tmp/clipsift-bench/pool-1000000-s0
 
 Stages: reading the four columns (uids decoded), the cheap rules (image size, words, characters),
-LF replacement + per-shard de-duplication of the captions still alive, the cross-shard
-de-duplication, the fastText calls (native time and the Python around them), mapping the answers
-back to rows, and sorting + writing the result. The filter itself runs the per-shard stages and the
-fastText chunks in worker processes; this script runs the same functions inline to time them.
+LF replacement + per-shard de-duplication + hash bucketing of the captions still alive, the
+per-bucket de-duplication across shards, the fastText calls (native time and the Python around
+them), mapping the answers back to rows, and sorting + saving the result. The filter runs the
+per-shard and per-bucket stages in worker processes; this script runs the same functions inline.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pool", required=True, help="pool folder (its metadata/ subfolder is used when present)")
     ap.add_argument("--lid-model", default=None, help="lid.176.bin (default: the bundled lid.176.ftz)")
+    ap.add_argument("--parts", type=int, default=8, help="buckets (the filter uses 4 per worker)")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
 
@@ -79,21 +80,35 @@ def main() -> None:
         cpu["cheap_rules"] += time.process_time() - t
         t = time.process_time()
         enc = pc.dictionary_encode(pc.replace_substring(take(text, idx), "\n", " "))
-        block.append((batch.uids[idx], enc.dictionary, langid.dictionary_indices(enc)))
-        cpu["lf_replace_and_shard_dedup"] += time.process_time() - t
+        captions, counts, where = langid.group_by_bucket(enc.dictionary, args.parts)
+        block.append((batch.uids[idx], captions, counts, where[langid.dictionary_indices(enc)]))
+        cpu["lf_replace_shard_dedup_bucket"] += time.process_time() - t
         rows_alive += len(idx)
 
     t = time.process_time()
-    enc = pc.dictionary_encode(pa.concat_arrays([b[1].cast(pa.large_string()) for b in block]))
-    distinct = enc.dictionary
-    codes = langid.dictionary_indices(enc)
-    cpu["pool_dedup"] = time.process_time() - t
+    counts = np.stack([b[2] for b in block])
+    starts = np.cumsum(counts, axis=1) - counts
+    texts = [b[1].cast(pa.large_string()) for b in block]
+    buckets = [pa.concat_arrays([x.slice(starts[s, k], counts[s, k]) for s, x in enumerate(texts)]) for k in range(args.parts)]
+    cpu["gather_buckets"] = time.process_time() - t
+    flags, n_distinct = [], 0
+    for bucket in buckets:
+        t = time.process_time()
+        enc = pc.dictionary_encode(bucket)
+        distinct = enc.dictionary.to_pylist()
+        cpu["bucket_dedup"] += time.process_time() - t
+        t = time.process_time()
+        english = np.asarray(lid.predict(distinct), dtype=object) == "en"
+        cpu["language_id"] += time.process_time() - t
+        flags.append(english[langid.dictionary_indices(enc)])
+        n_distinct += len(distinct)
     t = time.process_time()
-    english = langid._english_chunk(lid, distinct)
-    cpu["language_id"] = time.process_time() - t
-    t = time.process_time()
-    per_caption = np.split(english[codes], np.cumsum([len(b[1]) for b in block])[:-1])
-    uids = np.concatenate([u[e[r]] for (u, _, r), e in zip(block, per_caption)])
+    bucket_starts = np.cumsum(counts, axis=0) - counts
+    kept = []
+    for s, (u, _, _, rows) in enumerate(block):
+        english = np.concatenate([flags[k][bucket_starts[s, k] : bucket_starts[s, k] + counts[s, k]] for k in range(args.parts)])
+        kept.append(u[english[rows]])
+    uids = np.concatenate(kept)
     cpu["map_back"] = time.process_time() - t
     t = time.process_time()
     np.save(io.BytesIO(), sort_records(uids))
@@ -105,7 +120,7 @@ def main() -> None:
         "rows": pool.num_rows,
         "rows_alive_after_cheap_rules": rows_alive,
         "captions_per_shard_distinct": int(sum(len(b[1]) for b in block)),
-        "captions_pool_distinct": len(distinct),
+        "captions_pool_distinct": n_distinct,
         "kept": len(uids),
         "fasttext_us_per_caption": round(native["s"] / max(native["calls"], 1) * 1e6, 2),
         "cpu_s": {k: round(v, 3) for k, v in cpu.items()},
