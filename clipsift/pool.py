@@ -46,12 +46,18 @@ class ShardBatch:
 
     shard: ShardInfo
     uids: np.ndarray  # u8,u8 records
-    rows: np.ndarray  # int64 positions inside the shard
+    row_mask: np.ndarray | None  # which shard rows these are (None: all of them, in order)
     table: pa.Table  # requested parquet columns, row-aligned with ``uids``
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.uids)
+
+    @property
+    def rows(self) -> np.ndarray:
+        """int64 positions inside the shard (built on demand: most filters never ask)."""
+        rows = np.arange(self.shard.num_rows, dtype=np.int64)
+        return rows if self.row_mask is None else rows[self.row_mask]
 
     @property
     def global_index(self) -> np.ndarray:
@@ -175,14 +181,13 @@ class Pool:
             uids = hex_to_records(table.column("uid"))
         except UidFormatError as exc:
             raise PoolError(f"{shard.parquet}: {exc}; uids must be 32 hex characters") from exc
-        rows = np.arange(shard.num_rows, dtype=np.int64)
         mask = None
         if candidates is not None:
             mask = isin_sorted(uids, candidates)
-            rows, uids = rows[mask], uids[mask]
+            uids = uids[mask]
             table = table.filter(pa.array(mask))
         embeddings = {k: self._read_key(shard, k, mask) for k in keys}
-        return ShardBatch(shard, uids, rows, table, embeddings)
+        return ShardBatch(shard, uids, mask, table, embeddings)
 
     def _read_key(self, shard: ShardInfo, key: str, mask: np.ndarray | None) -> np.ndarray:
         if not self.has_npz(shard):

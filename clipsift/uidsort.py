@@ -24,7 +24,7 @@ import numpy as np
 
 from clipsift.io import atomic_write
 from clipsift.subset import subset_path
-from clipsift.uids import UID_DTYPE, sort_records
+from clipsift.uids import UID_DTYPE, sort_order
 
 BUCKET_ROWS = 1 << 17  # 2 MiB of records per bucket
 MAX_BUCKET_BITS = 12
@@ -116,7 +116,7 @@ class UidSorter:
                 fh.seek(int(starts[i, b]))
                 fh.readinto(view[pos : pos + nbytes])
                 pos += nbytes
-        return sort_records(buf)
+        return buf[sort_order(buf)]
 
     def to_array(self) -> np.ndarray:
         """All records, sorted, in memory (for callers that need the whole array)."""
