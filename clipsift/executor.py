@@ -64,13 +64,16 @@ class LocalExecutor:
                     bar.update(1)
                 return
             workers = min(self.workers, len(items))
-            runner = ThreadPoolExecutor(workers) if threads else ProcessPoolExecutor(workers, mp_context=_mp_context())
+            # threads: twice as many as cores, so decoding keeps both busy while one thread is in Python
+            runner = (
+                ThreadPoolExecutor(2 * workers) if threads else ProcessPoolExecutor(workers, mp_context=_mp_context())
+            )
             with runner as pool:
                 pending: deque = deque()
                 it = iter(items)
                 for item in it:
                     pending.append(pool.submit(fn, item))
-                    if len(pending) >= 2 * self.workers:
+                    if len(pending) >= 4 * self.workers:
                         break
                 while pending:
                     result = pending.popleft().result()
