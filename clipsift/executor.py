@@ -73,7 +73,7 @@ class LocalExecutor:
                 it = iter(items)
                 for item in it:
                     pending.append(pool.submit(fn, item))
-                    if len(pending) >= 4 * self.workers:
+                    if len(pending) >= (4 if threads else 2) * self.workers:
                         break
                 while pending:
                     result = pending.popleft().result()
