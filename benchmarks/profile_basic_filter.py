@@ -28,7 +28,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pool", required=True, help="pool folder (its metadata/ subfolder is used when present)")
     ap.add_argument("--lid-model", default=None, help="lid.176.bin (default: the bundled lid.176.ftz)")
-    ap.add_argument("--parts", type=int, default=8, help="buckets (the filter uses 4 per worker)")
+    ap.add_argument("--parts", type=int, default=16, help="buckets (the filter uses 8 per worker)")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
 
