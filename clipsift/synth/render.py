@@ -35,7 +35,9 @@ def _pattern(tex: int, lay: np.ndarray, size: int) -> np.ndarray:
     """(k, size, size) float32 in [0, 1]: mix weight of the dark background colour for one texture."""
     k = len(lay)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    period = (0.09 + 0.05 * _hash_uniform(lay, 4))[:, None, None]
+    # periods of 10-15 px at 64 px: finer patterns alias away in the stored (resized, JPEG) images
+    # and in a CNN's downsampling stem, and a texture no model can see is no test of the data
+    period = (0.16 + 0.08 * _hash_uniform(lay, 4))[:, None, None]
     phase = _hash_uniform(lay, 5)[:, None, None]
     flip = (_hash_uniform(lay, 6) < 0.5)[:, None, None]
     a = np.where(flip, xx[None], yy[None])
@@ -54,10 +56,11 @@ def _pattern(tex: int, lay: np.ndarray, size: int) -> np.ndarray:
         return (np.floor(a / (1.6 * period)) + np.floor(b / (1.6 * period))) % 2
     if tex == 4:
         return np.ascontiguousarray(a)
-    if tex == 5:
-        pix = np.arange(size * size, dtype=np.uint64)[None] + lay.astype(np.uint64)[
-            :, None
-        ] * np.uint64(size * size)
+    if tex == 5:  # random cells of about 3 px (per-pixel noise averages out when resized)
+        cells = max(1, size // 21)
+        cy, cx = np.mgrid[0:size, 0:size] // cells
+        cell = (cy * size + cx).astype(np.uint64).reshape(-1)
+        pix = cell[None] + lay.astype(np.uint64)[:, None] * np.uint64(size * size)
         return _hash_uniform(pix.reshape(-1), 7).reshape(k, size, size)
     return (np.sin((a + 0.08 * np.sin(b * 25 + phase * 6)) / period * np.pi) > 0).astype(np.float32)
 

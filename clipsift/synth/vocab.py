@@ -346,7 +346,7 @@ NOUNS: list[dict] = _parse()
 LANGUAGES = ("en", "de", "fr", "es")
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "hexagon", "ring", "cross")
-SHAPES_PLURAL = tuple(s + "s" for s in SHAPES)
+SHAPES_PLURAL = tuple(_plural(s) for s in SHAPES)  # "crosses", not "crosss"
 
 # name, sRGB, German, French, Spanish
 COLOURS = (
