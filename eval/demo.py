@@ -59,7 +59,9 @@ def _make_subset(name: str, params: dict, pool_dir: Path, out: Path) -> Path | N
     except ClipsiftError as exc:
         log.warning("demo: filter %s cannot be built here (%s); skipped", name, exc)
         return None
-    ctx = RunContext(Pool(str(pool_dir / "metadata")), LocalExecutor(show_progress=False), None, out.parent / f".work-{name}", "auto")
+    workdir = out.parent / f".work-{name}"  # scratch for filters that spill (the uid sorter)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ctx = RunContext(Pool(str(pool_dir / "metadata")), LocalExecutor(show_progress=False), None, workdir, "auto")
     path, _ = run_to_subset(step, ctx, out)
     return path
 

@@ -29,7 +29,7 @@ log = get_logger("eval.tiny_suite")
 IMAGE_SIDE = 64  # the synthetic pool's stored image side
 JPEG_QUALITY = 95
 SUITE_MARKER = "tiny_suite.json"
-SUITE_VERSION = 2
+SUITE_VERSION = 3  # 3: coarser textures, "crosses"
 
 # Prompt ensembles in the world's own caption frames: each template fixes the attributes the task
 # does not ask about to one random combination, and the classifier averages over 16 of them (as
