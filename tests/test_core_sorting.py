@@ -3,6 +3,7 @@ and the windowed random selection (against the straightforward in-memory answers
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 
@@ -12,7 +13,7 @@ from conftest import write_pool
 
 import clipsift.filters.random_subset as random_subset
 from clipsift.executor import LocalExecutor
-from clipsift.filter import RunContext, Selection
+from clipsift.filter import RowFilter, RunContext, Selection
 from clipsift.pool import Pool
 from clipsift.registry import create_filter
 from clipsift.uids import UID_DTYPE, hex_to_records, sort_order
@@ -139,3 +140,36 @@ def test_random_on_candidates_that_the_pool_lacks(mid_pool):
     want = _in_memory(pool, {"fraction": 0.3, "seed": 2}, 1, cand)
     np.testing.assert_array_equal(got.uids, want.uids)
     assert len(got) == int(0.3 * len(half))
+
+
+class _OddLow(RowFilter):
+    """Keeps rows whose uid is odd: a row rule whose answer is known without the filter."""
+
+    name = "odd_low"
+    columns = ("uid",)
+
+    def keep(self, batch):
+        return (batch.uids["f1"] & np.uint64(1)).astype(bool)
+
+
+class _OddLowThreads(_OddLow):
+    threads = True
+
+
+@pytest.mark.parametrize("cls", [_OddLow, _OddLowThreads])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_row_filters_stream_the_same_sorted_subset_in_processes_and_threads(mid_pool, tmp_path, cls, workers):
+    pool = Pool(mid_pool)
+    every = np.concatenate([pool.read(s).uids for s in pool.shards])
+    cand = np.sort(every[::3], order=("f0", "f1"))
+    for candidates, rows in ((None, every), (cand, cand)):
+        ctx = RunContext(pool, LocalExecutor(workers, show_progress=False), candidates, workdir=tmp_path)
+        sel = cls().select(ctx)
+        want = np.sort(rows[(rows["f1"] & np.uint64(1)).astype(bool)], order=("f0", "f1"))
+        assert sel.counters == {"input": len(rows), "kept": len(want), "dropped": len(rows) - len(want)}
+        path, digest = sel.write(tmp_path / "odd.npy")
+        np.testing.assert_array_equal(np.load(path), want)
+        assert digest == hashlib.sha256(want.tobytes()).hexdigest()
+    del sel
+    gc.collect()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd.npy"]  # spill files go with their selections
