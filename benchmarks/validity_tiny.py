@@ -6,7 +6,9 @@ mean(clip_score) - mean(no_filter) > 2 x seed std (the larger of the two methods
 
     .venv/bin/python benchmarks/validity_tiny.py --out /tmp/validity [--rows 12000] [--seeds 0 1 2]
 
-Resumable: finished runs are reused.
+Resumable: finished runs are reused. On 2 cores, run the two methods side by side (each run uses
+one torch thread): first ``--report-only`` (builds pool, suite and subsets), then ``--methods
+clip_score`` and ``--methods no_filter`` in parallel, then ``--report-only`` again for the table.
 """
 
 from __future__ import annotations
