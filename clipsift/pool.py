@@ -73,6 +73,13 @@ class ShardBatch:
         return arr.astype(dtype, copy=False) if dtype is not None else arr
 
 
+def _arrow_mask(mask: np.ndarray) -> pa.Array:
+    """A numpy bool mask as an Arrow boolean array, from its bits (``pa.array`` imports pandas,
+    about 0.3 s in every worker process)."""
+    bits = np.packbits(np.asarray(mask, dtype=bool), bitorder="little")
+    return pa.Array.from_buffers(pa.bool_(), len(mask), [None, pa.py_buffer(bits)])
+
+
 class Pool:
     """A DataComp metadata directory (local path or any fsspec URL)."""
 
@@ -185,7 +192,7 @@ class Pool:
         if candidates is not None:
             mask = isin_sorted(uids, candidates)
             uids = uids[mask]
-            table = table.filter(pa.array(mask))
+            table = table.filter(_arrow_mask(mask))
         embeddings = {k: self._read_key(shard, k, mask) for k in keys}
         return ShardBatch(shard, uids, mask, table, embeddings)
 
