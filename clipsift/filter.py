@@ -88,6 +88,7 @@ class RunContext:
             self._tmp = tempfile.TemporaryDirectory(prefix="clipsift-work-")
             self.workdir = Path(self._tmp.name)
         self.workdir = Path(self.workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
 
     @property
     def num_candidates(self) -> int:

@@ -57,6 +57,8 @@ class UidSorter:
         self.bits = bucket_bits(max(int(expected_rows), 0), bucket_rows)
         self.num_buckets = 1 << self.bits
         self.count = 0
+        if workdir is not None:
+            os.makedirs(workdir, exist_ok=True)
         self._fd, self._path = tempfile.mkstemp(prefix="clipsift-uids-", suffix=".spill", dir=workdir)
         self._lock = threading.Lock()  # add_partitioned may be called from worker threads
         self._offset = 0

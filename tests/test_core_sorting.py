@@ -173,3 +173,9 @@ def test_row_filters_stream_the_same_sorted_subset_in_processes_and_threads(mid_
     del sel
     gc.collect()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["odd.npy"]  # spill files go with their selections
+
+
+def test_a_work_folder_that_does_not_exist_yet_is_created(mid_pool, tmp_path):
+    ctx = RunContext(Pool(mid_pool), LocalExecutor(1, show_progress=False), workdir=tmp_path / "new" / "work")
+    sel = create_filter("no_filter").select(ctx)
+    assert len(sel) == 12_000 and (tmp_path / "new" / "work").is_dir()
