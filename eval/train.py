@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import pickle
+import random
 import re
 import shlex
 import subprocess
@@ -39,6 +40,33 @@ def register_model_configs() -> None:
 
     if not set(_shipped_models()) <= set(open_clip.list_models()):
         open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+class _SeededSampleShuffle:
+    """webdataset's sample shuffle, seeded like open_clip's shard shuffle (see seed_sample_shuffle)."""
+
+    def __init__(self, bufsize: int = 1000, initial: int = 100, handler=None):
+        self.bufsize, self.initial = bufsize, initial
+
+    def __call__(self, src):
+        from open_clip_train.data import pytorch_worker_seed
+        from webdataset.filters import _shuffle
+
+        return _shuffle(src, self.bufsize, self.initial, random.Random(pytorch_worker_seed()))
+
+
+def seed_sample_shuffle() -> None:
+    """Make a training run repeatable from its ``--seed``.
+
+    open_clip builds its sample shuffle as ``wds.shuffle(bufsize, initial)`` with no generator, and
+    webdataset then seeds one from the process id and the clock, so two runs with the same seed see
+    samples in different orders and end with different weights. This gives the stage a generator
+    seeded from the data-loader worker's seed, which torch derives from ``--seed`` (and which
+    changes every epoch), as open_clip already does for its shard shuffle.
+    """
+    import webdataset
+
+    webdataset.shuffle = _SeededSampleShuffle
 
 
 def _shipped_models() -> list[str]:
@@ -352,6 +380,7 @@ def run_training(cfg: TrainConfig, gpus: int | None = None) -> dict:
         if not root.handlers:  # else logging.info() would basicConfig a second echo of every line
             root.addHandler(logging.NullHandler())
         levels = {n: lg.level for n, lg in logging.root.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+        seed_sample_shuffle()
         try:
             with cpu_threads():
                 status = open_clip_main(list(args))

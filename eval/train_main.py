@@ -6,10 +6,11 @@ torchrun starts fresh interpreters; this shim registers ``model_configs/`` in ea
 
 import sys
 
-from clipsift.eval.train import register_model_configs
+from clipsift.eval.train import register_model_configs, seed_sample_shuffle
 
 if __name__ == "__main__":
     register_model_configs()
+    seed_sample_shuffle()
     from open_clip_train.main import main
 
     sys.exit(0 if main(sys.argv[1:]) != -1 else 1)

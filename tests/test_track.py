@@ -96,3 +96,22 @@ def test_track_resumes_after_interrupted_evaluation(world_pool):
     assert [json.loads(x)["key"] for x in (run / "eval_results.jsonl").read_text().splitlines()][3:] == ["tiny/count", "tiny/rendered_text", "tiny/retrieval"]
     assert json.loads((run / "run.json").read_text())["tasks"] == 6
     assert Path(run / "shards" / "meta.json").exists()
+
+
+def test_tiny_training_is_repeatable_from_its_seed(world_pool):
+    """Same data and --seed give bit-identical weights (open_clip's sample shuffle is seeded)."""
+    import torch
+
+    shards = world_pool / "run" / "shards"
+    if not shards.is_dir():
+        pytest.skip("needs the resharded data of test_track_run_end_to_end")
+    weights = []
+    for seed, name in ((1, "a"), (1, "b"), (2, "c")):
+        out = world_pool / f"repeat_{name}"
+        argv = ["-q", "train", "--scale", "tiny", "--data-dir", str(shards), "--output-dir", str(out),
+                "--train-num-samples", "96", "--seed", str(seed), "--exp-name", "t"]
+        assert cli(argv) == 0
+        ckpt = torch.load(out / "t" / "checkpoints" / "epoch_latest.pt", map_location="cpu", weights_only=False)
+        weights.append(ckpt["state_dict"])
+    same = [all(torch.equal(w[k], weights[0][k]) for k in weights[0]) for w in weights[1:]]
+    assert same == [True, False]
