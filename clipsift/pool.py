@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import fsspec
+import fsspec.implementations.local  # noqa: F401  (imported here, not lazily on the first open)
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq

@@ -118,7 +118,10 @@ def sort_order(records: np.ndarray) -> np.ndarray:
     top = top[order]
     tied = np.flatnonzero(top[1:] == top[:-1])
     if tied.size:
-        pos = np.union1d(tied, tied + 1)
+        mark = np.zeros(len(order), dtype=bool)
+        mark[tied] = True
+        mark[tied + 1] = True
+        pos = np.flatnonzero(mark)
         sub = order[pos]
         order[pos] = sub[np.lexsort((lo[sub], hi[sub]))]
     return order
