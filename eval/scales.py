@@ -16,7 +16,7 @@ SCALE_CONFIGS: dict[str, dict] = {
     "medium": {"batch_size": 4096, "learning_rate": 5e-4, "train_num_samples": 128_000_000, "warmup": 500, "model": "ViT-B-32", "beta2": None},
     "large": {"batch_size": 8192, "learning_rate": 5e-4, "train_num_samples": 1_280_000_000, "warmup": 500, "model": "ViT-B-16", "beta2": None},
     "xlarge": {"batch_size": 90112, "learning_rate": 1e-3, "train_num_samples": 12_800_000_000, "warmup": 10000, "model": "ViT-L-14", "beta2": 0.95},
-    "tiny": {"batch_size": 32, "learning_rate": 1e-3, "train_num_samples": 32768, "warmup": 20, "model": "clipsift-tiny", "beta2": None},
+    "tiny": {"batch_size": 128, "learning_rate": 1e-3, "train_num_samples": 32768, "warmup": 20, "model": "clipsift-tiny", "beta2": None},
 }
 
 DATACOMP_SCALES = ("debug", "small", "medium", "large", "xlarge")

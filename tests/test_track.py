@@ -32,7 +32,7 @@ def test_track_run_end_to_end(world_pool, capsys):
     assert cli(["filter", "random", "--pool", str(pool / "metadata"), "--out", str(subset), "--set", "fraction=0.5", "--workers", "1"]) == 0
     run = root / "run"
     argv = ["track", "run", "--subset", str(subset), "--shards", str(pool / "shards"), "--out", str(run),
-            "--scale", "tiny", "--train-num-samples", "96", "--eval-data-dir", str(suite), "--seed", "1"]
+            "--scale", "tiny", "--train-num-samples", "128", "--eval-data-dir", str(suite), "--seed", "1"]
     assert cli(argv) == 0
     capsys.readouterr()
 
@@ -49,7 +49,7 @@ def test_track_run_end_to_end(world_pool, capsys):
     assert (exp / "params.txt").exists() and "Train Epoch: 0" in (exp / "out.log").read_text()
     info = pickle.loads((exp / "info.pkl").read_bytes())
     assert info["scale"] == "tiny" and info["checkpoint"] == exp / "checkpoints" / "epoch_latest.pt"
-    assert info["data_dir"] == run / "shards" and info["scale_config"]["train_num_samples"] == 96
+    assert info["data_dir"] == run / "shards" and info["scale_config"]["train_num_samples"] == 128
     # evaluation records and run.json at the top level
     recs = [json.loads(x) for x in (run / "eval_results.jsonl").read_text().splitlines()]
     assert [r["key"] for r in recs] == ["tiny/shape", "tiny/colour", "tiny/texture", "tiny/count", "tiny/rendered_text", "tiny/retrieval"]
@@ -57,10 +57,10 @@ def test_track_run_end_to_end(world_pool, capsys):
     for k in ("method", "scale", "seed", "suite", "dataset_size", "samples_seen", "subset", "train_args", "created"):
         assert k in rj
     assert (rj["method"], rj["scale"], rj["seed"], rj["suite"]) == ("random", "tiny", 1, "tiny")
-    assert rj["dataset_size"] == 200 and rj["samples_seen"] == 96
+    assert rj["dataset_size"] == 200 and rj["samples_seen"] == 128
     assert rj["subset"]["manifest"]["filter"] == "random" and rj["subset"]["path"] == str(subset.resolve())
     args = rj["train_args"]
-    assert args[args.index("--model") + 1] == "clipsift-tiny" and args[args.index("--batch-size") + 1] == "32"
+    assert args[args.index("--model") + 1] == "clipsift-tiny" and args[args.index("--batch-size") + 1] == "128"
     n = meta["output_shard_count"]
     assert args[args.index("--train-data") + 1] == f"{run / 'shards'}/{{00000000..{n - 1:08d}}}.tar"
 
@@ -89,7 +89,7 @@ def test_track_resumes_after_interrupted_evaluation(world_pool):
     state.pop("complete")
     (run / "track_state.json").write_text(json.dumps(state))
     argv = ["track", "run", "--subset", str(world_pool / "half.npy"), "--shards", str(world_pool / "pool" / "shards"),
-            "--out", str(run), "--scale", "tiny", "--train-num-samples", "96", "--eval-data-dir", str(world_pool / "suite"), "--seed", "1"]
+            "--out", str(run), "--scale", "tiny", "--train-num-samples", "128", "--eval-data-dir", str(world_pool / "suite"), "--seed", "1"]
     out_log = (run / "tiny_scale" / "out.log").read_text()
     assert cli(argv) == 0
     assert (run / "tiny_scale" / "out.log").read_text() == out_log
@@ -109,7 +109,7 @@ def test_tiny_training_is_repeatable_from_its_seed(world_pool):
     for seed, name in ((1, "a"), (1, "b"), (2, "c")):
         out = world_pool / f"repeat_{name}"
         argv = ["-q", "train", "--scale", "tiny", "--data-dir", str(shards), "--output-dir", str(out),
-                "--train-num-samples", "96", "--seed", str(seed), "--exp-name", "t"]
+                "--train-num-samples", "128", "--seed", str(seed), "--exp-name", "t"]
         assert cli(argv) == 0
         ckpt = torch.load(out / "t" / "checkpoints" / "epoch_latest.pt", map_location="cpu", weights_only=False)
         weights.append(ckpt["state_dict"])
