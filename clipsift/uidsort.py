@@ -11,6 +11,7 @@ The map side (:func:`partition`) is a pure function, so executors run it in thei
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import tempfile
 import threading
@@ -100,12 +101,14 @@ class UidSorter:
         if self.threads == 1 or len(buckets) == 1:
             yield from map(load, buckets)
             return
+        todo = iter(buckets)
         with ThreadPoolExecutor(self.threads) as pool:
-            pending = deque(pool.submit(load, b) for b in buckets[: self.threads])
-            for b in buckets[self.threads :] + [None] * self.threads:
+            pending = deque(pool.submit(load, b) for b in itertools.islice(todo, self.threads))
+            while pending:
                 chunk = pending.popleft().result()
-                if b is not None:
-                    pending.append(pool.submit(load, b))
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append(pool.submit(load, nxt))
                 yield chunk
 
     def _load_sorted(self, starts: np.ndarray, counts: np.ndarray, b: int) -> np.ndarray:
