@@ -193,11 +193,11 @@ class RowFilter(Filter):
         return batch.uids if mask.all() else batch.uids[mask]
 
     def _map_shard(self, bits: int, batch):
-        # partitioned for the sorter in the worker process, so the parent only appends to the spill
+        # partitioned for the sorter in the worker process
         return partition(self._kept(batch), bits), len(batch)
 
     def _map_shard_into(self, sorter: UidSorter, batch):
-        # thread workers share the sorter and write their partition themselves
+        # thread workers share the sorter and hand it their partition themselves
         sorter.add_partitioned(*partition(self._kept(batch), sorter.bits))
         return len(batch)
 
@@ -208,7 +208,8 @@ class RowFilter(Filter):
             seen = sum(ctx.map_shards(partial(self._map_shard_into, sorter), columns=cols, keys=keys, desc=self.name, threads=True))
         else:
             seen = 0
-            for (grouped, counts), n in ctx.map_shards(partial(self._map_shard, sorter.bits), columns=cols, keys=keys, desc=self.name):
+            step = partial(self._map_shard, sorter.bits)
+            for (grouped, counts), n in ctx.map_shards(step, columns=cols, keys=keys, desc=self.name):
                 sorter.add_partitioned(grouped, counts)
                 seen += n
         kept = sorter.count

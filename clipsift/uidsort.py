@@ -1,11 +1,10 @@
 """Sorted uid output at bounded memory: DataComp subsets must be sorted, pools arrive in shard order.
 
-:class:`UidSorter` partitions records by the top bits of ``hi`` into buckets of about
-``bucket_rows`` rows (uids are hashes, so buckets are balanced), appends each shard's partition to
-one spill file, and at the end sorts one bucket at a time. Memory holds one shard's output plus
-one bucket whatever the pool size; skewed uids only make some buckets larger, never wrong.
-
-The map side (:func:`partition`) is a pure function, so executors run it in their workers.
+:class:`UidSorter` takes records partitioned by the top bits of ``hi`` into buckets of about
+``bucket_rows`` rows (uids are hashes, so buckets are balanced; workers partition their own rows),
+gathers them into chunks of ``chunk_rows`` and appends each chunk to one spill file with every
+bucket contiguous. At the end one bucket at a time is read back (one read per chunk) and sorted. Memory holds one chunk
+plus a few buckets whatever the pool size; skewed uids only make some buckets larger, never wrong.
 """
 
 from __future__ import annotations
@@ -27,7 +26,8 @@ from clipsift.io import atomic_write
 from clipsift.subset import subset_path
 from clipsift.uids import UID_DTYPE, sort_order
 
-BUCKET_ROWS = 1 << 17  # 2 MiB of records per bucket
+BUCKET_ROWS = 1 << 16  # 1 MiB of records per bucket: sorted within the CPU caches
+CHUNK_ROWS = 1 << 18  # 4 MiB of records gathered before each write to the spill file
 MAX_BUCKET_BITS = 12
 
 
@@ -52,40 +52,68 @@ class UidSorter:
     """Collect uid records in any order; read them back sorted (duplicates kept), bucket by bucket."""
 
     def __init__(
-        self, expected_rows: int, workdir: str | os.PathLike | None = None, bucket_rows: int = BUCKET_ROWS, threads: int = 1
+        self,
+        expected_rows: int,
+        workdir: str | os.PathLike | None = None,
+        bucket_rows: int = BUCKET_ROWS,
+        threads: int = 1,
+        chunk_rows: int = CHUNK_ROWS,
     ):
         self.threads = max(1, int(threads))  # buckets sorted concurrently when reading back
+        self.chunk_rows = max(1, int(chunk_rows))
         self.bits = bucket_bits(max(int(expected_rows), 0), bucket_rows)
         self.num_buckets = 1 << self.bits
         self.count = 0
         if workdir is not None:
             os.makedirs(workdir, exist_ok=True)
         self._fd, self._path = tempfile.mkstemp(prefix="clipsift-uids-", suffix=".spill", dir=workdir)
-        self._lock = threading.Lock()  # add_partitioned may be called from worker threads
+        self._lock = threading.Lock()  # add() may be called from worker threads
         self._offset = 0
-        self._blocks: list[np.ndarray] = []  # per add(): byte offset of each bucket's slice
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # partitions not yet written
+        self._pending_rows = 0
+        self._blocks: list[np.ndarray] = []  # per written chunk: byte offset of each bucket's slice
         self._counts: list[np.ndarray] = []
 
     def add(self, records: np.ndarray) -> None:
-        """Add unsorted records (partitioned here; use :meth:`add_partitioned` for worker output)."""
+        """Add records in any order (partitioned here; workers call :func:`partition` themselves)."""
         self.add_partitioned(*partition(np.asarray(records, dtype=UID_DTYPE), self.bits))
 
     def add_partitioned(self, grouped: np.ndarray, counts: np.ndarray) -> None:
-        """Append one partition (from :func:`partition`); safe to call from several threads."""
+        """Add one partition (from :func:`partition`); safe to call from several threads."""
         if len(counts) != self.num_buckets:
             raise ValueError(f"partition has {len(counts)} buckets, sorter has {self.num_buckets}")
         if len(grouped) == 0:
             return
-        data = np.ascontiguousarray(grouped, dtype=UID_DTYPE).view(np.uint8)
+        with self._lock:
+            self._pending.append((grouped, counts))
+            self._pending_rows += len(grouped)
+            self.count += len(grouped)
+            if self._pending_rows < self.chunk_rows:
+                return
+            chunk, self._pending, self._pending_rows = self._pending, [], 0
+        self._write_chunk(chunk)
+
+    def _write_chunk(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Write partitions as one block with each bucket contiguous (one read per bucket later)."""
+        counts = np.stack([c for _, c in parts])  # (parts, buckets)
+        ends = np.cumsum(counts, axis=1)
+        pieces = [g[e - c : e] for b in np.flatnonzero(counts.sum(axis=0)) for (g, _), c, e in zip(parts, counts[:, b], ends[:, b]) if c]
+        data = np.ascontiguousarray(np.concatenate(pieces), dtype=UID_DTYPE).view(np.uint8)
+        total = counts.sum(axis=0)
         with self._lock:  # reserve a region of the spill file; equal uids are equal bytes, so order is free
             offset = self._offset
             self._offset += len(data)
-            self._blocks.append(np.concatenate([[0], np.cumsum(counts)[:-1]]) * UID_DTYPE.itemsize + offset)
-            self._counts.append(counts)
-            self.count += len(grouped)
+            self._blocks.append(np.concatenate([[0], np.cumsum(total)[:-1]]) * UID_DTYPE.itemsize + offset)
+            self._counts.append(total)
         written = 0
         while written < len(data):  # pwrite releases the GIL; regions never overlap
             written += os.pwrite(self._fd, data[written:], offset + written)
+
+    def _flush(self) -> None:
+        with self._lock:
+            chunk, self._pending, self._pending_rows = self._pending, [], 0
+        if chunk:
+            self._write_chunk(chunk)
 
     def sorted_chunks(self) -> Iterator[np.ndarray]:
         """Each non-empty bucket, sorted; concatenated they are the sorted records.
@@ -93,9 +121,10 @@ class UidSorter:
         With ``threads > 1`` the next buckets are read and sorted while the caller consumes one
         (numpy's sorts release the GIL); at most ``threads + 1`` buckets are in memory.
         """
+        self._flush()
         if not self._counts:
             return
-        starts, counts = np.stack(self._blocks), np.stack(self._counts)  # (adds, buckets)
+        starts, counts = np.stack(self._blocks), np.stack(self._counts)  # (chunks, buckets)
         buckets = [int(b) for b in np.flatnonzero(counts.sum(axis=0))]
         load = partial(self._load_sorted, starts, counts)
         if self.threads == 1 or len(buckets) == 1:

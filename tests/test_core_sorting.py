@@ -63,11 +63,14 @@ def test_hex_conversion_accepts_uppercase_with_python_int_semantics():
     assert [int(u, 16) for u in uids] == [(int(a) << 64) | int(b) for a, b in zip(recs["f0"], recs["f1"])]
 
 
-@pytest.mark.parametrize("bucket_rows,threads", [(1 << 18, 2), (512, 2), (64, 2), (10_000, 8), (64, 1)])
-def test_sorter_returns_every_record_sorted_and_writes_np_save_bytes(tmp_path, bucket_rows, threads):
+@pytest.mark.parametrize(
+    "bucket_rows,threads,chunk_rows",
+    [(1 << 18, 2, 1 << 18), (512, 2, 1000), (64, 2, 1), (10_000, 8, 7000), (64, 1, 1 << 18)],
+)
+def test_sorter_returns_every_record_sorted_and_writes_np_save_bytes(tmp_path, bucket_rows, threads, chunk_rows):
     r = _records(30_000, 4)
     r[:500] = r[500:1000]
-    with UidSorter(len(r), tmp_path, bucket_rows=bucket_rows, threads=threads) as sorter:
+    with UidSorter(len(r), tmp_path, bucket_rows=bucket_rows, threads=threads, chunk_rows=chunk_rows) as sorter:
         assert sorter.num_buckets == 1 << bucket_bits(len(r), bucket_rows)
         for chunk in np.array_split(r, 37):  # uneven adds, some partitioned by the caller
             if len(chunk) % 2:
