@@ -11,7 +11,6 @@ Most rule-based filters subclass :class:`RowFilter` and implement ``keep(batch) 
 from __future__ import annotations
 
 import abc
-import hashlib
 import importlib.util
 import tempfile
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from clipsift.errors import MissingDependencyError
 from clipsift.executor import LocalExecutor, map_shards
 from clipsift.log import get_logger
 from clipsift.params import Param, resolve_params
-from clipsift.uids import UID_DTYPE, sort_records
+from clipsift.uids import UID_DTYPE, sort_records, uids_digest
 from clipsift.uidsort import UidSorter, partition
 
 
@@ -70,7 +69,7 @@ class Selection:
             return self._sorter.write_npy(path)
         from clipsift.subset import write_subset
 
-        return write_subset(path, self._uids), hashlib.sha256(np.ascontiguousarray(self._uids).tobytes()).hexdigest()
+        return write_subset(path, self._uids), uids_digest(self._uids)
 
 
 @dataclass

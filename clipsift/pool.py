@@ -119,11 +119,14 @@ class Pool:
             except Exception as exc:
                 raise PoolError(f"{path}: unreadable parquet ({exc}); re-download this shard") from exc
 
-        schema = footer(paths[0]).schema.to_arrow_schema()
-        if self._local or len(paths) < 8:
-            return schema, [footer(p).num_rows for p in paths]
-        with ThreadPoolExecutor(8) as pool:
-            return schema, [m.num_rows for m in pool.map(footer, paths)]
+        first = footer(paths[0])  # read once: its schema and its row count
+        rest = paths[1:]
+        if self._local or len(rest) < 8:
+            counts = [footer(p).num_rows for p in rest]
+        else:
+            with ThreadPoolExecutor(8) as pool:
+                counts = [m.num_rows for m in pool.map(footer, rest)]
+        return first.schema.to_arrow_schema(), [first.num_rows, *counts]
 
     # ---- description -------------------------------------------------------------------------
     @property

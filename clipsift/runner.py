@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import resource
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
 
 from clipsift import __version__
 from clipsift.filter import RunContext, Selection
@@ -27,13 +24,7 @@ def peak_memory_mb() -> dict:
     return {"self": round(own, 1), "children": round(kids, 1)}
 
 
-def uids_digest(uids: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(uids).tobytes()).hexdigest()
-
-
-def build_manifest(
-    step, ctx: RunContext, sel: Selection, wall: float, recipe: str | None = None, digest: str | None = None
-) -> dict:
+def build_manifest(step, ctx: RunContext, sel: Selection, wall: float, digest: str, recipe: str | None = None) -> dict:
     return {
         "clipsift_version": __version__,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -42,7 +33,7 @@ def build_manifest(
         "pool": ctx.pool.fingerprint(),
         "input_count": ctx.num_candidates,
         "output_count": len(sel),
-        "uids_sha256": digest if digest is not None else uids_digest(sel.uids),
+        "uids_sha256": digest,
         "counters": sel.counters,
         "details": sel.details,
         "wall_time_s": round(wall, 3),
@@ -52,19 +43,13 @@ def build_manifest(
     }
 
 
-def run_step(step, ctx: RunContext) -> tuple[Selection, float]:
-    t0 = time.perf_counter()
-    sel = step.select(ctx)
-    return sel, time.perf_counter() - t0
-
-
 def run_to_subset(step, ctx: RunContext, out: str | Path, recipe: str | None = None) -> tuple[Path, dict]:
     """Select, then write ``out`` (sorted ``u8,u8`` .npy) and ``out.json`` atomically."""
     t0 = time.perf_counter()
     sel = step.select(ctx)
     path, digest = sel.write(out)
     wall = time.perf_counter() - t0
-    manifest = build_manifest(step, ctx, sel, wall, recipe, digest)
+    manifest = build_manifest(step, ctx, sel, wall, digest, recipe)
     write_json(manifest_path(path), manifest)
     log.info("%s: kept %d of %d rows in %.1f s -> %s", manifest.get("filter", manifest.get("pipeline")), len(sel), ctx.num_candidates, wall, path)
     return path, manifest

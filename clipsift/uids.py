@@ -7,6 +7,7 @@ Sorting records by (hi, lo) equals the numeric order and the order of lowercase 
 from __future__ import annotations
 
 import binascii
+import hashlib
 
 import numpy as np
 import pyarrow as pa
@@ -92,6 +93,11 @@ def records_to_hex(records: np.ndarray) -> np.ndarray:
     chars[:, 0::2] = _HEX_CHARS[b >> 4]
     chars[:, 1::2] = _HEX_CHARS[b & 15]
     return chars.view("S32").reshape(-1).astype("U32")
+
+
+def uids_digest(records: np.ndarray) -> str:
+    """sha256 of the record bytes: the manifest's ``uids_sha256`` (what the .npy holds after its header)."""
+    return hashlib.sha256(np.ascontiguousarray(records).tobytes()).hexdigest()
 
 
 def as_records(arr: np.ndarray) -> np.ndarray:
