@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -240,6 +241,7 @@ def main() -> None:
         print("lid.176.ftz borderline English (basic_filter's captions):", json.dumps(results["lid_borderline"]))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

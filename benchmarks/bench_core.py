@@ -44,8 +44,8 @@ from clipsift.runner import run_to_subset
 c, t = cpu(), time.perf_counter()
 pool = Pool({pool!r})
 ctx = RunContext(pool, LocalExecutor({workers}, show_progress=False))
-out = os.path.join(tempfile.mkdtemp(), "s.npy")
-path, manifest = run_to_subset(create_filter({name!r}, {params!r}), ctx, out)
+with tempfile.TemporaryDirectory() as tmp:
+    path, manifest = run_to_subset(create_filter({name!r}, {params!r}), ctx, os.path.join(tmp, "s.npy"))
 result = {{"seconds": time.perf_counter() - t, "cpu": cpu() - c, "rows": manifest["output_count"]}}
 """
 

@@ -20,13 +20,14 @@ import numpy as np
 from _harness import CACHE, isolated, synthetic_pool, table
 
 FILTER = """
-import time, tempfile
+import time, tempfile, atexit, shutil
 from clipsift.pool import Pool
 from clipsift.filter import RunContext
 from clipsift.executor import LocalExecutor
 from clipsift.registry import create_filter
 t = time.perf_counter()
 ctx = RunContext(Pool({pool!r}), LocalExecutor({workers}, show_progress=False), workdir=tempfile.mkdtemp())
+atexit.register(shutil.rmtree, ctx.workdir, True)
 sel = create_filter({name!r}, {params!r}).select(ctx)
 import resource
 cpu = sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) for f in ("ru_utime", "ru_stime"))
