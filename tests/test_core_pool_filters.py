@@ -143,17 +143,17 @@ PLUGIN = textwrap.dedent(
 )
 
 
-def _install_plugin(tmp_path: Path) -> Path:
+def _install_plugin(tmp_path: Path, extra: str = "") -> Path:
     site = tmp_path / "plugin_site"
     (site / "test_plugin-0.1.dist-info").mkdir(parents=True, exist_ok=True)
     (site / "test_plugin.py").write_text(PLUGIN)
     (site / "test_plugin-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: test-plugin\nVersion: 0.1\n")
-    (site / "test_plugin-0.1.dist-info" / "entry_points.txt").write_text("[clipsift.filters]\ntest_emb = test_plugin:TestEmb\n")
+    (site / "test_plugin-0.1.dist-info" / "entry_points.txt").write_text("[clipsift.filters]\ntest_emb = test_plugin:TestEmb\n" + extra)
     return site
 
 
-def _run_with_test_plugin(args, tmp_path):
-    site = _install_plugin(tmp_path)
+def _run_with_test_plugin(args, tmp_path, extra: str = ""):
+    site = _install_plugin(tmp_path, extra)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "clipsift.cli", *args], capture_output=True, text=True, env=env)
     return proc.returncode, proc.stderr, proc.stdout
@@ -171,6 +171,16 @@ def test_entry_point_plugin_is_listed_and_runs(tmp_path, small_pool):
         b = pool.read(s, keys=["l14_img"])
         expect.append(b.uids[b.embeddings["l14_img"][:, 0].astype(np.float32) > 0.01])
     np.testing.assert_array_equal(read_subset(target), sort_records(np.concatenate(expect)))
+
+
+def test_plugin_cannot_shadow_a_builtin_filter(tmp_path, small_pool):
+    extra = "no_filter = test_plugin:TestEmb\n"
+    rc, err, out = _run_with_test_plugin(["filters"], tmp_path, extra)
+    assert rc == 0 and "filter no_filter declared twice" in err and "test_plugin:TestEmb" in err
+    target = tmp_path / "all.npy"
+    rc, err, out = _run_with_test_plugin(["-q", "filter", "no_filter", "--pool", str(small_pool), "--out", str(target)], tmp_path, extra)
+    assert rc == 0, err
+    assert len(read_subset(target)) == Pool(small_pool).num_rows  # the built-in ran, not the plugin
 
 
 def test_recipe_chain_and_union(small_pool, tmp_path):
