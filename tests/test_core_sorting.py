@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import io
+import os
 
 import numpy as np
 import pytest
@@ -182,3 +183,28 @@ def test_a_work_folder_that_does_not_exist_yet_is_created(mid_pool, tmp_path):
     ctx = RunContext(Pool(mid_pool), LocalExecutor(1, show_progress=False), workdir=tmp_path / "new" / "work")
     sel = create_filter("no_filter").select(ctx)
     assert len(sel) == 12_000 and (tmp_path / "new" / "work").is_dir()
+
+
+def test_vectored_spill_write_survives_short_writes_and_many_buffers(tmp_path, monkeypatch):
+    from clipsift import uidsort
+
+    rng = np.random.default_rng(3)
+    arrays = [rng.integers(0, 256, int(n), dtype=np.uint8) for n in rng.integers(0, 40, 3000)]
+    calls = []
+
+    def short_pwritev(fd, buffers, offset):  # the kernel may write less than asked
+        calls.append(len(buffers))
+        assert len(buffers) <= uidsort._IOV_MAX
+        data = b"".join(bytes(b) for b in buffers)[:997]
+        return os.pwrite(fd, data, offset)
+
+    monkeypatch.setattr(uidsort.os, "pwritev", short_pwritev)
+    path = tmp_path / "spill"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        os.pwrite(fd, b"head", 0)
+        uidsort._pwrite_all(fd, [memoryview(a) for a in arrays], 4)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"head" + b"".join(a.tobytes() for a in arrays)
+    assert len(calls) > 3 and max(calls) == uidsort._IOV_MAX
