@@ -44,9 +44,9 @@ from clipsift.runner import run_to_subset
 c, t = cpu(), time.perf_counter()
 pool = Pool({pool!r})
 ctx = RunContext(pool, LocalExecutor({workers}, show_progress=False))
-with tempfile.TemporaryDirectory() as tmp:
+with tempfile.TemporaryDirectory() as tmp:  # timed up to the written subset, not its removal
     path, manifest = run_to_subset(create_filter({name!r}, {params!r}), ctx, os.path.join(tmp, "s.npy"))
-result = {{"seconds": time.perf_counter() - t, "cpu": cpu() - c, "rows": manifest["output_count"]}}
+    result = {{"seconds": time.perf_counter() - t, "cpu": cpu() - c, "rows": manifest["output_count"]}}
 """
 
 

@@ -85,6 +85,8 @@ class UidSorter:
         if workdir is not None:
             os.makedirs(workdir, exist_ok=True)
         self._fd, self._path = tempfile.mkstemp(prefix="clipsift-uids-", suffix=".spill", dir=workdir)
+        if os.name == "posix":  # nameless from now on: a killed run leaves no spill file behind
+            os.unlink(self._path)
         self._lock = threading.Lock()  # add() may be called from worker threads
         self._offset = 0
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # partitions not yet written
@@ -160,12 +162,14 @@ class UidSorter:
         buf = np.empty(int(counts[:, b].sum()), dtype=UID_DTYPE)
         view = memoryview(buf.view(np.uint8))
         pos = 0
-        with open(self._path, "rb", buffering=0) as fh:
-            for i in np.flatnonzero(counts[:, b]):
-                nbytes = int(counts[i, b]) * UID_DTYPE.itemsize
-                fh.seek(int(starts[i, b]))
-                fh.readinto(view[pos : pos + nbytes])
-                pos += nbytes
+        for i in np.flatnonzero(counts[:, b]):  # positional reads: threads share the descriptor
+            end = pos + int(counts[i, b]) * UID_DTYPE.itemsize
+            offset = int(starts[i, b])
+            while pos < end:
+                got = os.preadv(self._fd, [view[pos:end]], offset)
+                if got == 0:
+                    raise OSError(f"spill file {self._path} is shorter than written")
+                pos, offset = pos + got, offset + got
         return buf[sort_order(buf)]
 
     def to_array(self) -> np.ndarray:
@@ -199,7 +203,7 @@ class UidSorter:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        if os.path.exists(self._path):
+        if os.name != "posix" and os.path.exists(self._path):
             os.unlink(self._path)
 
     def __enter__(self) -> UidSorter:
