@@ -25,7 +25,7 @@ from clipsift.executor import LocalExecutor, map_shards
 from clipsift.log import get_logger
 from clipsift.params import Param, resolve_params
 from clipsift.uids import UID_DTYPE, sort_records, uids_digest
-from clipsift.uidsort import UidSorter, partition
+from clipsift.uidsort import UidSorter
 
 
 class Selection:
@@ -191,13 +191,12 @@ class RowFilter(Filter):
             raise ValueError(f"{self.name}.keep returned shape {mask.shape} for {len(batch)} rows")
         return batch.uids if mask.all() else batch.uids[mask]
 
-    def _map_shard(self, bits: int, batch):
-        # partitioned for the sorter in the worker process
-        return partition(self._kept(batch), bits), len(batch)
+    def _map_shard(self, batch):
+        return self._kept(batch), len(batch)
 
     def _map_shard_into(self, sorter: UidSorter, batch):
-        # thread workers share the sorter and hand it their partition themselves
-        sorter.add_partitioned(*partition(self._kept(batch), sorter.bits))
+        # thread workers share the sorter and hand it their rows themselves
+        sorter.add(self._kept(batch))
         return len(batch)
 
     def select(self, ctx: RunContext) -> Selection:
@@ -207,9 +206,8 @@ class RowFilter(Filter):
             seen = sum(ctx.map_shards(partial(self._map_shard_into, sorter), columns=cols, keys=keys, desc=self.name, threads=True))
         else:
             seen = 0
-            step = partial(self._map_shard, sorter.bits)
-            for (grouped, counts), n in ctx.map_shards(step, columns=cols, keys=keys, desc=self.name):
-                sorter.add_partitioned(grouped, counts)
+            for kept, n in ctx.map_shards(self._map_shard, columns=cols, keys=keys, desc=self.name):
+                sorter.add(kept)
                 seen += n
         kept = sorter.count
         return Selection(sorter=sorter, counters={"input": seen, "kept": kept, "dropped": seen - kept})

@@ -1,10 +1,11 @@
 """Sorted uid output at bounded memory: DataComp subsets must be sorted, pools arrive in shard order.
 
-:class:`UidSorter` takes records partitioned by the top bits of ``hi`` into buckets of about
-``bucket_rows`` rows (uids are hashes, so buckets are balanced; workers partition their own rows),
-gathers them into chunks of ``chunk_rows`` and appends each chunk to one spill file with every
-bucket contiguous. At the end one bucket at a time is read back (one read per chunk) and sorted. Memory holds one chunk
-plus a few buckets whatever the pool size; skewed uids only make some buckets larger, never wrong.
+:class:`UidSorter` collects records in chunks of ``chunk_rows``. Each full chunk is grouped by
+the top bits of ``hi`` into buckets of about ``bucket_rows`` rows (uids are hashes, so buckets are
+balanced) and appended to one spill file with every bucket contiguous. At the end one bucket at a
+time is read back (one read per chunk) and sorted. Memory holds about two chunks plus a few
+buckets whatever the pool size or bucket count; skewed uids only make some buckets larger, never
+wrong.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from clipsift.uids import UID_DTYPE, sort_order
 BUCKET_ROWS = 1 << 16  # 1 MiB of records per bucket: sorted within the CPU caches
 CHUNK_ROWS = 1 << 18  # 4 MiB of records gathered before each write to the spill file
 MAX_BUCKET_BITS = 12
-_IOV_MAX = 1024  # buffers per pwritev call (POSIX minimum on Linux)
+_WRITE_ROWS = 1 << 15  # rows gathered per write of a chunk
 
 
 def bucket_bits(expected_rows: int, bucket_rows: int = BUCKET_ROWS) -> int:
@@ -40,30 +41,16 @@ def bucket_bits(expected_rows: int, bucket_rows: int = BUCKET_ROWS) -> int:
     return bits
 
 
-def partition(records: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Records grouped by bucket (stable) and the row count of every bucket."""
-    if bits == 0 or len(records) == 0:
-        return records, np.array([len(records)] + [0] * ((1 << bits) - 1), dtype=np.int64)
-    bucket = (records["f0"] >> np.uint64(64 - bits)).astype(np.uint8 if bits <= 8 else np.uint16)
-    order = np.argsort(bucket, kind="stable")
-    return records[order], np.bincount(bucket, minlength=1 << bits).astype(np.int64)
+def _bucket_keys(records: np.ndarray, bits: int) -> np.ndarray:
+    """Bucket of every record: the top ``bits`` bits of ``hi``, as the narrowest unsigned int."""
+    return (records["f0"] >> np.uint64(64 - bits)).astype(np.uint8 if bits <= 8 else np.uint16)
 
 
-def _pwrite_all(fd: int, views: list[memoryview], offset: int) -> None:
-    """Write the buffers back to back at ``offset`` with vectored writes (no gathering copy).
-
-    pwritev releases the GIL and may write less than asked; the rest is written by the next call.
-    """
-    views = [v for v in views if len(v)]
-    i = 0
-    while i < len(views):
-        written = os.pwritev(fd, views[i : i + _IOV_MAX], offset)
-        offset += written
-        while i < len(views) and written >= len(views[i]):
-            written -= len(views[i])
-            i += 1
-        if written:
-            views[i] = views[i][written:]
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` (pwrite releases the GIL and may write less than asked)."""
+    while len(data):
+        written = os.pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written
 
 
 class UidSorter:
@@ -89,43 +76,45 @@ class UidSorter:
             os.unlink(self._path)
         self._lock = threading.Lock()  # add() may be called from worker threads
         self._offset = 0
-        self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # partitions not yet written
+        self._pending: list[np.ndarray] = []  # records not yet written
         self._pending_rows = 0
         self._blocks: list[np.ndarray] = []  # per written chunk: byte offset of each bucket's slice
         self._counts: list[np.ndarray] = []
 
     def add(self, records: np.ndarray) -> None:
-        """Add records in any order (partitioned here; workers call :func:`partition` themselves)."""
-        self.add_partitioned(*partition(np.asarray(records, dtype=UID_DTYPE), self.bits))
-
-    def add_partitioned(self, grouped: np.ndarray, counts: np.ndarray) -> None:
-        """Add one partition (from :func:`partition`); safe to call from several threads."""
-        if len(counts) != self.num_buckets:
-            raise ValueError(f"partition has {len(counts)} buckets, sorter has {self.num_buckets}")
-        if len(grouped) == 0:
+        """Add records in any order; safe to call from several threads."""
+        records = np.asarray(records, dtype=UID_DTYPE)
+        if len(records) == 0:
             return
         with self._lock:
-            self._pending.append((grouped, counts))
-            self._pending_rows += len(grouped)
-            self.count += len(grouped)
+            self._pending.append(records)
+            self._pending_rows += len(records)
+            self.count += len(records)
             if self._pending_rows < self.chunk_rows:
                 return
             chunk, self._pending, self._pending_rows = self._pending, [], 0
         self._write_chunk(chunk)
 
-    def _write_chunk(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> None:
-        """Write partitions as one block with each bucket contiguous (one read per bucket later)."""
-        counts = np.stack([c for _, c in parts])  # (parts, buckets)
-        ends = np.cumsum(counts, axis=1)
-        pieces = [g[e - c : e] for b in np.flatnonzero(counts.sum(axis=0)) for (g, _), c, e in zip(parts, counts[:, b], ends[:, b]) if c]
-        total = counts.sum(axis=0)
-        nbytes = int(total.sum()) * UID_DTYPE.itemsize
+    def _write_chunk(self, parts: list[np.ndarray]) -> None:
+        """Write one chunk grouped by bucket (so a bucket is one read per chunk later)."""
+        data = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        parts.clear()  # the caller's list: the pieces are freed before the gathered copies exist
+        if self.bits:
+            keys = _bucket_keys(data, self.bits)
+            order = np.argsort(keys, kind="stable")  # a radix pass on 8/16-bit keys
+            total = np.bincount(keys, minlength=self.num_buckets).astype(np.int64)
+            del keys
+        else:
+            order, total = None, np.array([len(data)], dtype=np.int64)
         with self._lock:  # reserve a region of the spill file; equal uids are equal bytes, so order is free
             offset = self._offset
-            self._offset += nbytes
+            self._offset += len(data) * UID_DTYPE.itemsize
             self._blocks.append(np.concatenate([[0], np.cumsum(total)[:-1]]) * UID_DTYPE.itemsize + offset)
             self._counts.append(total)
-        _pwrite_all(self._fd, [memoryview(np.ascontiguousarray(p).view(np.uint8)) for p in pieces], offset)
+        step = _WRITE_ROWS
+        for start in range(0, len(data), step):  # gathered and written in slices: no second chunk-sized copy
+            piece = data[start : start + step] if order is None else data[order[start : start + step]]
+            _pwrite_all(self._fd, memoryview(piece.view(np.uint8)), offset + start * UID_DTYPE.itemsize)
 
     def _flush(self) -> None:
         with self._lock:

@@ -23,7 +23,7 @@ from clipsift.filter import Filter, RunContext, Selection
 from clipsift.log import get_logger
 from clipsift.params import Param
 from clipsift.uids import UID_DTYPE
-from clipsift.uidsort import UidSorter, partition
+from clipsift.uidsort import UidSorter
 
 log = get_logger("filters.random")
 WINDOW_SIGMAS = 8.0  # half-width of the window in binomial standard deviations of the count below the cut
@@ -79,7 +79,7 @@ class RandomFilter(Filter):
         keys = uid_hash(batch.uids, self.seed)
         below = keys < np.uint64(low) if low < _SPAN else np.ones(len(keys), dtype=bool)
         window = ~below if high is None else (~below & (keys < np.uint64(high)))
-        sorter.add_partitioned(*partition(batch.uids[below], sorter.bits))
+        sorter.add(batch.uids[below])
         return batch.uids[window], keys[window], len(batch)
 
     def select(self, ctx: RunContext) -> Selection:

@@ -18,7 +18,7 @@ from clipsift.filter import RowFilter, RunContext, Selection
 from clipsift.pool import Pool
 from clipsift.registry import create_filter
 from clipsift.uids import UID_DTYPE, hex_to_records, sort_order
-from clipsift.uidsort import UidSorter, bucket_bits, partition
+from clipsift.uidsort import UidSorter, bucket_bits
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +73,8 @@ def test_sorter_returns_every_record_sorted_and_writes_np_save_bytes(tmp_path, b
     r[:500] = r[500:1000]
     with UidSorter(len(r), tmp_path, bucket_rows=bucket_rows, threads=threads, chunk_rows=chunk_rows) as sorter:
         assert sorter.num_buckets == 1 << bucket_bits(len(r), bucket_rows)
-        for chunk in np.array_split(r, 37):  # uneven adds, some partitioned by the caller
-            if len(chunk) % 2:
-                sorter.add(chunk)
-            else:
-                sorter.add_partitioned(*partition(chunk, sorter.bits))
+        for chunk in np.array_split(r, 37):  # uneven adds
+            sorter.add(chunk)
         assert sorter.count == len(r)
         if os.name == "posix":  # the spill file has no name: a killed run leaves nothing behind
             assert list(tmp_path.iterdir()) == []
@@ -187,26 +184,21 @@ def test_a_work_folder_that_does_not_exist_yet_is_created(mid_pool, tmp_path):
     assert len(sel) == 12_000 and (tmp_path / "new" / "work").is_dir()
 
 
-def test_vectored_spill_write_survives_short_writes_and_many_buffers(tmp_path, monkeypatch):
+def test_spill_survives_short_writes_and_sliced_chunk_writes(tmp_path, monkeypatch):
     from clipsift import uidsort
 
-    rng = np.random.default_rng(3)
-    arrays = [rng.integers(0, 256, int(n), dtype=np.uint8) for n in rng.integers(0, 40, 3000)]
+    real_pwrite = os.pwrite
     calls = []
 
-    def short_pwritev(fd, buffers, offset):  # the kernel may write less than asked
-        calls.append(len(buffers))
-        assert len(buffers) <= uidsort._IOV_MAX
-        data = b"".join(bytes(b) for b in buffers)[:997]
-        return os.pwrite(fd, data, offset)
+    def short_pwrite(fd, data, offset):  # the kernel may write less than asked
+        calls.append(len(data))
+        return real_pwrite(fd, bytes(data[:997]), offset)
 
-    monkeypatch.setattr(uidsort.os, "pwritev", short_pwritev)
-    path = tmp_path / "spill"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT)
-    try:
-        os.pwrite(fd, b"head", 0)
-        uidsort._pwrite_all(fd, [memoryview(a) for a in arrays], 4)
-    finally:
-        os.close(fd)
-    assert path.read_bytes() == b"head" + b"".join(a.tobytes() for a in arrays)
-    assert len(calls) > 3 and max(calls) == uidsort._IOV_MAX
+    monkeypatch.setattr(uidsort.os, "pwrite", short_pwrite)
+    monkeypatch.setattr(uidsort, "_WRITE_ROWS", 300)  # several gathered slices per chunk
+    r = _records(20_000, 9)
+    with UidSorter(len(r), tmp_path, bucket_rows=1000, chunk_rows=4096, threads=2) as sorter:
+        for chunk in np.array_split(r, 13):
+            sorter.add(chunk)
+        np.testing.assert_array_equal(sorter.to_array(), r[np.lexsort((r["f1"], r["f0"]))])
+    assert len(calls) > 20_000 * 16 // 997 and max(calls) > 997
