@@ -148,12 +148,14 @@ class UidSorter:
                 yield chunk
 
     def _load_sorted(self, starts: np.ndarray, counts: np.ndarray, b: int) -> np.ndarray:
-        buf = np.empty(int(counts[:, b].sum()), dtype=UID_DTYPE)
+        sizes = counts[:, b]
+        buf = np.empty(int(sizes.sum()), dtype=UID_DTYPE)
         view = memoryview(buf.view(np.uint8))
+        present = sizes > 0
         pos = 0
-        for i in np.flatnonzero(counts[:, b]):  # positional reads: threads share the descriptor
-            end = pos + int(counts[i, b]) * UID_DTYPE.itemsize
-            offset = int(starts[i, b])
+        # positional reads (threads share the descriptor): one per chunk holding this bucket
+        for nbytes, offset in zip((sizes[present] * UID_DTYPE.itemsize).tolist(), starts[present, b].tolist()):
+            end = pos + nbytes
             while pos < end:
                 got = os.preadv(self._fd, [view[pos:end]], offset)
                 if got == 0:
