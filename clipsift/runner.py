@@ -17,9 +17,19 @@ from clipsift.subset import manifest_path
 log = get_logger("runner")
 
 
+def _own_peak_kib() -> int:
+    """Peak resident memory of this process in KiB. Linux's ``ru_maxrss`` survives fork and exec
+    (a small run started by a big parent reports the parent's peak), so read VmHWM there."""
+    try:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def peak_memory_mb() -> dict:
     """Peak resident memory of this process and of its largest finished child, in MiB."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    own = _own_peak_kib() / 1024
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {"self": round(own, 1), "children": round(kids, 1)}
 

@@ -259,3 +259,15 @@ def test_cli_start_up_stays_light():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_manifest_peak_memory_is_the_run_own_not_the_parent_peak():
+    import resource
+
+    block = bytearray(300 * 2**20)  # raise this (parent) process's peak before starting the child
+    block[:: 4096] = b"x" * len(block[:: 4096])
+    del block
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 > 300
+    code = "from clipsift.runner import peak_memory_mb; print(peak_memory_mb()['self'])"
+    child_peak = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 0 < child_peak < 250  # Linux carries ru_maxrss over fork and exec; VmHWM does not
