@@ -271,3 +271,35 @@ def test_manifest_peak_memory_is_the_run_own_not_the_parent_peak():
     code = "from clipsift.runner import peak_memory_mb; print(peak_memory_mb()['self'])"
     child_peak = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert 0 < child_peak < 250  # Linux carries ru_maxrss over fork and exec; VmHWM does not
+
+
+def test_worker_tasks_do_not_carry_the_shard_list(tmp_path):
+    import pickle
+
+    small = Pool(write_pool(tmp_path / "a", [5] * 3, npz=False))
+    large = Pool(write_pool(tmp_path / "b", [5] * 300, npz=False))
+    # what map_shards sends with every task: the reader, never the pool's shard list
+    assert len(pickle.dumps(large.reader)) == len(pickle.dumps(small.reader)) < 2048
+    batch = pickle.loads(pickle.dumps(large.reader)).read(large.shards[123])
+    np.testing.assert_array_equal(batch.uids, large.read(large.shards[123]).uids)
+
+
+def test_pool_reads_the_same_through_fsspec_urls(tmp_path, small_pool):
+    import fsspec
+
+    mem = fsspec.filesystem("memory")
+    for path in Path(small_pool).iterdir():
+        mem.pipe(f"/urlpool/{path.name}", path.read_bytes())
+    local = Pool(small_pool)
+    for url in (f"file://{small_pool}", "memory://urlpool"):
+        pool = Pool(url)
+        assert [(s.name, s.num_rows, s.has_npz) for s in pool.shards] == [(s.name, s.num_rows, s.has_npz) for s in local.shards]
+        assert pool.embedding_shapes() == local.embedding_shapes()
+        for a, b in zip(pool.shards, local.shards):
+            x, y = pool.read(a, columns=["text"], keys=["l14_img"]), local.read(b, columns=["text"], keys=["l14_img"])
+            np.testing.assert_array_equal(x.uids, y.uids)
+            np.testing.assert_array_equal(x.embeddings["l14_img"], y.embeddings["l14_img"])
+            assert x.table.column("text").equals(y.table.column("text"))
+    with pytest.raises(PoolError, match="pool directory not found"):
+        Pool("memory://no-such-pool")
+    mem.rm("/urlpool", recursive=True)
