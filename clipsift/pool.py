@@ -110,8 +110,11 @@ class Pool:
             self._root_path = os.path.abspath(self.root.removeprefix("file://") or "/")
             if not os.path.isdir(self._root_path):
                 raise PoolError(f"{self.root}: pool directory not found; pass the DataComp metadata folder")
-            with os.scandir(self._root_path) as entries:
-                return {os.path.join(self._root_path, e.name) for e in entries}
+            try:
+                with os.scandir(self._root_path) as entries:
+                    return {os.path.join(self._root_path, e.name) for e in entries}
+            except OSError as exc:
+                raise PoolError(f"{self.root}: cannot list the pool folder ({exc.strerror}); check its permissions") from exc
         import fsspec
 
         self.fs, self._root_path = fsspec.core.url_to_fs(self.root, **self.storage_options)

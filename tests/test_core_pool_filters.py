@@ -303,3 +303,14 @@ def test_pool_reads_the_same_through_fsspec_urls(tmp_path, small_pool):
     with pytest.raises(PoolError, match="pool directory not found"):
         Pool("memory://no-such-pool")
     mem.rm("/urlpool", recursive=True)
+
+
+def test_unlistable_pool_folder_is_one_clear_error(tmp_path, monkeypatch):
+    import clipsift.pool as pool_module
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(pool_module.os, "scandir", denied)
+    with pytest.raises(PoolError, match=r"cannot list the pool folder \(Permission denied\); check its permissions"):
+        Pool(tmp_path)
