@@ -81,13 +81,36 @@ def _arrow_mask(mask: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.bool_(), len(mask), [None, pa.py_buffer(bits)])
 
 
+def _open_folder(root: str, storage_options: dict):
+    """(fsspec filesystem or None, is local, folder path, paths in it) for a pool folder.
+
+    Local folders are listed with ``os`` (importing fsspec costs ~40 ms on every command); URLs go
+    through fsspec.
+    """
+    if "://" not in root or root.startswith("file://"):
+        path = os.path.abspath(root.removeprefix("file://") or "/")
+        if not os.path.isdir(path):
+            raise PoolError(f"{root}: pool directory not found; pass the DataComp metadata folder")
+        try:
+            with os.scandir(path) as entries:
+                return None, True, path, {os.path.join(path, e.name) for e in entries}
+        except OSError as exc:
+            raise PoolError(f"{root}: cannot list the pool folder ({exc.strerror}); check its permissions") from exc
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(root, **storage_options)
+    if not fs.exists(path) or not fs.isdir(path):
+        raise PoolError(f"{root}: pool directory not found; pass the DataComp metadata folder")
+    return fs, False, path, set(fs.ls(path, detail=False))
+
+
 class Pool:
     """A DataComp metadata directory (local path or any fsspec URL)."""
 
     def __init__(self, root: str, storage_options: dict | None = None):
         self.root = str(root).rstrip("/")
         self.storage_options = storage_options or {}
-        names = self._list()
+        self.fs, self._local, self._root_path, names = _open_folder(self.root, self.storage_options)
         listing = sorted(p for p in names if ".parquet" in p.rsplit("/", 1)[-1])
         if not listing:
             raise PoolError(f"{self.root}: no .parquet files; pass the DataComp metadata folder")
@@ -100,28 +123,6 @@ class Pool:
         self.shards: list[ShardInfo] = shards
         self.num_rows = offset
         self.reader = ShardReader(self.fs, self._local)
-
-    def _list(self) -> set[str]:
-        """Paths in the pool folder. Local folders are read with ``os`` (importing fsspec costs
-        ~40 ms on every command); URLs go through fsspec."""
-        local = "://" not in self.root or self.root.startswith("file://")
-        if local:
-            self.fs, self._local = None, True
-            self._root_path = os.path.abspath(self.root.removeprefix("file://") or "/")
-            if not os.path.isdir(self._root_path):
-                raise PoolError(f"{self.root}: pool directory not found; pass the DataComp metadata folder")
-            try:
-                with os.scandir(self._root_path) as entries:
-                    return {os.path.join(self._root_path, e.name) for e in entries}
-            except OSError as exc:
-                raise PoolError(f"{self.root}: cannot list the pool folder ({exc.strerror}); check its permissions") from exc
-        import fsspec
-
-        self.fs, self._root_path = fsspec.core.url_to_fs(self.root, **self.storage_options)
-        self._local = False
-        if not self.fs.exists(self._root_path) or not self.fs.isdir(self._root_path):
-            raise PoolError(f"{self.root}: pool directory not found; pass the DataComp metadata folder")
-        return set(self.fs.ls(self._root_path, detail=False))
 
     def _footers(self, paths: list[str]) -> tuple[pa.Schema, list[int]]:
         """The first shard's schema and every shard's row count, from the parquet footers.
