@@ -4,8 +4,10 @@
 the top bits of ``hi`` into buckets of about ``bucket_rows`` rows (uids are hashes, so buckets are
 balanced) and appended to one spill file with every bucket contiguous. At the end one bucket at a
 time is read back (one read per chunk) and sorted. Memory holds about two chunks plus a few
-buckets whatever the pool size or bucket count; skewed uids only make some buckets larger, never
-wrong.
+buckets: flat up to 67M rows, where buckets pass 1024 and chunks grow so that a bucket's slice of
+a chunk stays at least 256 rows (reads at the end are then at most rows / 256, not
+chunks × buckets growing with the square of the pool), up to 16 MiB chunks from 268M rows on.
+Skewed uids only make some buckets larger, never wrong.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from clipsift.uids import UID_DTYPE, sort_order
 
 BUCKET_ROWS = 1 << 16  # 1 MiB of records per bucket: sorted within the CPU caches
 CHUNK_ROWS = 1 << 18  # 4 MiB of records gathered before each write to the spill file
+MIN_SLICE_ROWS = 256  # rows of a bucket per chunk, at least: chunks grow past 4 MiB beyond 1024 buckets
 MAX_BUCKET_BITS = 12
 _WRITE_ROWS = 1 << 15  # rows gathered per write of a chunk
 
@@ -62,12 +65,14 @@ class UidSorter:
         workdir: str | os.PathLike | None = None,
         bucket_rows: int = BUCKET_ROWS,
         threads: int = 1,
-        chunk_rows: int = CHUNK_ROWS,
+        chunk_rows: int | None = None,
     ):
         self.threads = max(1, int(threads))  # buckets sorted concurrently when reading back
-        self.chunk_rows = max(1, int(chunk_rows))
         self.bits = bucket_bits(max(int(expected_rows), 0), bucket_rows)
         self.num_buckets = 1 << self.bits
+        if chunk_rows is None:  # keep each bucket's slice of a chunk one useful read long
+            chunk_rows = max(CHUNK_ROWS, MIN_SLICE_ROWS * self.num_buckets)
+        self.chunk_rows = max(1, int(chunk_rows))
         self.count = 0
         if workdir is not None:
             os.makedirs(workdir, exist_ok=True)

@@ -202,3 +202,21 @@ def test_spill_survives_short_writes_and_sliced_chunk_writes(tmp_path, monkeypat
             sorter.add(chunk)
         np.testing.assert_array_equal(sorter.to_array(), r[np.lexsort((r["f1"], r["f0"]))])
     assert len(calls) > 20_000 * 16 // 997 and max(calls) > 997
+
+
+def test_chunks_grow_with_the_bucket_count_so_reads_stay_linear(tmp_path):
+    from clipsift.uidsort import CHUNK_ROWS, MIN_SLICE_ROWS
+
+    def chunk(rows, **kw):
+        with UidSorter(rows, tmp_path, **kw) as s:
+            return s.num_buckets, s.chunk_rows
+
+    assert chunk(1_000_000) == (16, CHUNK_ROWS)  # pools up to 67M rows: flat memory
+    assert chunk(10**9) == (4096, MIN_SLICE_ROWS * 4096)  # a bucket's slice of a chunk stays >= 256 rows
+    assert chunk(10**9, chunk_rows=1000) == (4096, 1000)  # an explicit size is kept
+    r = _records(20_000, 11)
+    with UidSorter(len(r), tmp_path, bucket_rows=4) as sorter:  # 4096 buckets: chunks of 1M rows
+        assert sorter.chunk_rows == MIN_SLICE_ROWS * sorter.num_buckets
+        for part in np.array_split(r, 7):
+            sorter.add(part)
+        np.testing.assert_array_equal(sorter.to_array(), r[np.lexsort((r["f1"], r["f0"]))])
