@@ -21,6 +21,7 @@ from clipsift.eval import zeroshot
 from clipsift.eval.tasks import EvalTask, load_tasks
 from clipsift.eval.train import cpu_threads
 from clipsift.log import get_logger
+from clipsift.safeload import load_info_pkl
 
 log = get_logger("eval.evaluate")
 
@@ -62,8 +63,7 @@ def run_task(task: EvalTask, info: dict, data_root: str | None, batch_size: int 
 def _load_info(path: Path) -> dict:
     if not path.exists():
         raise ClipsiftError(f"{path}: no training info; run `clipsift train` first or pass --use-model 'ARCH CHECKPOINT'")
-    with open(path, "rb") as fh:
-        return pickle.load(fh)
+    return load_info_pkl(path)  # restricted unpickler: a crafted info.pkl runs nothing
 
 
 def evaluate(
@@ -105,9 +105,8 @@ def evaluate(
     results: dict[str, dict] = {}
     cached = out / "info.pkl"
     if out.exists() and cached.exists():
-        with open(cached, "rb") as fh:
-            if pickle.load(fh) != info:
-                raise ClipsiftError(f"{cached}: output directory holds results of another training run; use another --output-dir or the matching --train-output-dir")
+        if load_info_pkl(cached) != info:
+            raise ClipsiftError(f"{cached}: output directory holds results of another training run; use another --output-dir or the matching --train-output-dir")
         if results_path.exists():
             with open(results_path, encoding="utf-8") as fh:
                 for line in fh:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from clipsift.errors import ParamError
+from clipsift.safeload import UnsafeFileError, load_array_file
 
 SUFFIXES = (".npy", ".npz", ".pt", ".pth")
 KEYS = ("image_features", "features", "embeddings", "emb", "variance", "covariance")
@@ -58,28 +59,22 @@ def _pick(mapping, path: Path, key: str | None):
 
 
 def read_matrix(path: Path, key: str | None = None) -> np.ndarray:
-    """One target file as a 2-D array (float16/32 as stored; npy memory-mapped)."""
-    try:
-        if path.suffix == ".npy":
-            arr = np.load(path, mmap_mode="r")
-        elif path.suffix == ".npz":
-            with np.load(path) as npz:
-                arr = _pick(npz, path, key)
-        else:
-            import torch
+    """One target file as a 2-D array (float16/32 as stored; npy memory-mapped).
 
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(obj, dict):
-                obj = _pick(obj, path, key)
-            if isinstance(obj, torch.Tensor):
-                obj = obj.detach().cpu()
-                arr = (obj if obj.dtype in (torch.float32, torch.float64) else obj.float()).numpy()
-            else:
-                arr = np.asarray(obj)
-    except ParamError:
-        raise
-    except Exception as exc:
-        raise ParamError(f"{path}: unreadable target file ({exc}); give a .npy, .npz or torch .pt array") from exc
+    Read by :func:`clipsift.safeload.load_array_file`: ``.npy``/``.npz`` without pickles, torch
+    files through the restricted unpickler (numpy arrays) or torch's weights-only loader (tensors).
+    """
+    hint = "give a .npy, .npz or torch .pt float array"
+    try:
+        obj = load_array_file(path, "target file", hint, mmap=True)
+    except UnsafeFileError as exc:
+        raise ParamError(str(exc)) from None
+    if isinstance(obj, dict):
+        obj = _pick(obj, path, key)
+    try:
+        arr = obj if isinstance(obj, np.ndarray) else np.asarray(obj)
+    except (ValueError, TypeError) as exc:
+        raise ParamError(f"{path}: unreadable target file ({exc}); {hint}") from None
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating):
         raise ParamError(f"{path}: target must be a 2-D float array, got shape {arr.shape} dtype {arr.dtype}")
     return arr

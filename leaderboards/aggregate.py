@@ -22,6 +22,7 @@ import pandas as pd
 from clipsift.errors import ClipsiftError
 from clipsift.leaderboards.tasks import AVERAGE, TaskList, detect_suite, task_list
 from clipsift.log import get_logger
+from clipsift.safeload import read_text
 
 log = get_logger("leaderboards.aggregate")
 
@@ -44,6 +45,24 @@ def _clean(value) -> float | None:
     except (TypeError, ValueError):
         return None
     return None if math.isnan(value) else value
+
+
+def check_main_metric(value, source: str, lineno: int) -> None:
+    """A main metric is null or a finite number in [0, 1]; anything else is one error line.
+
+    Every DataComp main metric (accuracy, mean per-class recall, worst-group accuracy, recall@1,
+    F1, Jaccard) lies in [0, 1]; FairFace and UTKFace store null, which stays accepted.
+    """
+    if value is None:
+        return
+    where = f"{source}: line {lineno}: main_metric"
+    fix = "write the task's score in [0, 1], or null for a task without a main metric, or delete that line"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ClipsiftError(f"{where} {json.dumps(value)[:40]} is not a number; {fix}")
+    if not math.isfinite(value):
+        raise ClipsiftError(f"{where} is {value!r} (NaN/Infinity), not a score; {fix}")
+    if not 0.0 <= value <= 1.0:
+        raise ClipsiftError(f"{where} {value!r} is outside [0, 1]; {fix}")
 
 
 def _pandas_main_metrics(lines: list[str]) -> list[float | None] | None:
@@ -78,6 +97,7 @@ def parse_eval_results(text: str, source: str = "<text>") -> list[ResultRow]:
             raise ClipsiftError(
                 f"{source}: line {lineno} lacks a 'metrics' object; expected DataComp's {{key, dataset, metrics}} lines"
             )
+        check_main_metric(obj["metrics"].get("main_metric"), source, lineno)
         good.append(ln)
         objs.append(obj)
     exact = _pandas_main_metrics(good) if good else []
@@ -93,7 +113,7 @@ def read_eval_results(path: str | Path) -> list[ResultRow]:
     path = Path(path)
     if not path.is_file():
         raise ClipsiftError(f"{path}: results file not found; point at a run's eval_results.jsonl")
-    return parse_eval_results(path.read_text("utf-8"), str(path))
+    return parse_eval_results(read_text(path, "results file"), str(path))
 
 
 @dataclass

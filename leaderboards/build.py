@@ -40,12 +40,11 @@ def write_board(
     """Files of one scale; returns (written paths, [(png, caption)] for the HTML page)."""
     name = board.name
     written: list[Path] = []
-    if "md" in formats:
-        written.append(write_text(out / f"leaderboard_{name}.md", tables.to_markdown(board)))
-    if "csv" in formats:
-        written.append(write_text(out / f"leaderboard_{name}.csv", tables.to_csv(board)))
-    if "json" in formats:
-        written.append(write_text(out / f"leaderboard_{name}.json", tables.to_json(board, groups)))
+    render = {"md": lambda: tables.to_markdown(board), "csv": lambda: tables.to_csv(board),
+              "json": lambda: tables.to_json(board, groups)}
+    texts = {fmt: make() for fmt, make in render.items() if fmt in formats}  # all rendered, then written
+    for fmt, text in texts.items():
+        written.append(write_text(out / f"leaderboard_{name}.{fmt}", text))
     figs: list[tuple[Path, str]] = []
     if "plots" in formats and board.rows:
         paths = plots.plot_average_vs_size(board, out / f"{name}_average_vs_size")
@@ -90,11 +89,12 @@ def write_comparison(comparison: cmp_mod.Comparison, out_dir: str | Path) -> lis
     """Head-to-head outputs: compare.md/.csv/.json, per-task bar chart (PNG, SVG), compare.html."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = [
-        write_text(out / "compare.md", cmp_mod.to_markdown(comparison)),
-        write_text(out / "compare.csv", cmp_mod.to_csv(comparison)),
-        write_text(out / "compare.json", cmp_mod.to_json(comparison)),
-    ]
+    texts = {  # all rendered before the first file is written
+        "compare.md": cmp_mod.to_markdown(comparison),
+        "compare.csv": cmp_mod.to_csv(comparison),
+        "compare.json": cmp_mod.to_json(comparison),
+    }
+    written = [write_text(out / name, text) for name, text in texts.items()]
     figs = plots.plot_head_to_head(comparison, out / "compare_tasks")
     written += figs
     written.append(write_text(out / "compare.html", page.compare_page(comparison, figs[0])))

@@ -3,7 +3,6 @@ pandas and matplotlib)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from clipsift.errors import ClipsiftError
@@ -11,6 +10,7 @@ from clipsift.leaderboards import compare as cmp_mod
 from clipsift.leaderboards import tables
 from clipsift.leaderboards.aggregate import aggregate_file
 from clipsift.leaderboards.build import ALL_FORMATS, write_comparison, write_leaderboards
+from clipsift.leaderboards.jsonio import dumps
 from clipsift.leaderboards.published import PUBLISHED_SCALES, published
 from clipsift.leaderboards.store import ResultsStore, RunGroup, load_run
 from clipsift.leaderboards.submit import SubmitInfo, write_submit_pack
@@ -21,7 +21,7 @@ def cmd_aggregate(args) -> int:
     suite = None if args.suite == "auto" else args.suite
     agg = aggregate_file(args.file, suite, args.tasks)
     if args.json:
-        print(json.dumps(agg.to_dict(), indent=2))
+        print(dumps(agg.to_dict(), f"{args.file} aggregate", indent=2))
     else:
         for line in agg.lines():
             print(line)

@@ -12,6 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from clipsift.errors import ClipsiftError
+from clipsift.leaderboards.jsonio import dumps
 from clipsift.leaderboards.store import RunGroup
 from clipsift.leaderboards.tasks import DATACOMP, task_list
 
@@ -170,7 +171,7 @@ def from_csv(text: str) -> Comparison:
 
 
 def to_json(cmp: Comparison) -> str:
-    return json.dumps(cmp.to_dict(), indent=2, ensure_ascii=False) + "\n"
+    return dumps(cmp.to_dict(), "compare.json", indent=2, ensure_ascii=False) + "\n"
 
 
 def from_json(text: str) -> Comparison:

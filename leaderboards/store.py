@@ -7,9 +7,7 @@ folder name). Runs that differ only in seed form one :class:`RunGroup` (mean ± 
 
 from __future__ import annotations
 
-import importlib
 import json
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +15,10 @@ import numpy as np
 
 from clipsift.errors import ClipsiftError
 from clipsift.leaderboards.aggregate import Aggregate, ResultRow, aggregate_rows, read_eval_results
+from clipsift.leaderboards.jsonio import nonfinite_key
 from clipsift.leaderboards.tasks import TINY, detect_suite, task_list
 from clipsift.log import get_logger
+from clipsift.safeload import UnsafeFileError, load_info_pkl, plain, read_text
 
 log = get_logger("leaderboards.store")
 
@@ -26,45 +26,23 @@ RESULTS_NAME = "eval_results.jsonl"
 RUN_JSON = "run.json"
 INFO_PKL = "info.pkl"
 
-_PATH_CLASSES = {"Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath"}
-
-
-class _PathOnlyUnpickler(pickle.Unpickler):
-    """Unpickles plain containers and pathlib objects only: info.pkl is untrusted input."""
-
-    def find_class(self, module, name):
-        if module in ("pathlib", "pathlib._local") and name in _PATH_CLASSES:
-            return getattr(importlib.import_module(module), name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in info.pkl")
-
-
 def read_info_pkl(path: Path) -> dict:
-    """DataComp's info.pkl as a dict with paths turned into strings ({} if it cannot be read)."""
+    """DataComp's info.pkl as plain data, paths as strings ({} with a warning if it cannot be read).
+
+    Read by clipsift.safeload's restricted unpickler: nothing in the file is ever run.
+    """
     try:
-        with open(path, "rb") as fh:
-            info = _PathOnlyUnpickler(fh).load()
-    except Exception as exc:  # unreadable or foreign classes: the pickle is optional metadata
-        log.debug("%s: not read (%s)", path, exc)
+        info = load_info_pkl(path)
+    except UnsafeFileError as exc:  # the pickle is optional metadata: the run still counts
+        log.warning("%s; its metadata (scale, checkpoint) is ignored", exc)
         return {}
-    if not isinstance(info, dict):
-        return {}
-
-    def plain(v):
-        if isinstance(v, dict):
-            return {str(k): plain(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        if isinstance(v, (str, int, float, bool)) or v is None:
-            return v
-        return str(v)
-
     return plain(info)
 
 
 def _int_or_none(v) -> int | None:
     try:
         return None if v is None or v == "" else int(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
@@ -123,13 +101,18 @@ def load_run(
     run_json = path / RUN_JSON
     if run_json.is_file():
         try:
-            meta = json.loads(run_json.read_text("utf-8"))
+            meta = json.loads(read_text(run_json, "run.json"))
         except json.JSONDecodeError as exc:
             raise ClipsiftError(
-                f"{run_json}: not valid JSON ({exc.msg}); rewrite it or delete it to read the run as DataComp output"
+                f"{run_json}: line {exc.lineno}: not valid JSON ({exc.msg}); rewrite it or delete it to read the run as DataComp output"
             ) from None
         if not isinstance(meta, dict):
             raise ClipsiftError(f"{run_json}: expected a JSON object")
+        bad = nonfinite_key(meta)
+        if bad is not None:
+            raise ClipsiftError(
+                f"{run_json}: {bad} is NaN or Infinity, which is not valid JSON; write a number or null there"
+            )
     info = read_info_pkl(path / INFO_PKL) if (path / INFO_PKL).is_file() else {}
     rows = read_eval_results(results)
     suite = meta.get("suite") or detect_suite([r.key for r in rows])

@@ -23,6 +23,7 @@ import numpy as np
 
 from clipsift.errors import ClipsiftError
 from clipsift.io import atomic_dir
+from clipsift.leaderboards.jsonio import dumps
 from clipsift.leaderboards.published import PUBLISHED_SCALES, TRACKS
 from clipsift.leaderboards.store import Run
 from clipsift.leaderboards.tasks import DATACOMP, datacomp_tasks
@@ -258,16 +259,16 @@ def write_submit_pack(
         "database_key": f"{info.hf_username}__{info.hf_repo_name}__{timestamp}".replace(".", "_"),
         "note": "clipsift never uploads; run DataComp's evaluate.py --submit or upload these files yourself",
     }
+    texts = {  # rendered first: a value that is not valid JSON stops before anything is written
+        "submission.json": dumps(record, "submission.json", indent=2, ensure_ascii=False) + "\n",
+        "upload_plan.json": dumps(plan, "upload_plan.json", indent=2) + "\n",
+        "checks.json": dumps([c.__dict__ for c in checks], "checks.json", indent=2, ensure_ascii=False) + "\n",
+    }
     with atomic_dir(out) as tmp:
         (tmp / prefix / "samples").mkdir(parents=True)
         shutil.copyfile(run.results_path, tmp / prefix / "results.jsonl")
         for s in samples:
             shutil.copyfile(s, tmp / prefix / "samples" / s.name)
-        (tmp / "submission.json").write_text(
-            json.dumps(record, indent=2, ensure_ascii=False) + "\n", "utf-8"
-        )
-        (tmp / "upload_plan.json").write_text(json.dumps(plan, indent=2) + "\n", "utf-8")
-        (tmp / "checks.json").write_text(
-            json.dumps([c.__dict__ for c in checks], indent=2, ensure_ascii=False) + "\n", "utf-8"
-        )
+        for name, text in texts.items():
+            (tmp / name).write_text(text, "utf-8")
     return out, checks

@@ -14,6 +14,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 
 from clipsift.errors import ClipsiftError
+from clipsift.leaderboards.jsonio import dumps
 from clipsift.leaderboards.published import PublishedEntry
 from clipsift.leaderboards.store import RunGroup
 from clipsift.leaderboards.tasks import AVERAGE, DATACOMP, TINY
@@ -389,7 +390,7 @@ def to_json(board: Leaderboard, runs: list[RunGroup] | None = None) -> str:
     }
     if runs is not None:
         obj["runs"] = [g.to_dict() for g in runs]
-    return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+    return dumps(obj, f"leaderboard {board.scale} JSON", indent=2, ensure_ascii=False) + "\n"
 
 
 def rows_from_json(text: str) -> list[LeaderboardRow]:

@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from clipsift.errors import ClipsiftError
+from clipsift.safeload import read_text
 
 DATACOMP = "datacomp38"
 TINY = "tiny"
@@ -148,7 +149,7 @@ def tiny_tasks(path: str | Path | None = None) -> TaskList:
         raise ClipsiftError(
             f"{path}: tiny task list not found; install clipsift.eval's tiny_tasks.tsv or pass --tasks FILE"
         )
-    tasks = parse_task_tsv(path.read_text("utf-8"), str(path))
+    tasks = parse_task_tsv(read_text(path, "task list"), str(path))
     tasks = [
         Task(t.key, t.name, t.main_metric, _tiny_group(t), t.tags, t.random_score) for t in tasks
     ]
@@ -165,7 +166,9 @@ def task_list(suite: str, tasks_file: str | Path | None = None) -> TaskList:
         if tasks_file is None:
             return datacomp_tasks()
         path = Path(tasks_file)
-        tasks = parse_task_tsv(path.read_text("utf-8"), str(path))
+        if not path.is_file():
+            raise ClipsiftError(f"{path}: task list not found; pass --tasks FILE (a DataComp-style TSV)")
+        tasks = parse_task_tsv(read_text(path, "task list"), str(path))
         averaged = tuple(t.key for t in tasks if t.key not in NO_MAIN_METRIC)
         return TaskList(DATACOMP, tuple(tasks), averaged, DATACOMP_GROUPS, source=str(path))
     raise ClipsiftError(f"unknown suite {suite!r}; use one of {', '.join(SUITES)}")
