@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import io
 import os
-import pickle
-import zipfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,6 +18,7 @@ import numpy as np
 
 from clipsift.errors import ClipsiftError, MissingDependencyError
 from clipsift.log import get_logger
+from clipsift.safeload import UnsafeFileError, load_array_file
 
 log = get_logger("baselines.assets")
 
@@ -160,46 +158,25 @@ def resolve_wordnet_dir(path: str | None) -> Path:
 
 
 # ---- image-based assets ------------------------------------------------------------------------
-class _NumpyUnpickler(pickle.Unpickler):
-    """Unpickles numpy arrays only (what ``torch.save(numpy_array)`` stores); anything else fails."""
+def _read_matrix_file(path: Path, what: str, trusted: bool):
+    """The object in a centroid or target file, read by clipsift.safeload (no code from it is run).
 
-    ALLOWED = {"_reconstruct", "ndarray", "dtype", "scalar"}
-
-    def find_class(self, module, name):
-        if module in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray") and name in self.ALLOWED:
-            module = "numpy" if module == "numpy" else getattr(np, "_core", np.core).multiarray.__name__
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
-
-    def persistent_load(self, pid):
-        raise pickle.UnpicklingError("tensor storage in a numpy pickle")
-
-
-def _load_numpy_pickle(path: Path):
-    """Read the numpy array inside a torch.save zip (torch>=2.6's weights_only loader rejects it)."""
-    with zipfile.ZipFile(path) as zf:
-        name = next(n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl")
-        return _NumpyUnpickler(io.BytesIO(zf.read(name))).load()
-
-
-def _torch_load(path: Path, trusted: bool):
-    """torch.load; arbitrary pickles only for files verified by sha256, else tensors or numpy arrays."""
-    if not trusted:
-        try:
-            return _load_numpy_pickle(path)  # centroid files: no need to import torch
-        except Exception:
-            pass
+    Only a file verified by sha256 as DataComp's own may fall back to torch's unrestricted loader.
+    """
+    hint = (
+        "write centroids with `clipsift build-centroids`, torch.save(float_numpy_array) or np.save"
+        if "centroid" in what
+        else f"save the {what} as a float array with torch.save or np.save"
+    )
+    try:
+        return load_array_file(path, what, hint)
+    except UnsafeFileError:
+        if not trusted:
+            raise
     import torch
 
-    if trusted:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ClipsiftError(
-            f"{path}: cannot load as a torch-saved numpy array or tensor ({type(exc).__name__}: {exc}); "
-            "save centroids with `clipsift build-centroids` or torch.save(numpy_array)"
-        ) from exc
+    log.debug("%s: DataComp's %s (sha256 verified) read with torch.load", path, what)
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def _as_matrix(obj, path: Path, what: str) -> np.ndarray:
@@ -209,7 +186,10 @@ def _as_matrix(obj, path: Path, what: str) -> np.ndarray:
         obj = obj["image_features"]
     if hasattr(obj, "detach"):
         obj = obj.detach().cpu().float().numpy()
-    arr = np.asarray(obj)
+    try:
+        arr = np.asarray(obj)
+    except (ValueError, TypeError) as exc:
+        raise ClipsiftError(f"{path}: {what} must be a 2-d float array, got a {type(obj).__name__} ({exc})") from None
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating):
         raise ClipsiftError(f"{path}: {what} must be a 2-d float array, got shape {arr.shape} dtype {arr.dtype}")
     return np.ascontiguousarray(arr, dtype=np.float32)
@@ -226,9 +206,7 @@ def load_matrix(path: str | os.PathLike, what: str, expected_sha: str | None = N
         verified = True
     else:
         verified = verify_if_claimed(p, what)
-    if p.suffix == ".npy":
-        return _as_matrix(np.load(p, allow_pickle=False), p, what), verified
-    return _as_matrix(_torch_load(p, verified), p, what), verified
+    return _as_matrix(_read_matrix_file(p, what, verified), p, what), verified
 
 
 def load_centroids(path: str, scale: str | None = None) -> tuple[np.ndarray, bool]:
