@@ -50,7 +50,9 @@ def register(sub) -> None:
     p.add_argument("--targets", default=None, help="folder with in1k_clip_vit_l14_{0..4}.pt")
     p.add_argument("--lid_model", default=None, help="lid.176.bin for exact parity (default: bundled lid.176.ftz)")
     p.add_argument("--wordnet_dir", default=None)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--bad-embeddings", choices=("error", "drop"), default="error",
+                   help="rows with non-finite or zero embeddings: error (default) or drop and count them")
     p.set_defaults(func=cmd_datacomp_baseline)
 
 
@@ -89,16 +91,24 @@ def baseline_params(args) -> dict:
 
 
 def cmd_datacomp_baseline(args) -> int:
+    from clipsift.devices import check_device
     from clipsift.executor import LocalExecutor
     from clipsift.filter import RunContext
+    from clipsift.io import check_output_path
     from clipsift.pool import Pool
     from clipsift.registry import get_filter_class
     from clipsift.runner import run_to_subset
+    from clipsift.workdir import run_workdir
 
     check_args(args.name, args.threshold, args.fraction, args.arch, args.image_based_scale)
+    check_output_path(args.save_path, "--save_path")
+    device = check_device(args.device)
     step = get_filter_class(args.name)(**baseline_params(args))
-    ctx = RunContext(Pool(args.metadata_dir), LocalExecutor(args.num_workers, show_progress=not args.quiet), device=args.device)
-    path, manifest = run_to_subset(step, ctx, args.save_path)
+    pool = Pool(args.metadata_dir)
+    with run_workdir() as workdir:
+        ctx = RunContext(pool, LocalExecutor(args.num_workers, show_progress=not args.quiet), None, workdir, device,
+                         bad_embeddings=args.bad_embeddings)
+        path, manifest = run_to_subset(step, ctx, args.save_path, flag="--save_path")
     print(f"{path}: kept {manifest['output_count']} of {manifest['input_count']} in {manifest['wall_time_s']} s")
     return 0
 
@@ -130,9 +140,10 @@ def cmd_build_centroids(args) -> int:
     from clipsift.baselines.centroids import save_centroids, train_kmeans
     from clipsift.commands import _executor
     from clipsift.executor import map_shards
-    from clipsift.io import write_json
+    from clipsift.io import check_output_path, write_json
     from clipsift.pool import Pool
 
+    check_output_path(args.out)
     caption_filtering = not args.disable_caption_filtering
     if caption_filtering:
         assets.resolve_lid_model(args.lid_model)

@@ -14,7 +14,11 @@ and exits 1. Usage errors exit 2 (argparse).
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import shutil
 import sys
+import tempfile
 from importlib.metadata import entry_points
 
 from clipsift import __version__
@@ -56,11 +60,82 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ClipsiftError as exc:
+        log.debug("error", exc_info=True)
         print(f"clipsift: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        line = os_error_line(exc, args)
+        if line is None:
+            raise
+        log.debug("error", exc_info=True)
+        print(f"clipsift: error: {line}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("clipsift: interrupted", file=sys.stderr)
         return 130
+
+
+_DISK_ERRNOS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for the file system",
+    errno.EROFS: "read-only file system",
+}
+_ACCESS_ERRNOS = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted"}
+
+
+def _free(path: str) -> str | None:
+    p = os.path.abspath(path)
+    while not os.path.exists(p) and os.path.dirname(p) != p:
+        p = os.path.dirname(p)
+    try:
+        n = shutil.disk_usage(p).free
+    except OSError:
+        return None
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return None
+
+
+def _find_os_error(exc: BaseException, table: dict) -> OSError | None:
+    """The OSError with an errno of ``table`` in ``exc``'s chain (worker errors arrive wrapped)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in table:
+            return exc
+        if isinstance(exc, OSError) and table is _DISK_ERRNOS and "No space left on device" in str(exc):
+            exc.errno = errno.ENOSPC  # pyarrow and others report ENOSPC in the message alone
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def os_error_line(exc: OSError, args=None) -> str | None:
+    """One line for a full, read-only or forbidden disk: the path, the cause and the fix, with the
+    free space where this command writes (its output, --workdir, TMPDIR). None for other errors."""
+    disk = _find_os_error(exc, _DISK_ERRNOS)
+    if disk is not None:
+        where = disk.filename or "writing"
+        places = []
+        for label in ("out", "save_path", "workdir"):
+            value = getattr(args, label, None)
+            if isinstance(value, str) and value:
+                free = _free(value)
+                places.append(f"--{label} {value}" + (f" ({free} free)" if free else ""))
+        tmp = tempfile.gettempdir()
+        free = _free(tmp)
+        places.append(f"TMPDIR {tmp}" + (f" ({free} free)" if free else ""))
+        cause = _DISK_ERRNOS[disk.errno]
+        code = errno.errorcode.get(disk.errno, str(disk.errno))
+        fix = "free space there" if disk.errno != errno.EROFS else "write somewhere writable"
+        return f"{where}: {cause} ({code}); {fix}, or point the output, --workdir or TMPDIR at another disk [{'; '.join(places)}]"
+    denied = _find_os_error(exc, _ACCESS_ERRNOS)
+    if denied is not None and denied.filename:
+        return f"{denied.filename}: {_ACCESS_ERRNOS[denied.errno]}; check the path and its permissions"
+    return None
 
 
 if __name__ == "__main__":

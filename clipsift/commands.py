@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from clipsift.errors import ClipsiftError, ParamError
 
@@ -19,8 +18,21 @@ def register(sub) -> None:
     _register_filter(sub)
 
 
+BAD_EMBEDDINGS = ("error", "drop")
+
+
 def _add_exec_args(p) -> None:
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
+
+
+def add_run_args(p, device_flag: str = "--device") -> None:
+    """--device and --bad-embeddings, for every command that runs filters (core and plugins)."""
+    p.add_argument(device_flag, default="auto", dest="device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument(
+        "--bad-embeddings", choices=BAD_EMBEDDINGS, default="error",
+        help="rows whose embeddings are non-finite or zero: stop with an error naming the row (default), "
+        "or drop them and count them in the manifest",
+    )
 
 
 def _executor(args):
@@ -74,10 +86,14 @@ def cmd_pool_info(args) -> int:
 
 
 def cmd_pool_make(args) -> int:
+    from clipsift.io import check_output_dir
     from clipsift.synth import make_pool
 
     if args.rows <= 0:
         raise ParamError("--rows must be positive")
+    if args.shard_rows <= 0:
+        raise ParamError("--shard-rows must be positive")
+    check_output_dir(args.out)
     summary = make_pool(args.out, args.rows, seed=args.seed, images=args.images, shard_rows=args.shard_rows, workers=args.workers)
     json.dump(summary, sys.stdout, indent=2, default=str)
     print()
@@ -120,7 +136,10 @@ def cmd_subset_check(args) -> int:
         print(f"duplicates  {rep.duplicates}")
         if rep.missing_from_pool is not None:
             print(f"missing     {rep.missing_from_pool} of the subset's unique uids are not in the pool ({rep.pool_rows} rows)")
+        print(f"manifest    {rep.manifest_status}" + (f" ({rep.manifest})" if rep.manifest else ""))
         print("status      " + ("ok" if rep.ok else "FAILED"))
+    if rep.manifest_problem:
+        print(f"clipsift: error: {rep.manifest_problem}", file=sys.stderr)
     if not rep.sorted:
         print(f"clipsift: error: {rep.path}: not sorted; DataComp's resharder would silently lose samples, rewrite it with `clipsift subset union FILE -o OUT`", file=sys.stderr)
     return 0 if rep.ok else 1
@@ -128,10 +147,13 @@ def cmd_subset_check(args) -> int:
 
 def cmd_subset_combine(args) -> int:
     from clipsift import __version__
-    from clipsift.subset import combine_files, write_subset
+    from clipsift.io import check_output_path
+    from clipsift.subset import combine_files, subset_path, write_subset
 
     if len(args.files) < 2 and args.op != "union":
         raise ParamError(f"subset {args.op} needs at least two files")
+    check_output_path(args.out, "-o")
+    check_output_path(subset_path(args.out), "-o")
     result = combine_files(args.op, args.files)
     manifest = {"clipsift_version": __version__, "operation": args.op, "inputs": [str(f) for f in args.files], "output_count": len(result)}
     path = write_subset(args.out, result, manifest)
@@ -189,8 +211,8 @@ def _register_filter(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="filter parameter (repeatable)")
     p.add_argument("--recipe", help="TOML recipe instead of NAME")
     p.add_argument("--candidates", help="subset file: run only on these uids (chain on another result)")
-    p.add_argument("--workdir", help="scratch folder for on-disk intermediate data (default: a temp dir)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--workdir", help="folder for this run's scratch folder (default: TMPDIR); removed after the run")
+    add_run_args(p)
     _add_exec_args(p)
     p.set_defaults(func=cmd_filter)
 
@@ -198,23 +220,29 @@ def _register_filter(sub) -> None:
 def cmd_filter(args) -> int:
     import numpy as np
 
+    from clipsift.devices import check_device
     from clipsift.filter import RunContext
+    from clipsift.io import check_output_path
     from clipsift.params import parse_assignments
     from clipsift.pool import Pool
-    from clipsift.recipe import load_recipe
+    from clipsift.recipe import parse_recipe, read_recipe
     from clipsift.registry import get_filter_class
     from clipsift.runner import run_to_subset
-    from clipsift.subset import read_subset
+    from clipsift.subset import read_subset, subset_path
     from clipsift.uids import sort_records, unique_sorted
+    from clipsift.workdir import run_workdir
 
     if bool(args.name) == bool(args.recipe):
         raise ParamError("give a filter NAME or --recipe FILE (exactly one)")
+    check_output_path(args.out)  # refused before any work: a folder, under a file, not writable
+    check_output_path(subset_path(args.out))
+    device = check_device(args.device)
     recipe_text = None
     if args.recipe:
         if args.set:
             raise ParamError("--set applies to a NAME; put parameters in the recipe file")
-        step = load_recipe(args.recipe)
-        recipe_text = Path(args.recipe).read_text(encoding="utf-8")
+        recipe_text = read_recipe(args.recipe)
+        step = parse_recipe(recipe_text, args.recipe)
     else:
         cls = get_filter_class(args.name)
         step = cls(**parse_assignments(args.set, cls.params, args.name))
@@ -222,8 +250,9 @@ def cmd_filter(args) -> int:
     candidates = None
     if args.candidates:
         candidates = unique_sorted(sort_records(np.asarray(read_subset(args.candidates))))
-    ctx = RunContext(pool, _executor(args), candidates, Path(args.workdir) if args.workdir else None, args.device)
-    path, manifest = run_to_subset(step, ctx, args.out, recipe_text)
+    with run_workdir(args.workdir) as workdir:
+        ctx = RunContext(pool, _executor(args), candidates, workdir, device, bad_embeddings=args.bad_embeddings)
+        path, manifest = run_to_subset(step, ctx, args.out, recipe_text)
     print(f"{path}: kept {manifest['output_count']} of {manifest['input_count']} in {manifest['wall_time_s']} s")
     return 0
 

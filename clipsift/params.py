@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,6 +11,15 @@ from clipsift.errors import ParamError
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+_INT_LIMIT = 1 << 63  # integers are handed to numpy, torch and faiss: keep them in int64
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlevel = 3  # a pathologically nested TOML value prints as {...}, never recursing
+
+
+def _show(value: Any) -> str:
+    """Short, recursion-safe repr of a user-given value for one-line messages."""
+    return _REPR.repr(value)
 
 
 @dataclass(frozen=True)
@@ -27,43 +38,76 @@ class Param:
     def nullable(self) -> bool:
         return self.default is None
 
-    def parse(self, text: str) -> Any:
+    def allowed(self) -> str:
+        """The values this parameter takes, for error messages."""
+        if self.choices is not None:
+            text = "one of " + ", ".join(map(str, self.choices))
+        elif self.type is bool:
+            text = "true or false"
+        elif self.type in (int, float):
+            kind = "an integer" if self.type is int else "a finite number"
+            if self.min is not None and self.max is not None:
+                text = f"{kind} in [{self.min}, {self.max}]"
+            elif self.min is not None:
+                text = f"{kind} >= {self.min}"
+            elif self.max is not None:
+                text = f"{kind} <= {self.max}"
+            else:
+                text = kind
+        else:
+            text = "a string"
+        return text + (" (or none)" if self.nullable else "")
+
+    def _bad(self, owner: str, value: Any, why: str) -> ParamError:
+        prefix = f"{owner}: " if owner else ""
+        return ParamError(f"{prefix}parameter {self.name}={_show(value)} {why}; allowed: {self.allowed()}")
+
+    def parse(self, text: str, owner: str = "") -> Any:
         """Convert a command-line string (``--set name=text``)."""
         if self.nullable and text.strip().lower() in {"none", "null", ""}:
             return None
+        if self.type is bool:
+            low = text.strip().lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise self._bad(owner, text, "is not a boolean (true/false, yes/no, on/off, 1/0)")
+        if self.type is str:
+            return text
         try:
-            if self.type is bool:
-                low = text.strip().lower()
-                if low in _TRUE:
-                    return True
-                if low in _FALSE:
-                    return False
-                raise ValueError(text)
             return self.type(text)
-        except ValueError:
-            raise ParamError(f"parameter {self.name}: {text!r} is not a valid {self.type.__name__}") from None
+        except (ValueError, OverflowError):
+            raise self._bad(owner, text, f"is not a valid {self.type.__name__}") from None
 
     def check(self, value: Any, owner: str) -> Any:
         if value is None:
             if self.nullable:
                 return None
-            raise ParamError(f"{owner}: parameter {self.name} must not be empty")
+            raise ParamError(f"{owner}: parameter {self.name} must not be empty; allowed: {self.allowed()}")
         if isinstance(value, str) and self.type is not str:
-            value = self.parse(value)
+            value = self.parse(value, owner)
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:
+                raise self._bad(owner, value, "is out of range") from None
         if self.type is bool and not isinstance(value, bool):
-            raise ParamError(f"{owner}: parameter {self.name} must be true or false, got {value!r}")
+            raise self._bad(owner, value, "is not true or false")
         if self.type in (int, float) and (isinstance(value, bool) or not isinstance(value, self.type)):
-            raise ParamError(f"{owner}: parameter {self.name} must be {self.type.__name__}, got {value!r}")
+            raise self._bad(owner, value, f"is not {'an integer' if self.type is int else 'a number'}")
         if self.type is str and not isinstance(value, str):
-            raise ParamError(f"{owner}: parameter {self.name} must be a string, got {value!r}")
+            raise self._bad(owner, value, "is not a string")
+        if self.type is float and not math.isfinite(value):
+            raise self._bad(owner, value, "is not a finite number")
+        if self.type is int and not -_INT_LIMIT <= value < _INT_LIMIT:
+            raise self._bad(owner, value, "does not fit in 64 bits")
         if self.choices is not None and value not in self.choices:
-            raise ParamError(f"{owner}: parameter {self.name}={value!r}; choose one of {', '.join(map(str, self.choices))}")
+            raise self._bad(owner, value, "is not a valid choice")
         if self.min is not None and value < self.min:
-            raise ParamError(f"{owner}: parameter {self.name}={value!r} is below its minimum {self.min}")
+            raise self._bad(owner, value, f"is below its minimum {self.min}")
         if self.max is not None and value > self.max:
-            raise ParamError(f"{owner}: parameter {self.name}={value!r} is above its maximum {self.max}")
+            raise self._bad(owner, value, f"is above its maximum {self.max}")
         return value
 
     def describe(self) -> dict:
@@ -79,8 +123,10 @@ class Param:
 
 def resolve_params(declared: tuple[Param, ...], given: dict, owner: str) -> dict:
     """Defaults overlaid with ``given``; unknown names and bad values raise ParamError."""
+    if not isinstance(given, dict):
+        raise ParamError(f"{owner}: parameters must be a table of name = value, got {_show(given)}")
     by_name = {p.name: p for p in declared}
-    unknown = sorted(set(given) - set(by_name))
+    unknown = sorted(map(str, set(given) - set(by_name)))
     if unknown:
         known = ", ".join(by_name) or "none"
         raise ParamError(f"{owner}: unknown parameter(s) {', '.join(unknown)}; it takes: {known}")
@@ -88,7 +134,7 @@ def resolve_params(declared: tuple[Param, ...], given: dict, owner: str) -> dict
 
 
 def parse_assignments(items: list[str], declared: tuple[Param, ...], owner: str) -> dict:
-    """Parse ``key=value`` strings against the declared parameters."""
+    """Parse ``key=value`` strings against the declared parameters (each key at most once)."""
     by_name = {p.name: p for p in declared}
     out = {}
     for item in items or []:
@@ -99,5 +145,7 @@ def parse_assignments(items: list[str], declared: tuple[Param, ...], owner: str)
         if key not in by_name:
             known = ", ".join(by_name) or "none"
             raise ParamError(f"{owner}: unknown parameter {key!r}; it takes: {known}")
-        out[key] = by_name[key].parse(text)
+        if key in out:
+            raise ParamError(f"{owner}: parameter {key} given twice (--set {key}=...); give it once")
+        out[key] = by_name[key].parse(text, owner)
     return out

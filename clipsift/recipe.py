@@ -70,38 +70,96 @@ class Combine:
         return Selection(np.asarray(result), counters={"branches": [len(s) for s in sels], "output": len(result)})
 
 
-def build_step(spec: dict, where: str):
+MAX_DEPTH = 16  # nested chain/intersect/union levels
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a small text file; refuse to read /dev/zero or a data file
+_KINDS = ("filter", "intersect", "union", "chain")
+
+
+def build_step(spec: dict, where: str, depth: int = 0):
     """One recipe entry: ``{filter, params}`` or ``{intersect|union: [entries]}`` or ``{chain: [...]}``."""
     if not isinstance(spec, dict):
-        raise ParamError(f"{where}: each step must be a table")
-    kinds = [k for k in ("filter", "intersect", "union", "chain") if k in spec]
+        raise ParamError(f"{where}: each step must be a table, got {type(spec).__name__}")
+    if depth > MAX_DEPTH:
+        raise ParamError(f"{where}: steps nested more than {MAX_DEPTH} levels deep; flatten the recipe")
+    kinds = [k for k in _KINDS if k in spec]
     if len(kinds) != 1:
         raise ParamError(f"{where}: a step needs exactly one of filter, intersect, union, chain")
     kind = kinds[0]
     extra = set(spec) - {kind, "params"}
     if extra:
-        raise ParamError(f"{where}: unknown key(s) {', '.join(sorted(extra))}")
+        raise ParamError(f"{where}: unknown key(s) {', '.join(sorted(extra))}; a step has {kind} and params")
     if kind == "filter":
-        return create_filter(spec["filter"], spec.get("params", {}))
-    subs = [build_step(s, f"{where}.{kind}[{i}]") for i, s in enumerate(spec[kind])]
-    return Chain(subs, name=where) if kind == "chain" else Combine(kind, subs)
+        name = spec["filter"]
+        if not isinstance(name, str):
+            raise ParamError(f"{where}: filter must be a filter name (a string), got {type(name).__name__}")
+        params = spec.get("params", {})
+        if not isinstance(params, dict):
+            raise ParamError(f"{where} ({name}): params must be a table (params = {{ key = value }}), got {type(params).__name__}")
+        try:
+            return create_filter(name, params)
+        except ParamError as exc:
+            raise ParamError(f"{where}: {exc}") from None
+    if "params" in spec:
+        raise ParamError(f"{where}: params belong to a filter step, not to {kind}")
+    branches = spec[kind]
+    if not isinstance(branches, list):
+        raise ParamError(f"{where}: {kind} must be an array of steps, got {type(branches).__name__}")
+    subs = [build_step(s, f"{where}.{kind}[{i}]", depth + 1) for i, s in enumerate(branches)]
+    try:
+        return Chain(subs, name=where) if kind == "chain" else Combine(kind, subs)
+    except ParamError as exc:
+        raise ParamError(f"{where}: {exc}") from None
 
 
-def load_recipe(path: str | Path):
-    """Parse a TOML recipe into a runnable step (a filter, a Chain or a Combine)."""
+def read_recipe(path: str | Path) -> str:
+    """The recipe's text; a missing, unreadable, oversized or non-UTF-8 file is one ParamError line."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        if path.is_dir():
+            raise ParamError(f"{path}: recipe is a folder; give a .toml file")
+        if path.exists() and not path.is_file():  # a FIFO or device would block or never end
+            raise ParamError(f"{path}: recipe is not a regular file; give a .toml file")
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_RECIPE_BYTES + 1)
     except FileNotFoundError:
         raise ParamError(f"{path}: recipe file not found") from None
+    except OSError as exc:
+        raise ParamError(f"{path}: cannot read the recipe ({exc.strerror or exc}); check the path and its permissions") from None
+    if len(data) > MAX_RECIPE_BYTES:
+        raise ParamError(f"{path}: recipe is larger than {MAX_RECIPE_BYTES >> 20} MiB; is this the right file?")
+    try:
+        return data.decode("utf-8-sig")  # a BOM from a Windows editor is fine
+    except UnicodeDecodeError as exc:
+        raise ParamError(f"{path}: recipe is not UTF-8 text (byte {exc.start}); save it as UTF-8 TOML") from None
+
+
+def parse_recipe(text: str, path: str | Path = "<recipe>"):
+    """Build a runnable step (a filter, a Chain or a Combine) from TOML text; errors name ``path``."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ParamError(f"{path}: invalid TOML ({exc}); fix the recipe") from None
+    except RecursionError:
+        raise ParamError(f"{path}: invalid TOML (tables or arrays nested too deeply); fix the recipe") from None
+    extra = set(data) - {"name", "step"}
+    if extra:
+        raise ParamError(f"{path}: unknown top-level key(s) {', '.join(sorted(extra))}; a recipe has name and [[step]] tables")
     steps = data.get("step")
     if not isinstance(steps, list) or not steps:
         raise ParamError(f"{path}: a recipe needs at least one [[step]] table")
+    name = data.get("name", path.stem)
+    if not isinstance(name, str):
+        raise ParamError(f"{path}: name must be a string")
     try:
         built = [build_step(s, f"step[{i}]") for i, s in enumerate(steps)]
     except ParamError as exc:
         raise ParamError(f"{path}: {exc}") from None
-    name = data.get("name", path.stem)
+    except RecursionError:
+        raise ParamError(f"{path}: a step is nested too deeply; flatten the recipe") from None
     return built[0] if len(built) == 1 else Chain(built, name=name)
+
+
+def load_recipe(path: str | Path):
+    """Parse a TOML recipe file into a runnable step (a filter, a Chain or a Combine)."""
+    return parse_recipe(read_recipe(path), path)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from clipsift import __version__
 from clipsift.filter import RunContext, Selection
-from clipsift.io import write_json
+from clipsift.io import atomic_pair, check_output_path, file_sha256, output_lock
 from clipsift.log import get_logger
-from clipsift.subset import manifest_path
+from clipsift.subset import manifest_path, subset_path, write_manifest_file
 
 log = get_logger("runner")
 
@@ -34,7 +34,13 @@ def peak_memory_mb() -> dict:
     return {"self": round(own, 1), "children": round(kids, 1)}
 
 
-def build_manifest(step, ctx: RunContext, sel: Selection, wall: float, digest: str, recipe: str | None = None) -> dict:
+def build_manifest(
+    step, ctx: RunContext, sel: Selection, wall: float, digest: str, recipe: str | None = None, file_digest: str | None = None
+) -> dict:
+    counters = sel.counters
+    dropped = getattr(ctx, "dropped", None)
+    if dropped:  # rows left out while reading (e.g. bad embeddings with --bad-embeddings drop), by reason
+        counters = {**counters, "dropped_while_reading": dict(dropped)}
     return {
         "clipsift_version": __version__,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -44,7 +50,9 @@ def build_manifest(step, ctx: RunContext, sel: Selection, wall: float, digest: s
         "input_count": ctx.num_candidates,
         "output_count": len(sel),
         "uids_sha256": digest,
-        "counters": sel.counters,
+        **({"file_sha256": file_digest} if file_digest else {}),
+        **({"bad_embeddings": ctx.bad_embeddings} if getattr(ctx, "bad_embeddings", "error") != "error" else {}),
+        "counters": counters,
         "details": sel.details,
         "wall_time_s": round(wall, 3),
         "peak_memory_mb": peak_memory_mb(),
@@ -53,13 +61,23 @@ def build_manifest(step, ctx: RunContext, sel: Selection, wall: float, digest: s
     }
 
 
-def run_to_subset(step, ctx: RunContext, out: str | Path, recipe: str | None = None) -> tuple[Path, dict]:
-    """Select, then write ``out`` (sorted ``u8,u8`` .npy) and ``out.json`` atomically."""
-    t0 = time.perf_counter()
-    sel = step.select(ctx)
-    path, digest = sel.write(out)
-    wall = time.perf_counter() - t0
-    manifest = build_manifest(step, ctx, sel, wall, digest, recipe)
-    write_json(manifest_path(path), manifest)
+def run_to_subset(step, ctx: RunContext, out: str | Path, recipe: str | None = None, flag: str = "--out") -> tuple[Path, dict]:
+    """Select, then write ``out`` (sorted ``u8,u8`` .npy) and ``out.json`` as a pair.
+
+    The output is locked for the whole run (a second run writing the same ``out`` fails at once);
+    the manifest names the sha256 of the exact .npy bytes, and the pair is replaced so that a crash
+    or a full disk never leaves a new .npy beside an old manifest (:func:`clipsift.io.atomic_pair`).
+    """
+    check_output_path(out, flag)
+    path = check_output_path(subset_path(out), flag)
+    with output_lock(path, flag):
+        t0 = time.perf_counter()
+        sel = step.select(ctx)
+        with atomic_pair(path, manifest_path(path), suffix=".npy") as (tmp, mtmp):
+            _, digest = sel.write(tmp)
+            file_digest = file_sha256(tmp)
+            wall = time.perf_counter() - t0
+            manifest = build_manifest(step, ctx, sel, wall, digest, recipe, file_digest)
+            write_manifest_file(mtmp, manifest)
     log.info("%s: kept %d of %d rows in %.1f s -> %s", manifest.get("filter", manifest.get("pipeline")), len(sel), ctx.num_candidates, wall, path)
     return path, manifest

@@ -3,6 +3,8 @@ and combine by sorted merge."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from clipsift.errors import SubsetError
-from clipsift.io import atomic_write, write_json
+from clipsift.io import atomic_pair, atomic_write, file_sha256, output_lock
 from clipsift.uids import (
     UID_DTYPE,
     count_duplicates,
@@ -62,14 +64,31 @@ def read_subset(path: str | os.PathLike) -> np.ndarray:
 
 
 def write_subset(path: str | os.PathLike, uids: np.ndarray, manifest: dict | None = None) -> Path:
-    """Sort (duplicates kept) and ``np.save`` atomically; write ``FILE.json`` beside it."""
+    """Sort (duplicates kept) and ``np.save`` atomically; write ``FILE.json`` beside it.
+
+    The manifest gets ``file_sha256`` (the exact bytes of the .npy) and is written as a pair with
+    the .npy (:func:`clipsift.io.atomic_pair`); an old manifest beside ``path`` is removed even when
+    ``manifest`` is None, since it would describe another file.
+    """
     path = subset_path(path)
     arr = sort_records(np.asarray(uids))
-    with atomic_write(path) as fh:
-        np.save(fh, arr)
-    if manifest is not None:
-        write_json(manifest_path(path), manifest)
+    if manifest is None:
+        with atomic_pair(path, manifest_path(path), suffix=".npy") as (tmp, _):
+            with open(tmp, "wb") as fh:
+                np.save(fh, arr)
+        return path
+    with output_lock(path), atomic_pair(path, manifest_path(path), suffix=".npy") as (tmp, mtmp):
+        with open(tmp, "wb") as fh:
+            np.save(fh, arr)
+        write_manifest_file(mtmp, {**manifest, "file_sha256": file_sha256(tmp)})
     return path
+
+
+def write_manifest_file(path: str | os.PathLike, manifest: dict) -> None:
+    """Write a manifest as JSON at ``path`` (a temporary name of :func:`atomic_pair`)."""
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(manifest, fh, indent=2, default=str)
+        fh.write("\n")
 
 
 def write_uid_text(path: str | os.PathLike, uids: np.ndarray) -> None:
@@ -92,15 +111,58 @@ class SubsetReport:
     duplicates: int
     missing_from_pool: int | None
     pool_rows: int | None
+    manifest: str | None = None  # FILE.json when present
+    manifest_status: str = "absent"  # absent | verified | unverified | mismatch | unreadable
+    manifest_problem: str | None = None  # one line when the manifest does not describe the file
 
     @property
     def ok(self) -> bool:
-        return self.sorted and (self.missing_from_pool in (None, 0))
+        return self.sorted and (self.missing_from_pool in (None, 0)) and self.manifest_status not in ("mismatch", "unreadable")
+
+
+def verify_manifest(path: str | os.PathLike, arr: np.ndarray | None = None) -> tuple[str | None, str, str | None]:
+    """Does ``FILE.json`` describe ``FILE``? Returns (manifest path or None, status, problem line).
+
+    ``file_sha256`` (written since manifests name their file) is checked against the file's bytes;
+    older manifests are checked by ``uids_sha256`` (the record bytes) and ``output_count``.
+    """
+    path = Path(path)
+    mpath = Path(f"{path}.json")
+    if not mpath.exists():
+        return None, "absent", None
+    try:
+        with open(mpath, encoding="utf-8") as fh:
+            manifest = json.load(fh)
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError, RecursionError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:120]
+        return str(mpath), "unreadable", f"{mpath}: manifest unreadable ({why}); rerun the command that wrote {path.name}"
+    mismatch = f"{path}: does not match its manifest {mpath} ({{}}); the two come from different runs or the file changed: rerun the command that wrote it"
+    want = manifest.get("file_sha256")
+    if isinstance(want, str):
+        got = file_sha256(path)
+        if got != want:
+            return str(mpath), "mismatch", mismatch.format(f"sha256 {got[:12]}... != {want[:12]}...")
+        return str(mpath), "verified", None
+    count, digest = manifest.get("output_count"), manifest.get("uids_sha256")
+    if arr is None:
+        arr = read_subset(path)
+    if isinstance(count, int) and count != len(arr):
+        return str(mpath), "mismatch", mismatch.format(f"{len(arr)} uids, manifest says {count}")
+    if isinstance(digest, str):
+        got = hashlib.sha256(np.ascontiguousarray(arr).view(np.uint8)).hexdigest() if len(arr) else hashlib.sha256(b"").hexdigest()
+        if got != digest:
+            return str(mpath), "mismatch", mismatch.format("uids_sha256 differs")
+        return str(mpath), "verified", None
+    return str(mpath), "unverified", None
 
 
 def check_subset(path: str | os.PathLike, pool=None, executor=None) -> SubsetReport:
-    """Dtype, sortedness, duplicates and (with a pool) how many uids the pool lacks."""
+    """Dtype, sortedness, duplicates, (with a pool) how many uids the pool lacks, and whether the
+    manifest beside the file describes it."""
     arr = read_subset(path)
+    mpath, status, problem = verify_manifest(path, arr)
     bad = first_unsorted(arr)
     srt = arr if bad < 0 else sort_records(np.asarray(arr))
     missing = pool_rows = None
@@ -113,7 +175,9 @@ def check_subset(path: str | os.PathLike, pool=None, executor=None) -> SubsetRep
             found += n
         missing = len(uniq) - found
         pool_rows = pool.num_rows
-    return SubsetReport(str(path), len(arr), str(arr.dtype), bad < 0, bad, count_duplicates(srt), missing, pool_rows)
+    return SubsetReport(
+        str(path), len(arr), str(arr.dtype), bad < 0, bad, count_duplicates(srt), missing, pool_rows, mpath, status, problem
+    )
 
 
 def _count_found(batch) -> int:
