@@ -37,7 +37,8 @@ def records(hexes):
     return sort_records(hex_to_records(list(hexes)))
 
 
-def write_scores(path, uids, scores, dtype=pa.float64(), column="score"):
+def write_scores(path, uids, scores, dtype=None, column="score"):
+    dtype = dtype or pa.float64()
     pq.write_table(pa.table({"uid": pa.array(list(uids), pa.string()), column: pa.array(scores, dtype)}), path)
     return path
 
