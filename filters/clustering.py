@@ -39,12 +39,21 @@ FAISS_MAX_POINTS_PER_CENTROID = 256  # faiss ClusteringParameters default: train
 
 
 # ---- vectors ---------------------------------------------------------------------------------
-def normalize(x: np.ndarray) -> np.ndarray:
-    """float32 copy with unit-L2 rows (all-zero rows stay zero); per-row, batch-independent."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float32))
-    norms[norms == 0] = 1.0
-    return x / norms[:, None]
+def normalize(x: np.ndarray, chunk: int = 16384) -> np.ndarray:
+    """float32 unit-L2 rows: cast to float64, normalised in float64, rounded once to float32
+    (spec §7.2); all-zero rows stay zero. Per row, so a row's result never depends on its batch;
+    float64 temporaries are bounded by ``chunk`` rows."""
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"normalize expects a 2-d array, got shape {x.shape}")
+    out = np.empty(x.shape, np.float32)
+    for start in range(0, len(x), chunk):
+        b = x[start : start + chunk].astype(np.float64)
+        norms = np.sqrt(np.einsum("ij,ij->i", b, b))
+        norms[norms == 0] = 1.0
+        np.divide(b, norms[:, None], out=b)
+        out[start : start + chunk] = b
+    return out
 
 
 def uid_keys(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
@@ -264,7 +273,9 @@ def sample_size(n: int, k: int, train_rows: int | None = None) -> int:
 def train_centroids(x: np.ndarray, k: int, niter: int = 100, seed: int = 1234) -> np.ndarray:
     """Spherical k-means (faiss, seeded) on ``x`` (raw or unit rows): unit float32 centroids (k, d).
 
-    ``k`` is lowered to ``len(x)`` when the sample is smaller (faiss needs n ≥ k).
+    The rows reach faiss exactly as given (after :func:`normalize`), in the given order, as one
+    C-contiguous float32 array; with at most 256·k rows faiss trains on all of them. ``k`` is
+    lowered to ``len(x)`` when the sample is smaller (faiss needs n ≥ k; callers warn).
     """
     import faiss
 
@@ -275,20 +286,29 @@ def train_centroids(x: np.ndarray, k: int, niter: int = 100, seed: int = 1234) -
     k = min(int(k), n)
     if k == 1:
         c = x.astype(np.float64).sum(0)
-        return normalize(c[None, :].astype(np.float32))
+        return normalize(c[None, :])
     km = faiss.Kmeans(d, k, niter=int(niter), seed=int(seed), spherical=True, verbose=False,
                       max_points_per_centroid=FAISS_MAX_POINTS_PER_CENTROID)
     km.cp.min_points_per_centroid = 1  # only silences faiss' warning; it never changes the result
-    km.train(np.ascontiguousarray(x))
+    km.train(np.ascontiguousarray(x, dtype=np.float32))
     return normalize(km.centroids)
 
 
 def fit_centroids(ctx, source: EmbeddingSource, k: int, *, niter: int = 100, seed: int = 1234,
                   train_rows: int | None = None, n: int | None = None, desc: str = "k-means") -> tuple[np.ndarray, dict]:
-    """Sample (smallest uids) and train: (centroids, info for the manifest)."""
+    """Sample (smallest uids) and train: (centroids, info for the manifest).
+
+    One code path whatever m = min(n, 256·k, train_rows) is, m < n or m = n (spec §7.1): the rows
+    are the m smallest uids, handed to faiss in ascending uid order. Fewer rows than ``k``
+    (n < k, spec §7.4) lower k to the number of rows, with a warning; ``k_requested`` keeps the ask.
+    """
     n = ctx.num_candidates if n is None else n
+    if train_rows is not None and train_rows < min(int(k), n):
+        raise ParamError(f"{desc}: train_rows={train_rows} is below k={k}; faiss needs at least k training rows, raise train_rows or lower k")
     m = sample_size(n, k, train_rows)
     _, x, seen = training_sample(ctx, source, max(m, 1), desc=f"{desc}: sample")
+    if 0 < len(x) < k:
+        log.warning("%s: only %d row(s) for k=%d clusters; using k=%d (k_requested in the manifest)", desc, len(x), k, len(x))
     log.info("%s: training k=%d on %d rows (niter=%d, seed=%d)", desc, min(k, len(x)), len(x), niter, seed)
     centroids = train_centroids(x, k, niter=niter, seed=seed)
     return centroids, {"k": int(len(centroids)), "k_requested": int(k), "train_rows": int(len(x)),
@@ -296,19 +316,46 @@ def fit_centroids(ctx, source: EmbeddingSource, k: int, *, niter: int = 100, see
 
 
 # ---- assignment ------------------------------------------------------------------------------
-def assign(x_unit: np.ndarray, centroids: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid by inner product (top-1, first index on ties) and its cosine.
+def _f32_dot_tolerance(d: int) -> float:
+    """Twice the worst-case error of a float32 dot product of two unit d-vectors (γ_d = d·u/(1 − d·u),
+    u = 2⁻²⁴), with a safety margin: a float32 score this far below the row's float32 maximum can
+    still belong to the exact maximum."""
+    u = 2.0**-24
+    return 2.0 * 1.01 * (d + 2) * u / (1.0 - (d + 2) * u)
 
-    Plain BLAS products in row chunks (what faiss' IndexFlatIP does, but safe in forked workers,
-    where an OpenMP runtime used by the parent can deadlock). The cosine is recomputed row by row
-    in float64 and rounded to float32, so it does not depend on how rows were batched.
+
+def assign(x_unit: np.ndarray, centroids: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid by inner product and its cosine s (spec §7.2).
+
+    The label is the exact argmax of the float64 dot products of the float32 row and the float32
+    unit centroids, ties to the smallest cluster id; s = float32(that float64 dot). Plain BLAS
+    float32 products in row chunks find it (what faiss' IndexFlatIP does, but safe in forked
+    workers, where an OpenMP runtime used by the parent can deadlock); rows whose runner-up is
+    within float32 rounding of the best are re-decided in float64 over those candidates only.
+    So the result does not depend on how rows were batched or on the BLAS kernel.
     """
-    n = len(x_unit)
+    x_unit = np.asarray(x_unit, dtype=np.float32)
+    n, d = x_unit.shape
     labels = np.empty(n, np.int32)
     c = np.ascontiguousarray(centroids, dtype=np.float32)
+    c64 = c.astype(np.float64)
+    tol = np.float32(_f32_dot_tolerance(d))
     for start in range(0, n, chunk):
-        labels[start : start + chunk] = np.argmax(x_unit[start : start + chunk] @ c.T, axis=1)
-    sim = np.einsum("ij,ij->i", x_unit.astype(np.float64), c[labels].astype(np.float64)).astype(np.float32)
+        xb = x_unit[start : start + chunk]
+        s = xb @ c.T
+        lab = np.argmax(s, axis=1)
+        top = s[np.arange(len(lab)), lab]
+        near = s >= (top - tol)[:, None]
+        amb = np.flatnonzero(near.sum(axis=1) > 1)
+        if len(amb):
+            rr, cc = np.nonzero(near[amb])
+            v = np.einsum("ij,ij->i", xb[amb[rr]].astype(np.float64), c64[cc])
+            o = np.lexsort((cc, -v, rr))  # per row: largest float64 dot, then smallest id
+            first = np.ones(len(o), bool)
+            first[1:] = rr[o][1:] != rr[o][:-1]
+            lab[amb[rr[o][first]]] = cc[o][first]
+        labels[start : start + chunk] = lab
+    sim = np.einsum("ij,ij->i", x_unit.astype(np.float64), c64[labels]).astype(np.float32)
     return labels, sim
 
 

@@ -79,6 +79,13 @@ def run_clip_stage(ctx: RunContext, column: str, fraction: float | None, thresho
 
 
 # ---- stages 3-6: density-based budgets ---------------------------------------------------------
+def intra_distance(sim: np.ndarray) -> float:
+    """d_intra of one cluster: mean of 1 − s over its members, every term and the sum in float64
+    (spec §4.2, §7.6); s is the stored float32 cosine, so each term 1 − float64(s) is exact."""
+    s = np.asarray(sim, dtype=np.float64)
+    return float(np.sum(1.0 - s) / len(s)) if len(s) else float("nan")
+
+
 def run_density(ctx: RunContext, *, source: EmbeddingSource, k: int = 500, niter: int = 100, kmeans_seed: int = 1234,
                 train_rows: int | None = None, fraction: float | None = None, count: int | None = None, tau: float = 0.1,
                 num_nn: int = 20, balance: float = 0.0, density_rule: str = "dintra*dinter", keep: str = "hard",
@@ -98,7 +105,7 @@ def run_density(ctx: RunContext, *, source: EmbeddingSource, k: int = 500, niter
         n_keep = keep_count(n_in, fraction, count)
         d_intra = np.full(len(sizes), np.nan)
         for g in np.flatnonzero(sizes):
-            d_intra[g] = cosine_distance(store.read(int(g), ["sim"])["sim"]).astype(np.float64).mean()
+            d_intra[g] = intra_distance(store.read(int(g), ["sim"])["sim"])
         d_inter = density.inter_distances(centroids, num_nn)
         c = density.complexity(d_intra, d_inter, density_rule, sizes)
         b = density.budgets(sizes, c, n_keep, tau=tau, ratio=balance)

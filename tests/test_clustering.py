@@ -49,7 +49,7 @@ def test_training_sample_is_smallest_uids(pool_dir):
 def test_training_is_seeded_and_reproducible(pool_dir):
     a, info = fit_centroids(ctx_for(pool_dir, workers=1), EmbeddingSource(), 5, niter=8)
     b, _ = fit_centroids(ctx_for(pool_dir, workers=2), EmbeddingSource(), 5, niter=8)
-    assert np.array_equal(a, b) and a.shape == (5, 16) and info["train_rows"] == 900
+    assert np.array_equal(a, b) and a.shape == (5, 768) and info["train_rows"] == 900
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1, atol=1e-6)
     assert not np.array_equal(a, fit_centroids(ctx_for(pool_dir), EmbeddingSource(), 5, niter=8, seed=7)[0])
     assert train_centroids(np.ones((3, 4), np.float32), 10).shape == (3, 4)  # k lowered to the sample size

@@ -36,7 +36,11 @@ def planted_pool(root, n=1500, shard_sizes=(500, 0, 600, 400), seed=0, dup_rate=
     copies = rng.random(n) < dup_rate
     src = rng.integers(0, n, n)
     x[copies] = x[src[copies]] + 0.01 * rng.standard_normal((int(copies.sum()), D)) / np.sqrt(D)
-    emb = normalize(x).astype(np.float16)
+    # DataComp widths (768 / 512): the planted 16-d geometry padded with zeros, which changes no product
+    emb = np.zeros((n, 768), np.float16)
+    emb[:, :D] = normalize(x).astype(np.float16)
+    b32 = np.zeros((n, 512), np.float16)
+    b32[:, :8] = emb[:, :8]
     uids = make_uids(n, seed)
     scores = rng.uniform(0.1, 0.4, n)
     root.mkdir(parents=True)
@@ -45,7 +49,7 @@ def planted_pool(root, n=1500, shard_sizes=(500, 0, 600, 400), seed=0, dup_rate=
         sl = slice(start, start + size)
         pq.write_table(pa.table({"uid": pa.array(uids[sl], pa.string()), "clip_l14_similarity_score": scores[sl]}),
                        root / f"{s:05d}.parquet")
-        np.savez(root / f"{s:05d}.npz", l14_img=emb[sl], b32_img=emb[sl, :8])
+        np.savez(root / f"{s:05d}.npz", l14_img=emb[sl], b32_img=b32[sl])
         start += size
     return root
 
