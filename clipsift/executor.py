@@ -109,10 +109,12 @@ class LocalExecutor:
 _END = object()
 
 
-def _read_and_apply(fn, reader, columns, keys, candidates, shard):
+def _read_and_apply(fn, reader, columns, keys, candidates, bad_embeddings, shard):
+    """Read one shard and apply ``fn``; returns (result, rows dropped for unusable embeddings)."""
     if isinstance(candidates, str):
         candidates = np.load(candidates, mmap_mode="r")
-    return fn(reader.read(shard, columns=columns, keys=keys, candidates=candidates))
+    batch = reader.read(shard, columns=columns, keys=keys, candidates=candidates, bad_embeddings=bad_embeddings)
+    return fn(batch), batch.dropped
 
 
 def map_shards(
@@ -126,11 +128,14 @@ def map_shards(
     desc: str = "",
     shards=None,
     threads: bool = False,
+    bad_embeddings: str = "error",
+    dropped: dict | None = None,
 ) -> Iterator:
     """Apply ``fn(ShardBatch)`` to every shard (restricted to sorted ``candidates``), in shard order.
 
     ``fn`` must be picklable (a module-level function, a ``functools.partial`` or a method of a
-    picklable object) because it may run in another process.
+    picklable object) because it may run in another process. Rows with unusable embeddings are an
+    error, or with ``bad_embeddings="drop"`` left out and counted in ``dropped["bad_embeddings"]``.
     """
     executor = executor or LocalExecutor()
     columns, keys = tuple(columns), tuple(keys)
@@ -144,8 +149,11 @@ def map_shards(
         np.save(cand, np.ascontiguousarray(candidates))
     try:
         reader = getattr(pool, "reader", pool)  # tasks carry the small reader, not the shard list
-        task = partial(_read_and_apply, fn, reader, columns, keys, cand)
-        yield from executor.map(task, shards, desc=desc or "shards", threads=threads)
+        task = partial(_read_and_apply, fn, reader, columns, keys, cand, bad_embeddings)
+        for result, n_dropped in executor.map(task, shards, desc=desc or "shards", threads=threads):
+            if n_dropped and dropped is not None:
+                dropped["bad_embeddings"] = dropped.get("bad_embeddings", 0) + n_dropped
+            yield result
     finally:
         if tmpdir is not None:
             tmpdir.cleanup()

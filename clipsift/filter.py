@@ -81,6 +81,8 @@ class RunContext:
     candidates: np.ndarray | None = None  # sorted unique uid records, or None for the whole pool
     workdir: Path | None = None
     device: str = "auto"
+    bad_embeddings: str = "error"  # rows with non-finite or zero-norm embeddings: "error" | "drop"
+    dropped: dict = field(default_factory=dict)  # rows left out while reading, by reason (manifest)
 
     def __post_init__(self):
         if self.workdir is None:
@@ -101,11 +103,13 @@ class RunContext:
         """
         return map_shards(
             self.pool, fn, columns=columns, keys=keys, candidates=self.candidates, executor=self.executor, desc=desc,
-            threads=threads,
+            threads=threads, bad_embeddings=self.bad_embeddings, dropped=self.dropped,
         )
 
     def with_candidates(self, candidates: np.ndarray | None) -> RunContext:
-        return RunContext(self.pool, self.executor, candidates, self.workdir, self.device)
+        return RunContext(
+            self.pool, self.executor, candidates, self.workdir, self.device, self.bad_embeddings, self.dropped
+        )
 
     def torch_device(self) -> str:
         """Resolve ``auto`` to ``cuda`` when a GPU is present, else ``cpu``."""

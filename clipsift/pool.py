@@ -18,10 +18,37 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from clipsift.embcheck import screen_embeddings
 from clipsift.errors import PoolError
+from clipsift.log import get_logger
 from clipsift.uids import UidFormatError, hex_to_records, isin_sorted
 
+log = get_logger("pool")
+
 EMBEDDING_DIMS = {"b32_img": 512, "b32_txt": 512, "l14_img": 768, "l14_txt": 768}
+
+# DataComp's columns by kind (datacomp-format.md §1); other columns are not checked
+COLUMN_KINDS = {
+    "uid": "string", "url": "string", "text": "string", "sha256": "string",
+    "original_width": "number", "original_height": "number",
+}
+
+
+def column_kind(name: str) -> str | None:
+    """The kind DataComp's format gives a column ("string" or "number"), None when not fixed."""
+    if name in COLUMN_KINDS:
+        return COLUMN_KINDS[name]
+    return "number" if name.endswith("_similarity_score") else None
+
+
+def type_kind(t: pa.DataType) -> str:
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or getattr(pa.types, "is_string_view", lambda _: False)(t):
+        return "string"
+    if pa.types.is_integer(t) or pa.types.is_floating(t):
+        return "number"
+    if pa.types.is_null(t):
+        return "null"
+    return str(t)
 
 
 @dataclass(frozen=True)
@@ -50,6 +77,7 @@ class ShardBatch:
     row_mask: np.ndarray | None  # which shard rows these are (None: all of them, in order)
     table: pa.Table  # requested parquet columns, row-aligned with ``uids``
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    dropped: int = 0  # rows left out for unusable embeddings (bad_embeddings="drop")
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -114,6 +142,7 @@ class Pool:
         listing = sorted(p for p in names if ".parquet" in p.rsplit("/", 1)[-1])
         if not listing:
             raise PoolError(f"{self.root}: no .parquet files; pass the DataComp metadata folder")
+        _warn_strays(listing, names)
         self.schema, counts = self._footers(listing)
         shards, offset = [], 0
         for rank, (path, n) in enumerate(zip(listing, counts)):
@@ -122,7 +151,7 @@ class Pool:
             offset += n
         self.shards: list[ShardInfo] = shards
         self.num_rows = offset
-        self.reader = ShardReader(self.fs, self._local)
+        self.reader = ShardReader(self.fs, self._local, self.schema)
 
     def _footers(self, paths: list[str]) -> tuple[pa.Schema, list[int]]:
         """The first shard's schema and every shard's row count, from the parquet footers.
@@ -131,6 +160,8 @@ class Pool:
         """
 
         def footer(path):
+            if self._local and os.path.isdir(path):
+                raise PoolError(f"{path}: a folder named like a shard; move it out of the pool folder")
             try:
                 if self._local:  # pyarrow's native reader skips the Python file object
                     return pq.read_metadata(path)
@@ -146,7 +177,12 @@ class Pool:
         else:
             with ThreadPoolExecutor(8) as pool:
                 counts = [m.num_rows for m in pool.map(footer, rest)]
-        return first.schema.to_arrow_schema(), [first.num_rows, *counts]
+        counts = [first.num_rows, *counts]
+        if first.num_rows == 0:  # an empty shard's column types say nothing (pandas writes double)
+            full = next((p for p, n in zip(paths, counts) if n), None)
+            if full is not None:
+                first = footer(full)
+        return first.schema.to_arrow_schema(), counts
 
     # ---- description -------------------------------------------------------------------------
     @property
@@ -162,13 +198,16 @@ class Pool:
         if not self.has_npz(shard):
             return {}
         out = {}
-        with (open(shard.npz, "rb") if self._local else self.fs.open(shard.npz, "rb")) as fh, zipfile.ZipFile(fh) as zf:
-            for name in zf.namelist():
-                with zf.open(name) as member:
-                    version = np.lib.format.read_magic(member)
-                    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                    shape, _, dtype = read_header(member)
-                out[name.removesuffix(".npy")] = (shape, str(dtype))
+        try:
+            with (open(shard.npz, "rb") if self._local else self.fs.open(shard.npz, "rb")) as fh, zipfile.ZipFile(fh) as zf:
+                for name in zf.namelist():
+                    with zf.open(name) as member:
+                        version = np.lib.format.read_magic(member)
+                        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                        shape, _, dtype = read_header(member)
+                    out[name.removesuffix(".npy")] = (shape, str(dtype))
+        except Exception as exc:
+            raise PoolError(f"{shard.npz}: unreadable npz ({_one_line(exc)}); re-download this shard") from exc
         return out
 
     def fingerprint(self) -> dict:
@@ -180,12 +219,20 @@ class Pool:
     # ---- validation --------------------------------------------------------------------------
     def require(self, columns=(), keys=()) -> None:
         """Fail early, with one line, if a needed column or npz file is absent."""
+        columns = ["uid", *[c for c in columns if c != "uid"]]
         missing = [c for c in columns if c not in self.schema.names]
         if missing:
             raise PoolError(
                 f"{self.shards[0].parquet}: missing column(s) {', '.join(missing)}; "
                 f"this pool has {', '.join(self.schema.names)}"
             )
+        for name in columns:
+            kind, actual = column_kind(name), self.schema.field(name).type
+            if kind is not None and type_kind(actual) not in (kind, "null"):
+                raise PoolError(
+                    f"{self.shards[0].parquet}: column {name} has type {actual}, DataComp's is a {kind} column; "
+                    "rewrite the pool with the column's original type"
+                )
         if keys:
             for shard in self.shards:
                 if not self.has_npz(shard):
@@ -195,21 +242,30 @@ class Pool:
                     )
 
     # ---- reading -----------------------------------------------------------------------------
-    def read(self, shard: ShardInfo, columns=(), keys=(), candidates: np.ndarray | None = None) -> ShardBatch:
+    def read(
+        self, shard: ShardInfo, columns=(), keys=(), candidates: np.ndarray | None = None, bad_embeddings: str = "error"
+    ) -> ShardBatch:
         """Read one shard's ``uid`` plus ``columns`` and npz ``keys``, restricted to ``candidates``."""
-        return self.reader.read(shard, columns, keys, candidates)
+        return self.reader.read(shard, columns, keys, candidates, bad_embeddings)
 
 
 class ShardReader:
-    """Reads one shard: what a worker process needs of a pool (the filesystem, not the shard
-    list), so that a task pickles to a few hundred bytes whatever the pool's size."""
+    """Reads one shard: what a worker process needs of a pool (the filesystem and the pool's column
+    types, not the shard list), so that a task pickles to a few hundred bytes whatever the pool's size."""
 
-    def __init__(self, fs, local: bool):
+    def __init__(self, fs, local: bool, schema: pa.Schema | None = None):
         self.fs = fs
         self._local = local
+        self.schema = schema
 
-    def read(self, shard: ShardInfo, columns=(), keys=(), candidates: np.ndarray | None = None) -> ShardBatch:
-        """Read one shard's ``uid`` plus ``columns`` and npz ``keys``, restricted to ``candidates``."""
+    def read(
+        self, shard: ShardInfo, columns=(), keys=(), candidates: np.ndarray | None = None, bad_embeddings: str = "error"
+    ) -> ShardBatch:
+        """Read one shard's ``uid`` plus ``columns`` and npz ``keys``, restricted to ``candidates``.
+
+        Rows whose embeddings are non-finite or zero are an error, or left out and counted in
+        ``batch.dropped`` with ``bad_embeddings="drop"`` (:mod:`clipsift.embcheck`).
+        """
         cols = ["uid"] + [c for c in columns if c != "uid"]
         try:
             if self._local:  # pyarrow's native reader is ~2x faster than a Python file object
@@ -217,10 +273,11 @@ class ShardReader:
             else:
                 with self.fs.open(shard.parquet, "rb") as fh:
                     table = pq.ParquetFile(fh).read(columns=cols)
-        except (pa.ArrowInvalid, KeyError) as exc:
-            raise PoolError(f"{shard.parquet}: cannot read columns {cols} ({exc})") from exc
+        except (pa.ArrowException, OSError, KeyError, ValueError) as exc:
+            raise PoolError(f"{shard.parquet}: cannot read columns {cols} ({_one_line(exc)}); re-download this shard") from exc
         if table.num_rows != shard.num_rows:
             raise PoolError(f"{shard.parquet}: changed while reading; re-run")
+        table = self._conform(shard, table)
         try:
             uids = hex_to_records(table.column("uid"))
         except UidFormatError as exc:
@@ -231,7 +288,33 @@ class ShardReader:
             uids = uids[mask]
             table = table.filter(_arrow_mask(mask))
         embeddings = {k: self._read_key(shard, k, mask) for k in keys}
-        return ShardBatch(shard, uids, mask, table, embeddings)
+        batch = ShardBatch(shard, uids, mask, table, embeddings)
+        return _screen(batch, bad_embeddings) if embeddings else batch
+
+    def _conform(self, shard: ShardInfo, table: pa.Table) -> pa.Table:
+        """Give every column the pool's type where the shard's says nothing (0 rows, or all null),
+        refuse a column of another kind, and refuse text that is not UTF-8 (one line each)."""
+        for i, name in enumerate(table.column_names):
+            col = table.column(i)
+            want = self.schema.field(name).type if self.schema is not None and name in self.schema.names else col.type
+            if col.type != want and (table.num_rows == 0 or pa.types.is_null(col.type)):
+                table = table.set_column(i, name, pa.nulls(table.num_rows, want) if table.num_rows else pa.array([], want))
+                continue
+            kind = column_kind(name) or type_kind(want)
+            if kind in ("string", "number") and type_kind(col.type) not in (kind, "null"):
+                raise PoolError(
+                    f"{shard.parquet}: column {name} has type {col.type}, expected a {kind} column "
+                    f"(the pool's is {want}); rewrite this shard with the pool's column types"
+                )
+            if name != "uid" and type_kind(col.type) == "string":
+                try:
+                    col.validate(full=True)
+                except pa.ArrowInvalid as exc:
+                    raise PoolError(
+                        f"{shard.parquet}: column {name} {_utf8_where(col, exc)} is not valid UTF-8; "
+                        "re-encode the captions as UTF-8"
+                    ) from exc
+        return table
 
     def _read_key(self, shard: ShardInfo, key: str, mask: np.ndarray | None) -> np.ndarray:
         if not shard.has_npz:
@@ -239,14 +322,14 @@ class ShardReader:
         try:
             with contextlib.ExitStack() as stack:
                 src = shard.npz if self._local else stack.enter_context(self.fs.open(shard.npz, "rb"))
-                npz = stack.enter_context(np.load(src))
+                npz = stack.enter_context(np.load(src, allow_pickle=False))
                 if key not in npz.files:
                     raise PoolError(f"{shard.npz}: no key {key!r} (has {', '.join(npz.files)}); choose another embedding key")
                 arr = npz[key]
         except PoolError:
             raise
         except Exception as exc:
-            raise PoolError(f"{shard.npz}: unreadable npz ({exc}); re-download this shard") from exc
+            raise PoolError(f"{shard.npz}: unreadable npz ({_one_line(exc)}); re-download this shard") from exc
         if arr.ndim != 2 or arr.shape[0] != shard.num_rows:
             raise PoolError(
                 f"{shard.npz}: {key} has shape {arr.shape} but {shard.parquet} has {shard.num_rows} rows; "
@@ -254,4 +337,63 @@ class ShardReader:
             )
         if not np.issubdtype(arr.dtype, np.floating):
             raise PoolError(f"{shard.npz}: {key} has dtype {arr.dtype}, expected float16/float32")
+        width = EMBEDDING_DIMS.get(key)
+        if width is not None and arr.shape[1] != width:
+            raise PoolError(f"{shard.npz}: {key} has width {arr.shape[1]}, DataComp's {key} has {width}; re-download this shard")
         return arr[mask] if mask is not None else arr
+
+
+def _screen(batch: ShardBatch, policy: str) -> ShardBatch:
+    """Apply the embedding rule to every key read; with ``drop``, restrict the batch to good rows."""
+    rows = None
+    keep = None
+    for key, emb in batch.embeddings.items():
+        if rows is None and policy == "error":
+            rows = batch.rows
+        ok = screen_embeddings(emb, source=batch.shard.npz, key=key, policy=policy, rows=rows)
+        if ok is not None:
+            keep = ok if keep is None else keep & ok
+    if keep is None:
+        return batch
+    shard_mask = np.zeros(batch.shard.num_rows, dtype=bool)
+    shard_mask[batch.rows[keep]] = True
+    return ShardBatch(
+        batch.shard, batch.uids[keep], shard_mask, batch.table.filter(_arrow_mask(keep)),
+        {k: v[keep] for k, v in batch.embeddings.items()}, int((~keep).sum()),
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _utf8_where(col: pa.ChunkedArray, exc: BaseException) -> str:
+    """'row N' from Arrow's 'Invalid UTF8 sequence at string index N' (chunk-relative), else ''."""
+    import re
+
+    m = re.search(r"string index (\d+)", str(exc))
+    if not m:
+        return ""
+    for chunk_start, chunk in zip(np.cumsum([0, *[len(c) for c in col.chunks]]), col.chunks):
+        try:
+            chunk.validate(full=True)
+        except pa.ArrowInvalid as e:
+            m = re.search(r"string index (\d+)", str(e))
+            return f"row {int(chunk_start) + int(m.group(1))}" if m else ""
+    return ""
+
+
+def _warn_strays(listing: list[str], names: set[str]) -> None:
+    """Warn about files DataComp's discovery rule treats oddly: a name holding ``.parquet`` that
+    does not end in it (``X.parquet.bak`` is read as a shard sharing ``X.npz``), and an npz
+    without its parquet (never read)."""
+    for path in listing:
+        if not path.endswith(".parquet"):
+            log.warning(
+                "%s: read as a shard (DataComp's rule: the name holds '.parquet'); if it is a stray copy, "
+                "move it out of the pool folder", path,
+            )
+    stems = {p.split(".parquet")[0] for p in listing}
+    for path in sorted(names):
+        if path.endswith(".npz") and path[: -len(".npz")] not in stems:
+            log.warning("%s: npz without its parquet, ignored; move it out of the pool folder", path)

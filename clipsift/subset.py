@@ -42,8 +42,11 @@ def read_subset(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise SubsetError(f"{path}: subset file not found")
-    with open(path, "rb") as fh:
-        magic = fh.read(6)
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+    except OSError as exc:
+        raise SubsetError(f"{path}: cannot read the subset file ({exc.strerror}); check its permissions") from exc
     if magic == NPY_MAGIC:
         try:
             arr = np.load(path, mmap_mode="r")
@@ -56,10 +59,14 @@ def read_subset(path: str | os.PathLike) -> np.ndarray:
             )
         return arr
     size = path.stat().st_size
+    if size == 0:
+        # an empty file is what a crashed or truncated write leaves: never read it as "no uids"
+        raise SubsetError(
+            f"{path}: empty file (0 bytes), not a subset; an empty subset is a .npy holding 0 records "
+            "(np.save(path, np.empty(0, 'u8,u8')))"
+        )
     if size % UID_DTYPE.itemsize:
         raise SubsetError(f"{path}: {size} bytes is not a whole number of 16-byte uid records and not .npy")
-    if size == 0:
-        return np.empty(0, dtype=UID_DTYPE)
     return np.memmap(path, dtype=UID_DTYPE, mode="r")
 
 

@@ -81,7 +81,8 @@ def score_pool(ctx, scorer: NegClipScorer, all_rows: bool = True, desc: str = "n
     read_cands = None if (cands is None or all_rows) else cands
     uids, scores, css = [], [], []
     moment, moment_rows, rows_read = None, 0, 0
-    parts = map_shards(ctx.pool, scorer, columns=scorer.columns(), keys=scorer.keys(), candidates=read_cands, executor=ctx.executor, desc=desc)
+    parts = map_shards(ctx.pool, scorer, columns=scorer.columns(), keys=scorer.keys(), candidates=read_cands, executor=ctx.executor, desc=desc,
+                       bad_embeddings=ctx.bad_embeddings, dropped=ctx.dropped)
     for part in parts:
         u, s, c = part["uids"], part["score"], part.get("css")
         rows_read += len(u)
