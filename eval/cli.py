@@ -20,7 +20,7 @@ def _register_reshard(sub) -> None:
     p = sub.add_parser("reshard", help="subset file + image shards -> training shards (DataComp's resharder)",
                        description="Write the samples of a subset file as webdataset training shards, as DataComp's resharder.py does.")
     p.add_argument("-i", "--input-dir", required=True, help="folder of img2dataset shards ({:08d}.tar + _stats.json)")
-    p.add_argument("-o", "--output-dir", required=True, help="output folder (must be empty unless --overwrite)")
+    p.add_argument("-o", "--output-dir", required=True, help="output folder, outside the input folder (must be absent or empty unless --overwrite)")
     p.add_argument("-s", "--subset-file", required=True, help="subset file (.npy of u8,u8 records, or raw 16-byte records)")
     p.add_argument("-n", "--num-shards", type=int, default=None, help="number of input shard ids (default: probed)")
     p.add_argument("--first-shard", type=int, default=0)
@@ -34,7 +34,10 @@ def _register_reshard(sub) -> None:
     p.add_argument("--write-shard-table", action="store_true", help="write the shard table into the INPUT folder if absent")
     p.add_argument("--shuffle-bufsize", type=int, default=0, help=">0: per-worker shuffle buffer")
     p.add_argument("--dry-run", action="store_true", help="count only, write nothing")
-    p.add_argument("--overwrite", action="store_true", help="delete the output folder's files first")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a previous clipsift reshard output (only its own files; the new one is swapped in when complete)")
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="skip samples without .json and copy those without .txt, as DataComp's resharder does (default: stop with an error)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_reshard)
 
@@ -50,7 +53,7 @@ def cmd_reshard(args) -> int:
         output_shard_format=args.output_shard_format, shard_stats_format=args.shard_stats_format,
         output_shard_stats_format=args.output_shard_stats_format, shard_table=args.shard_table,
         write_shard_table=args.write_shard_table, shuffle_bufsize=args.shuffle_bufsize, dry_run=args.dry_run,
-        overwrite=args.overwrite, verbose=args.verbose, quiet=int(args.quiet),
+        overwrite=args.overwrite, verbose=args.verbose, quiet=int(args.quiet), allow_incomplete=args.allow_incomplete,
     )
     res = reshard(ra)
     if args.json:

@@ -177,6 +177,8 @@ def resolve_train_data(data_dir: str, weights: str | None = None) -> tuple[str, 
             if meta is not None:
                 fmt = meta["output_shard_format"]
                 count = int(meta["output_shard_count"])
+                if count < 1:
+                    raise ClipsiftError(f"{entry}: resharded folder holds 0 samples (meta.json output_shard_count 0); reshard a subset that selects samples of the pool")
                 first = fmt.format(0).replace(".tar", "")
                 last = fmt.format(count - 1).replace(".tar", "")
                 components.append(_prepare_filename(f"{entry.rstrip('/')}/{{{first}..{last}}}.tar"))
@@ -242,6 +244,8 @@ def build_open_clip_args(cfg: TrainConfig, world_size: int = 1, train_data: str 
         scale["train_num_samples"] = int(cfg.train_num_samples)
     if train_data is None:
         train_data, weights = resolve_train_data(cfg.data_dir, cfg.data_weights)
+        if not train_data:
+            raise ClipsiftError(f"{cfg.data_dir}: no training shards (.tar) found; pass the folder written by clipsift reshard from a subset that selects samples")
     per_gpu_batch = scale["batch_size"] // (world_size * cfg.accum_freq)
     if per_gpu_batch < 1:
         raise ClipsiftError(f"scale {cfg.scale}: global batch {scale['batch_size']} cannot be split over {world_size} devices x accum {cfg.accum_freq}")

@@ -80,7 +80,7 @@ def make_subset(tmp_path, samples):
 def test_reshard_semantics(shards):
     tmp_path, samples = shards
     subset = make_subset(tmp_path, samples)
-    res = reshard(ReshardArgs(str(tmp_path / "in"), str(tmp_path / "out"), str(subset), num_workers=1, shard_size=4))
+    res = reshard(ReshardArgs(str(tmp_path / "in"), str(tmp_path / "out"), str(subset), num_workers=1, shard_size=4, allow_incomplete=True))
     out = tmp_path / "out"
     got = read_output(out)
     # sample 3 has no json (skipped); uid 8 three times with distinct keys; input order with -j 1
@@ -95,6 +95,7 @@ def test_reshard_semantics(shards):
     assert res.output_shard_count == 2  # 4 + 4
     meta = json.loads((out / "meta.json").read_text())
     assert list(meta)[:3] == ["input_dir", "output_dir", "subset_file"] and meta["shard_size"] == "4"
+    assert list(meta)[list(meta).index("quiet") + 1] == "processed_count"  # DataComp's flags only (no allow_incomplete)
     assert meta["output_shard_format"] == "{:08d}.tar" and meta["output_count"] == 8 and meta["cwd"]
     assert (out / "sample_ids.npy").read_bytes() == Path(subset).read_bytes()
     report = json.loads((out / "reshard_report.json").read_text())
@@ -107,8 +108,8 @@ def test_reshard_semantics(shards):
 def test_parallel_same_multiset_and_contiguous_ids(shards):
     tmp_path, samples = shards
     subset = make_subset(tmp_path, samples)
-    reshard(ReshardArgs(str(tmp_path / "in"), str(tmp_path / "o1"), str(subset), num_workers=1, shard_size=3))
-    res = reshard(ReshardArgs(str(tmp_path / "in"), str(tmp_path / "o3"), str(subset), num_workers=3, shard_size=3))
+    reshard(ReshardArgs(str(tmp_path / "in"), str(tmp_path / "o1"), str(subset), num_workers=1, shard_size=3, allow_incomplete=True))
+    res = reshard(ReshardArgs(str(tmp_path / "in"), str(tmp_path / "o3"), str(subset), num_workers=3, shard_size=3, allow_incomplete=True))
     a, b = read_output(tmp_path / "o1"), read_output(tmp_path / "o3")
     assert Counter(k for k, _ in a) == Counter(k for k, _ in b)
     assert res.output_shard_count >= 3  # one partial tail per worker
@@ -119,7 +120,7 @@ def test_sizes_table_first_and_dry_run(shards):
     subset = make_subset(tmp_path, samples)
     (tmp_path / "in" / "sizes.json").write_text(json.dumps({"00000000.tar": 5, "00000001.tar": 7}))  # shard 2 from stats
     (tmp_path / "in" / "00000002_stats.json").unlink()
-    res = reshard(ReshardArgs(str(tmp_path / "in"), str(tmp_path / "dry"), str(subset), num_workers=1, dry_run=True))
+    res = reshard(ReshardArgs(str(tmp_path / "in"), str(tmp_path / "dry"), str(subset), num_workers=1, dry_run=True, allow_incomplete=True))
     assert res.output_count == 7 and not (tmp_path / "dry").exists()  # shard 2 skipped: no size known
 
 
@@ -129,12 +130,22 @@ def test_cli_non_empty_output_and_overwrite(shards, capsys):
     out = tmp_path / "cli"
     out.mkdir()
     (out / "stale.txt").write_text("x")
-    args = ["reshard", "-i", str(tmp_path / "in"), "-o", str(out), "-s", str(subset), "-j", "2"]
+    args = ["reshard", "-i", str(tmp_path / "in"), "-o", str(out), "-s", str(subset), "-j", "2", "--allow-incomplete"]
     assert cli(args) == 1
     assert "not empty" in capsys.readouterr().err
+    assert cli(args + ["--overwrite"]) == 1  # not clipsift's output: never deleted
+    assert "not written by clipsift reshard" in capsys.readouterr().err
+    assert (out / "stale.txt").read_text() == "x"
+    (out / "stale.txt").unlink()
+    assert cli(args + ["--shard-size", "3", "--json"]) == 0  # an empty folder is fine without --overwrite
+    assert json.loads(capsys.readouterr().out)["output_shard_count"] >= 3
+    assert cli(args) == 1  # clipsift's own output still needs --overwrite
     assert cli(args + ["--overwrite", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["output_count"] == 8
-    assert not (out / "stale.txt").exists()
+    assert json.loads(capsys.readouterr().out)["output_shard_count"] == 2
+    assert len(read_output(out)) == 8 and not (out / "00000002_stats.json").exists()  # old shards gone
+    own = json.loads((out / ".clipsift-reshard.json").read_text())["files"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(own + [".clipsift-reshard.json"])
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folder left
 
 
 def test_raw_and_unsorted_subsets(shards):
@@ -142,6 +153,6 @@ def test_raw_and_unsorted_subsets(shards):
     recs = hex_to_records([samples[i][0] for i in (9, 0, 4)])
     raw = tmp_path / "raw.bin"
     raw.write_bytes(recs.tobytes())  # unsorted raw records: clipsift sorts before the lookup
-    res = reshard(ReshardArgs(str(tmp_path / "in"), str(tmp_path / "raw_out"), str(raw), num_workers=2))
+    res = reshard(ReshardArgs(str(tmp_path / "in"), str(tmp_path / "raw_out"), str(raw), num_workers=2, allow_incomplete=True))
     assert res.output_count == 3
     assert (tmp_path / "raw_out" / "sample_ids.npy").read_bytes() == raw.read_bytes()
