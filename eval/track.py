@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from clipsift import __version__
-from clipsift.errors import ClipsiftError
+from clipsift.errors import ClipsiftError, SubsetError
 from clipsift.eval.train import TrainConfig
 from clipsift.io import write_json
 from clipsift.log import get_logger
@@ -93,10 +93,12 @@ def run_track(spec: TrackSpec) -> dict:
     from clipsift.eval.reshard import ReshardArgs, reshard
     from clipsift.eval.train import plan, run_training
 
-    out = Path(spec.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
     subset_path = str(Path(spec.subset).resolve())
     uids = read_subset(subset_path)
+    if len(uids) == 0:  # before the run folder exists: nothing to reshard or train on
+        raise SubsetError(f"{spec.subset}: subset holds 0 uids, so there is nothing to train on; pass a subset that selects samples")
+    out = Path(spec.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
     manifest = _manifest(subset_path)
     suite = spec.suite or ("tiny" if spec.train.scale == "tiny" else "datacomp38")
     if suite == "datacomp38" and not spec.eval_data_dir:  # fail before hours of training, not after
