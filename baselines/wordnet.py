@@ -112,6 +112,7 @@ class WordNetSource:
         self.path = path
         self._zip = zipfile.ZipFile(path) if path.is_file() else None
         self._cache: dict[str, bytes] = {}
+        self._sums: dict[str, str] = {}
 
     def has(self, name: str) -> bool:
         if self._zip is None:
@@ -127,36 +128,54 @@ class WordNetSource:
         return self._cache[name]
 
     def sha256(self, name: str) -> str | None:
-        return _sha256(self.read(name)) if self.has(name) else None
+        if not self.has(name):
+            return None
+        if name not in self._sums:
+            self._sums[name] = _sha256(self.read(name))
+        return self._sums[name]
 
 
 # ---- Debian -> Princeton -------------------------------------------------------------------------
+_SYNSET_START = re.compile(rb"\n(\d{8}) ")  # the offset that starts a line (a literal is faster than ^)
+
+
 def _undo_edits(name: str, data: bytes) -> tuple[bytes, dict[bytes, bytes]]:
     """Princeton's bytes of one Debian ``data.<pos>`` file with its synset offsets still in Debian's
     numbering, and the map Debian offset -> Princeton offset (8-digit bytes) of every synset that moved."""
-    edits = {off: pairs for f, off, pairs in DEBIAN_EDITS if f == name}
-    lines = data.splitlines(keepends=True)
-    pos = new_pos = 0  # byte position of the line in Debian's file / in Princeton's
+    pieces: list[bytes] = []
     moved: dict[bytes, bytes] = {}
-    for i, line in enumerate(lines):
-        if not line.startswith(b"  "):  # a synset line (header lines start with two spaces)
-            if int(line[:8]) != pos:
-                raise ClipsiftError(f"{name}: synset {line[:8].decode()} is not at byte {pos}; {NLTK_HINT}")
-            for old, new in edits.pop(pos, ()):
-                if lines[i].count(old) != 1:
-                    raise ClipsiftError(f"{name}: synset {pos:08d} lacks Debian's {old!r}; {NLTK_HINT}")
-                lines[i] = lines[i].replace(old, new)
-            if new_pos != pos:
-                moved[b"%08d" % pos] = b"%08d" % new_pos
-        pos += len(line)
-        new_pos += len(lines[i])
-    if edits:
-        raise ClipsiftError(f"{name}: no synset at Debian offset {min(edits):08d}; {NLTK_HINT}")
-    return b"".join(lines), moved
+    prev = delta = 0  # start of the part not yet copied; Princeton minus Debian position there
+
+    def shift(end):  # synsets whose lines start in data[prev:end] move by delta (prev > 0 then)
+        if delta:
+            offsets = _SYNSET_START.findall(data, prev - 1, end + 8)  # newline at prev-1 .. end-2
+            moved.update((o, b"%08d" % (int(o) + delta)) for o in offsets)
+        pieces.append(data[prev:end])
+
+    for file, off, pairs in DEBIAN_EDITS:
+        if file != name:
+            continue
+        start = data.find(b"\n%08d " % off) + 1
+        if start != off:
+            raise ClipsiftError(f"{name}: no synset line at Debian offset {off:08d}; {NLTK_HINT}")
+        end = data.index(b"\n", start) + 1
+        line = data[start:end]
+        for old, new in pairs:
+            if line.count(old) != 1:
+                raise ClipsiftError(f"{name}: synset {off:08d} lacks Debian's {old!r}; {NLTK_HINT}")
+            line = line.replace(old, new)
+        shift(start)
+        if delta:
+            moved[b"%08d" % off] = b"%08d" % (off + delta)
+        pieces.append(line)
+        delta += len(line) - (end - start)
+        prev = end
+    shift(len(data))
+    return b"".join(pieces), moved
 
 
 _POINTER = re.compile(rb"(?<= )(\d{8}) ([nvasr])(?= )")
-_INDEX_OFFSET = re.compile(rb"(?<= )\d{8}(?= )")
+_INDEX_OFFSET = re.compile(rb"(?<= )(\d{8})(?= )")
 
 
 def _remap_data(data: bytes, own: dict[bytes, bytes], by_pos: dict[bytes, dict[bytes, bytes]]) -> bytes:
@@ -178,9 +197,13 @@ def _remap_data(data: bytes, own: dict[bytes, bytes], by_pos: dict[bytes, dict[b
 
 
 def _remap_index(data: bytes, moved: dict[bytes, bytes]) -> bytes:
+    """Rewrite every synset offset of an ``index.<pos>`` file (the only 8-digit fields on its lines)."""
     if not moved:
         return data
-    return _INDEX_OFFSET.sub(lambda m: moved.get(m.group(0), m.group(0)), data)
+    parts = _INDEX_OFFSET.split(data)  # text, offset, text, offset, ..., text
+    get = moved.get
+    parts[1::2] = [get(o, o) for o in parts[1::2]]
+    return b"".join(parts)
 
 
 _IDENTICAL = ("index.noun", "index.adv", "noun.exc", "verb.exc", "adj.exc", "adv.exc", "cntlist.rev")
@@ -188,7 +211,7 @@ _IDENTICAL = ("index.noun", "index.adv", "noun.exc", "verb.exc", "adj.exc", "adv
 
 def _check(src: WordNetSource, name: str, expected: str, whose: str) -> bytes:
     data = src.read(name)
-    got = _sha256(data)
+    got = src.sha256(name)
     if got != expected:
         raise ClipsiftError(
             f"{src.path}/{name}: sha256 {got[:16]}... is not {whose} ({expected[:16]}...), so clipsift cannot "
@@ -221,6 +244,9 @@ def princeton_files(src: WordNetSource, names=READ_FILES) -> dict[str, bytes]:
             data = _remap_data(base, moved.get(name, {}), by_pos)
         else:
             raise ValueError(f"not a WordNet file clipsift derives: {name}")
+        if name in _IDENTICAL or name == "lexnames":
+            out[name] = data  # already checked against Princeton's sha256
+            continue
         got = _sha256(data)
         if got != PRINCETON_SHA256[name]:  # cannot happen for verified sources; guards the derivation itself
             raise ClipsiftError(f"{src.path}/{name}: derived sha256 {got[:16]}... is not Princeton's; {NLTK_HINT}")
@@ -241,12 +267,12 @@ def open_wordnet(path: str | Path | None = None, names=READ_FILES) -> tuple[Path
     if all(sums[n] == DEBIAN_SHA256[n] for n in sums):
         return root, "debian-derived", princeton_files(src, names)
     files = {n: src.read(n) for n in names}
-    differ = [n for n in names if _sha256(files[n]) != PRINCETON_SHA256.get(n)]
+    differ = [n for n in names if src.sha256(n) != PRINCETON_SHA256.get(n)]
     if not differ:
         return root, "nltk", files
     if path is None:
         raise ClipsiftError(
-            f"{root}/{differ[0]}: sha256 {_sha256(files[differ[0]])[:16]}... is neither Princeton WordNet 3.0's "
+            f"{root}/{differ[0]}: sha256 {src.sha256(differ[0])[:16]}... is neither Princeton WordNet 3.0's "
             f"(as nltk installs it) nor Debian wordnet-base 1:3.0-37's, which clipsift corrects; {NLTK_HINT}"
         )
     log.warning(
