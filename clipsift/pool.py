@@ -330,7 +330,9 @@ class ShardReader:
             raise
         except Exception as exc:
             raise PoolError(f"{shard.npz}: unreadable npz ({_one_line(exc)}); re-download this shard") from exc
-        if arr.ndim != 2 or arr.shape[0] != shard.num_rows:
+        if arr.ndim != 2:
+            raise PoolError(f"{shard.npz}: {key} has shape {arr.shape}, expected (rows, width); re-download this shard")
+        if arr.shape[0] != shard.num_rows:
             raise PoolError(
                 f"{shard.npz}: {key} has shape {arr.shape} but {shard.parquet} has {shard.num_rows} rows; "
                 "the npz is not row-aligned with its parquet, re-download the pair"
