@@ -32,7 +32,7 @@ import zipfile
 from pathlib import Path
 
 from clipsift.baselines.assets import resolve_wordnet_dir
-from clipsift.errors import ClipsiftError
+from clipsift.errors import ClipsiftError, MissingDependencyError
 from clipsift.log import get_logger
 
 log = get_logger("baselines.wordnet")
@@ -209,7 +209,14 @@ def _remap_index(data: bytes, moved: dict[bytes, bytes]) -> bytes:
 _IDENTICAL = ("index.noun", "index.adv", "noun.exc", "verb.exc", "adj.exc", "adv.exc", "cntlist.rev")
 
 
+def _require(src: WordNetSource, names) -> None:
+    missing = [n for n in names if not src.has(n)]
+    if missing:
+        raise MissingDependencyError(f"{src.path}: WordNet 3.0 files missing ({', '.join(missing)}); {NLTK_HINT}")
+
+
 def _check(src: WordNetSource, name: str, expected: str, whose: str) -> bytes:
+    _require(src, (name,))
     data = src.read(name)
     got = src.sha256(name)
     if got != expected:
@@ -266,6 +273,7 @@ def open_wordnet(path: str | Path | None = None, names=READ_FILES) -> tuple[Path
     sums = {n: src.sha256(n) for n in ("index.verb", "index.adj")}
     if all(sums[n] == DEBIAN_SHA256[n] for n in sums):
         return root, "debian-derived", princeton_files(src, names)
+    _require(src, names)
     files = {n: src.read(n) for n in names}
     differ = [n for n in names if src.sha256(n) != PRINCETON_SHA256.get(n)]
     if not differ:

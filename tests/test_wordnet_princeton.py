@@ -139,3 +139,13 @@ def test_derivation_checks_each_edit(debian):
     verb, moved_v = wnmod._undo_edits("data.verb", (debian / "data.verb").read_bytes())
     shifts = np.array([int(old) - int(new) for old, new in moved_v.items()])
     assert (shifts == 18).all() and min(map(int, moved_v)) > 612841 and max(map(int, moved_v)) == 2422681
+
+
+def test_debian_index_without_data_files_is_one_line(debian, tmp_path):
+    part = tmp_path / "part"
+    part.mkdir()
+    for name in wnmod.READ_FILES:  # Debian's index and exception files, but no data.verb / data.adj
+        shutil.copy(debian / name, part / name)
+    with pytest.raises(ClipsiftError, match=r"files missing \(data\.verb\).*nltk\.download") as exc:
+        WordNet(part)
+    assert "\n" not in str(exc.value)
