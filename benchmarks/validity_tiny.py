@@ -1,14 +1,22 @@
-"""Validity of the tiny track: clip_score (30%) must beat no_filter at equal samples seen.
+"""The seed methods' claims in miniature on the tiny track (3 seeds per run, track world).
 
-Trains each subset with 3 seeds on the tiny scale, evaluates on the tiny suite and prints the
-per-task and average table with seed means and standard deviations. The criterion of the issue:
-mean(clip_score) - mean(no_filter) > 2 x seed std (the larger of the two methods' stds).
+Tables (each cell mean ± std over seeds; "wins"/"loses" only when the difference exceeds 2 × the
+larger seed std, "tied" otherwise):
 
-    .venv/bin/python benchmarks/validity_tiny.py --out /tmp/validity [--rows 12000] [--seeds 0 1 2]
+* ``oracle``: every task must be learnable — a run on the pool's clean ground-truth subset
+  (``clipsift.synth.quality.oracle_mask``) against ``no_filter``.
+* ``a``: at a 30% budget and equal samples seen, every filter against ``clip_score`` and
+  ``random``, per task and on the tail concepts.
+* ``b``: DBP's compute claim — ``dbp`` (30% budget) trained on 30% of the samples seen against
+  ``no_filter`` and ``clip_score`` at 100%.
+* ``c``: ClipCov at 10% against ``clip_score`` at 10%.
 
-Resumable: finished runs are reused. On 2 cores, run the two methods side by side (each run uses
-one torch thread): first ``--report-only`` (builds pool, suite and subsets), then ``--methods
-clip_score`` and ``--methods no_filter`` in parallel, then ``--report-only`` again for the table.
+    .venv/bin/python benchmarks/validity_tiny.py --out /tmp/validity [--tables oracle a b c] [--jobs 2]
+    .venv/bin/python benchmarks/validity_tiny.py --out /tmp/validity --report-only
+
+Resumable: finished runs are reused, so the tables can be printed while runs are still going
+(``--report-only``); a run missing from a table is named. Runs use the demo's pool, budget and
+samples seen unless ``--rows``/``--train-num-samples`` say otherwise.
 """
 
 from __future__ import annotations
@@ -16,77 +24,195 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
-from clipsift.eval.demo import _make_subset
+from clipsift.eval.demo import (
+    DEFAULT_DEMO_SAMPLES,
+    DEFAULT_FRACTION,
+    DEFAULT_ROWS,
+    DEMO_FILTERS,
+    _make_subset,
+    _timed_run,
+    run_quality,
+)
 from clipsift.eval.tasks import load_tasks
-from clipsift.eval.tiny_suite import make_tiny_suite
-from clipsift.eval.track import TrackSpec, run_track
+from clipsift.eval.track import TrackSpec
 from clipsift.eval.train import TrainConfig
 from clipsift.log import configure_logging
 
-METHODS = (("no_filter", {}), ("clip_score", {"fraction": 0.3, "arch": "l14"}))
+PARAMS = dict(DEMO_FILTERS)
+
+
+def run_plan(fraction: float) -> list[dict]:
+    """Every run label: its subset (filter at a budget, or the oracle) and its share of samples seen."""
+    plan = [
+        {"label": "oracle", "filter": "oracle", "fraction": None, "seen": 1.0, "tables": ("oracle",)},
+        {"label": "no_filter", "filter": "no_filter", "fraction": None, "seen": 1.0, "tables": ("oracle", "b")},
+    ]
+    for name in ("clip_score", "random", "dbp", "clipcov", "negclip", "basic_filter"):
+        plan.append({"label": name, "filter": name, "fraction": fraction, "seen": 1.0,
+                     "tables": ("a", "b") if name == "clip_score" else ("a",)})
+    plan.append({"label": "clipcov_10", "filter": "clipcov", "fraction": 0.1, "seen": 1.0, "tables": ("c",)})
+    plan.append({"label": "clip_score_10", "filter": "clip_score", "fraction": 0.1, "seen": 1.0, "tables": ("c",)})
+    plan.append({"label": "dbp_seen30", "filter": "dbp", "fraction": fraction, "seen": 0.3, "tables": ("b",)})
+    return plan
+
+
+def _subset(entry: dict, pool: Path, out: Path, rows: int) -> Path | None:
+    if entry["filter"] == "oracle":
+        from clipsift.subset import manifest_path, write_subset
+        from clipsift.synth.quality import oracle_uids
+
+        path = out / "subsets" / "oracle.npy"
+        if not manifest_path(path).exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_subset(path, oracle_uids(pool), {"filter": "oracle", "params": {"definition": "clean ground truth"}})
+        return path
+    f = entry["fraction"]
+    tag = "" if f in (None, DEFAULT_FRACTION) else f"_f{round(100 * f)}"
+    return _make_subset(entry["filter"], PARAMS[entry["filter"]](f or DEFAULT_FRACTION, rows), pool,
+                        out / "subsets" / f"{entry['filter']}{tag}.npy")
+
+
+def _read(run_dir: Path) -> dict | None:
+    state = run_dir / "track_state.json"
+    if not (run_dir / "run.json").exists() or not state.exists() or not json.loads(state.read_text()).get("complete"):
+        return None
+    run = json.loads((run_dir / "run.json").read_text())
+    recs = [json.loads(x) for x in (run_dir / "eval_results.jsonl").read_text().splitlines() if x.strip()]
+    return {**{r["key"]: r["metrics"]["main_metric"] for r in recs}, "average": run["average"],
+            "size": run["dataset_size"], "seen": run["samples_seen"], "cpu_s": run.get("timings", {}).get("cpu_s")}
+
+
+def _ms(vals):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return None, None
+    return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def verdict(a: list[float], b: list[float]) -> str:
+    """'wins' / 'loses' when mean(a) - mean(b) exceeds 2 × the larger seed std, else 'tied'."""
+    (ma, sa), (mb, sb) = _ms(a), _ms(b)
+    if ma is None or mb is None:
+        return "—"
+    d, bound = ma - mb, 2 * max(sa or 0.0, sb or 0.0)
+    word = "wins" if d > bound else "loses" if d < -bound else "tied"
+    return f"{word} ({d:+.3f}, 2σ {bound:.3f})"
+
+
+def report(out: Path, plan: list[dict], tables: list[str], seeds: list[int]) -> str:
+    cols = [t.key for t in load_tasks("tiny")] + ["average"]
+    runs = {e["label"]: [r for s in seeds if (r := _read(out / "runs" / f"{e['label']}_s{s}"))] for e in plan}
+    quality = json.loads((out / "quality.json").read_text()) if (out / "quality.json").exists() else {}
+    titles = {"oracle": "Oracle (clean ground truth) against no_filter: is every task learnable?",
+              "a": "(a) 30% budget, equal samples seen: every filter against clip_score and random",
+              "b": "(b) DBP's compute claim: dbp trained on 30% of the samples seen against no_filter and clip_score at 100%",
+              "c": "(c) ClipCov at 10% against clip_score at 10%"}
+    lines = []
+    for tab in tables:
+        labels = [e["label"] for e in plan if tab in e["tables"]]
+        lines += ["", f"### {titles[tab]}", "",
+                  "| run | seeds | size | seen | " + " | ".join(c.replace("tiny/", "") for c in cols)
+                  + " | mismatched % | repeats % | concepts | tail % |",
+                  "|---|---|---|---|" + "---|" * (len(cols) + 4)]
+        for lab in labels:
+            rs = runs[lab]
+            q = quality.get(lab, {})
+            qcells = [str(q.get("mismatched", "—")), str(q.get("duplicated", "—")),
+                      f"{q.get('concepts', '—')}/{q.get('concepts_of', '—')}", str(q.get("tail", "—"))]
+            if not rs:
+                lines.append(f"| {lab} | 0 | | | " + " | ".join("—" for _ in cols) + " | " + " | ".join(qcells) + " |")
+                continue
+            cells = []
+            for c in cols:
+                m, s = _ms([r.get(c) for r in rs])
+                cells.append("—" if m is None else f"{m:.3f} ± {s:.3f}")
+            lines.append(f"| {lab} | {len(rs)} | {rs[0]['size']} | {rs[0]['seen']} | " + " | ".join(cells) + " | "
+                         + " | ".join(qcells) + " |")
+        refs = {"oracle": ["no_filter"], "a": ["clip_score", "random"], "b": ["no_filter", "clip_score"],
+                "c": ["clip_score_10"]}[tab]
+        subjects = {"oracle": ["oracle"], "a": [x for x in labels if x not in ("clip_score", "random")] + ["clip_score"],
+                    "b": ["dbp_seen30"], "c": ["clipcov_10"]}[tab]
+        lines.append("")
+        for sub in subjects:
+            for ref in refs:
+                if sub == ref or not runs[sub] or not runs[ref]:
+                    continue
+                per_task = ", ".join(f"{c.replace('tiny/', '')} {verdict([r.get(c) for r in runs[sub]], [r.get(c) for r in runs[ref]]).split(' ')[0]}"
+                                     for c in cols)
+                lines.append(f"* {sub} vs {ref}: average {verdict([r['average'] for r in runs[sub]], [r['average'] for r in runs[ref]])}; {per_task}")
+    cpu = [r["cpu_s"] for rs in runs.values() for r in rs if r.get("cpu_s")]
+    if cpu:
+        lines.append(f"\nCPU seconds per run (train + evaluate): median {statistics.median(cpu):.0f}, max {max(cpu):.0f}")
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--rows", type=int, default=12_000)
+    ap.add_argument("--rows", type=int, default=DEFAULT_ROWS)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--pool-seed", type=int, default=0)
-    ap.add_argument("--train-num-samples", type=int, default=None, help="default: the tiny scale's")
-    ap.add_argument("--methods", nargs="+", default=[m for m, _ in METHODS], help="run only these (runs of others are read back)")
-    ap.add_argument("--report-only", action="store_true", help="print the table from finished runs")
+    ap.add_argument("--fraction", type=float, default=DEFAULT_FRACTION)
+    ap.add_argument("--train-num-samples", type=int, default=DEFAULT_DEMO_SAMPLES)
+    ap.add_argument("--tables", nargs="+", default=["oracle", "a", "b", "c"], choices=["oracle", "a", "b", "c"])
+    ap.add_argument("--jobs", type=int, default=2, help="track runs at once (one torch thread each)")
+    ap.add_argument("--report-only", action="store_true", help="print the tables from finished runs")
     args = ap.parse_args()
     configure_logging(-1)
     out = Path(args.out).resolve()
     pool = out / "pool"
-    if not (pool / "world.json").exists():
+    plan = [e for e in run_plan(args.fraction) if set(e["tables"]) & set(args.tables)]
+    if not args.report_only:
+        from clipsift.eval.tiny_suite import make_tiny_suite
+        from clipsift.subset import read_subset
         from clipsift.synth import make_pool
 
-        make_pool(pool, args.rows, seed=args.pool_seed, images=True, shard_rows=max(1000, args.rows // 4))
-    suite = make_tiny_suite(out / "tiny_evalsets", pool)
-    tasks = load_tasks("tiny")
-    scores: dict[str, list[dict]] = {}
-    t0 = time.perf_counter()
-    for name, params in METHODS:
-        subset = _make_subset(name, params, pool, out / "subsets" / f"{name}.npy")
-        for seed in args.seeds:
-            run_dir = out / "runs" / f"{name}_s{seed}"
-            if name not in args.methods or args.report_only:
-                if not (run_dir / "run.json").exists():
-                    continue
-                run = json.loads((run_dir / "run.json").read_text())
-                recs = [json.loads(x) for x in (run_dir / "eval_results.jsonl").read_text().splitlines()]
-                scores.setdefault(name, []).append({**{r["key"]: r["metrics"]["main_metric"] for r in recs}, "average": run["average"], "size": run["dataset_size"], "seen": run["samples_seen"]})
+        if not (pool / "world.json").exists():
+            make_pool(pool, args.rows, seed=args.pool_seed, images=True, shard_rows=max(1000, args.rows // 4), world="track")
+        suite = make_tiny_suite(out / "tiny_evalsets", pool)
+        specs, quality = [], {}
+        for e in plan:
+            subset = _subset(e, pool, out, args.rows)
+            if subset is None:
+                print(f"{e['label']}: filter unavailable, skipped", file=sys.stderr)
                 continue
-            cfg = TrainConfig(scale="tiny", data_dir="", output_dir="", seed=seed, train_num_samples=args.train_num_samples)
-            run = run_track(TrackSpec(subset=str(subset), shards=str(pool / "shards"), out=str(out / "runs" / f"{name}_s{seed}"),
-                                      train=cfg, suite="tiny", eval_data_dir=str(suite), method=name))
-            recs = [json.loads(x) for x in (out / "runs" / f"{name}_s{seed}" / "eval_results.jsonl").read_text().splitlines()]
-            scores.setdefault(name, []).append({**{r["key"]: r["metrics"]["main_metric"] for r in recs}, "average": run["average"], "size": run["dataset_size"], "seen": run["samples_seen"]})
-    if set(scores) != {m for m, _ in METHODS}:
-        print(f"runs finished so far: { {k: len(v) for k, v in scores.items()} }")
-        return
-    cols = [t.key for t in tasks] + ["average"]
+            quality[e["label"]] = run_quality(pool, read_subset(subset))
+            for s in args.seeds:
+                cfg = TrainConfig(scale="tiny", data_dir="", output_dir="", seed=s,
+                                  train_num_samples=int(args.train_num_samples * e["seen"]))
+                specs.append((s, TrackSpec(subset=str(subset), shards=str(pool / "shards"), out=str(out / "runs" / f"{e['label']}_s{s}"),
+                                           train=cfg, suite="tiny", eval_data_dir=str(suite), method=e["label"], reshard_workers=1)))
+        (out / "quality.json").write_text(json.dumps(quality, indent=1))
+        # table order first (oracle, then a, ...), all seeds of a label before the next seed round
+        def order(item):
+            i, (seed, sp) = item
+            first = sp.method in ("oracle", "no_filter")
+            return (not first, seed if not first else 0, i)
 
-    def ms(vals):
-        return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+        specs = [sp for _, (_, sp) in sorted(enumerate(specs), key=order)]
+        todo = [sp for sp in specs if _read(Path(sp.out)) is None]
+        t0 = time.perf_counter()
+        print(f"validity: {len(todo)} runs to do ({len(specs) - len(todo)} done), {args.jobs} at a time", file=sys.stderr, flush=True)
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    print(f"tiny track validity: pool {args.rows} rows, seeds {args.seeds}, samples seen {scores['no_filter'][0]['seen']}, {time.perf_counter() - t0:.0f} s")
-    print("| method | size | " + " | ".join(c.replace("tiny/", "") for c in cols) + " |")
-    print("|---|---|" + "---|" * len(cols))
-    for name, rows in scores.items():
-        cells = []
-        for c in cols:
-            m, s = ms([r[c] for r in rows])
-            cells.append(f"{m:.3f} ± {s:.3f}")
-        print(f"| {name} | {rows[0]['size']} | " + " | ".join(cells) + " |")
-    mn, sn = ms([r["average"] for r in scores["no_filter"]])
-    mc, sc = ms([r["average"] for r in scores["clip_score"]])
-    diff, bound = mc - mn, 2 * max(sn, sc)
-    print(f"clip_score - no_filter = {diff:+.4f}; 2 x seed std = {bound:.4f} -> {'PASS' if diff > bound else 'FAIL'}")
+        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as ex:
+            futs = {ex.submit(_timed_run, sp, True, str(out / "runs.log")): sp for sp in todo}
+            for fut in as_completed(futs):
+                sp = futs[fut]
+                try:
+                    run, dt = fut.result()
+                    print(f"[{time.perf_counter() - t0:6.0f} s] {Path(sp.out).name}: average {run['average']:.4f} ({dt:.0f} s)", file=sys.stderr, flush=True)
+                except Exception as exc:  # report and go on: one failed run must not stop the others
+                    print(f"{Path(sp.out).name}: failed ({exc})", file=sys.stderr, flush=True)
+    text = (f"tiny track validity: pool {args.rows} rows (track world), budget {args.fraction:.0%}, "
+            f"seeds {args.seeds}, {args.train_num_samples} samples seen" + report(out, plan, args.tables, args.seeds))
+    (out / "validity.md").write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":

@@ -153,7 +153,7 @@ def cmd_evaluate(args) -> int:
 
 # ---- evalsets ----------------------------------------------------------------------------------
 def _register_evalsets(sub) -> None:
-    p = sub.add_parser("evalsets", help="fetch DataComp's evaluation sets or generate the tiny suite")
+    p = sub.add_parser("evalsets", help="fetch DataComp's evaluation sets, write stand-ins of them, or generate the tiny suite")
     es = p.add_subparsers(dest="evalsets_command", metavar="SUBCOMMAND", required=True)
     q = es.add_parser("download", help="download DataComp's 38-task evaluation sets (needs network)")
     q.add_argument("--data-dir", required=True)
@@ -165,6 +165,16 @@ def _register_evalsets(sub) -> None:
     q.add_argument("--seed", type=int, default=1234)
     q.add_argument("--overwrite", action="store_true")
     q.set_defaults(func=cmd_evalsets_tiny)
+    q = es.add_parser("standin", help="write small generated stand-ins of all 40 DataComp sets (offline tests, parity checks)",
+                      description="Stand-in evaluation sets in DataComp's exact layouts (webdataset folders with the WILDS/fairness "
+                                  "metadata, Hugging Face caches for Flickr, MSCOCO and WinoGAViL), rendered from the synthetic world.")
+    q.add_argument("--data-dir", required=True, help="output folder (an evaluation --data-dir)")
+    q.add_argument("--seed", type=int, default=0, help="world and sampling seed")
+    q.add_argument("--n", type=int, default=32, help="images (retrieval: images, WinoGAViL: examples) per task")
+    q.add_argument("--max-classes", type=int, default=20, help="cap on classes per task (real count when smaller)")
+    q.add_argument("--task", action="append", default=None, help="only this task key (repeatable)")
+    q.add_argument("--overwrite", action="store_true")
+    q.set_defaults(func=cmd_evalsets_standin)
     q = es.add_parser("check", help="list the tasks whose data is missing from a data dir")
     q.add_argument("--data-dir", required=True)
     q.add_argument("--suite", default="datacomp38", choices=["datacomp38", "tiny"])
@@ -184,6 +194,14 @@ def cmd_evalsets_tiny(args) -> int:
 
     out = make_tiny_suite(args.data_dir, args.pool, seed=args.seed, overwrite=args.overwrite)
     print(f"{out}: tiny suite ready")
+    return 0
+
+
+def cmd_evalsets_standin(args) -> int:
+    from clipsift.eval.standin import make_standin
+
+    out = make_standin(args.data_dir, seed=args.seed, n=args.n, max_classes=args.max_classes, tasks=args.task, overwrite=args.overwrite)
+    print(f"{out}: stand-in evaluation sets ready")
     return 0
 
 
@@ -237,7 +255,8 @@ def _register_demo(sub) -> None:
     p.add_argument("--rows", type=int, default=None, help="pool size (default from the demo plan)")
     p.add_argument("--fraction", type=float, default=None, help="budget: share of the pool kept by each filter")
     p.add_argument("--filters", default=None, help="comma-separated filter names (default: the registered demo filters)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the pool's seed")
+    p.add_argument("--seeds", default="0,1", help="training seeds per method, comma-separated (default 0,1: mean ± std and ties)")
     p.add_argument("--train-num-samples", type=int, default=16_384, help="samples seen per run (default 16384, half the tiny scale, to fit 15 min on 2 cores)")
     p.set_defaults(func=cmd_demo)
 
@@ -246,6 +265,11 @@ def cmd_demo(args) -> int:
     from clipsift.eval.demo import run_demo
 
     summary = run_demo(args.out, rows=args.rows, fraction=args.fraction, filters=args.filters.split(",") if args.filters else None,
-                       seed=args.seed, train_num_samples=args.train_num_samples)
+                       seed=args.seed, train_num_samples=args.train_num_samples,
+                       seeds=[int(x) for x in args.seeds.split(",") if x.strip()])
     print(summary["table"])
+    t = summary["timings"]
+    print(f"\n{summary['out']}: {t['total_s'] / 60:.1f} min ({t['cpu_s'] / 60:.1f} CPU-min); log {summary['log']}")
+    if summary.get("page"):
+        print(f"leaderboard page: {summary['page']}")
     return 0

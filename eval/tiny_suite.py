@@ -29,7 +29,7 @@ log = get_logger("eval.tiny_suite")
 IMAGE_SIDE = 64  # the synthetic pool's stored image side
 JPEG_QUALITY = 95
 SUITE_MARKER = "tiny_suite.json"
-SUITE_VERSION = 3  # 3: coarser textures, "crosses"
+SUITE_VERSION = 4  # 4: concept and tail-concept tasks; colour and rendered text dropped
 
 # Prompt ensembles in the world's own caption frames: each template fixes the attributes the task
 # does not ask about to one random combination, and the classifier averages over 16 of them (as
@@ -40,7 +40,11 @@ FRAMES = {
     "texture": ("{count} {colour} {shapes} on a {c} background", "a {c} background with {count} {colour} {shapes}"),
     "count": ("{c} {colour} {shapes} on a {texture} background", "a {texture} background with {c} {colour} {shapes}"),
     "rendered_text": ("{c}", "the word {c}", "a sign that says {c}"),
+    # concepts: the world's singular-noun caption frames (the ImageNet analogue)
+    "concept": ("{c} clipart, {colour}, {texture} background, free download", "cute {colour} {c} {shape} illustration",
+                "new {c} design in {colour}, {shape} shape", "{c} icon set, {colour} {shapes} on {texture} paper"),
 }
+FRAMES["concept_tail"] = FRAMES["concept"]
 N_TEMPLATES = 16
 
 
@@ -59,6 +63,7 @@ def templates(world, name: str, rng: np.random.Generator) -> list[str]:
             colour=world.colours[rng.integers(0, len(world.colours))],
             shapes=vocab.SHAPES_PLURAL[rng.integers(0, len(vocab.SHAPES))],
             texture=world.textures[rng.integers(0, len(world.textures))],
+            shape=vocab.SHAPES[rng.integers(0, len(vocab.SHAPES))],
         ))
     return out
 
@@ -74,6 +79,8 @@ def _classes(world, name: str) -> list[str]:
         return list(world.textures)
     if name == "count":
         return list(vocab.COUNT_WORDS)
+    if name in ("concept", "concept_tail"):
+        return list(world.concept_names)
     raise ClipsiftError(f"tiny task {name!r} has no class definition")
 
 
@@ -101,7 +108,11 @@ def _write_tar(path: Path, images: np.ndarray, labels=None, captions=None) -> No
 def _classification(world, name: str, n: int, rng: np.random.Generator):
     """(images, labels, classnames) with the attribute under test balanced over its classes."""
     classes = _classes(world, name)
-    labels = np.arange(n) % len(classes)
+    if name == "concept_tail":  # the full classifier, images of the rarest concepts only
+        tail = world.tail_concepts()
+        labels = tail[np.arange(n) % len(tail)]
+    else:
+        labels = np.arange(n) % len(classes)
     rng.shuffle(labels)
     lat = world.sample_latents(n, rng)
     texts = None
@@ -116,6 +127,8 @@ def _classification(world, name: str, n: int, rng: np.random.Generator):
         lat["count"] = labels + 1
     elif name == "rendered_text":
         texts = [classes[k] for k in labels]
+    elif name in ("concept", "concept_tail"):
+        lat["concept"] = labels
     return world.render(lat, size=IMAGE_SIDE, texts=texts), labels, classes
 
 
@@ -147,7 +160,7 @@ def make_tiny_suite(out_dir, pool_or_world, *, seed: int = 1234, overwrite: bool
     world = _world_of(pool_or_world)
     out = Path(out_dir)
     marker = {"format": "clipsift-tiny-suite", "version": SUITE_VERSION, "world_seed": world.seed,
-              "n_concepts": world.n_concepts, "seed": seed, "size": size}
+              "n_concepts": world.n_concepts, "zipf": world.zipf, "seed": seed, "size": size}
     if (out / SUITE_MARKER).exists() and not overwrite:
         if json.loads((out / SUITE_MARKER).read_text()) == marker:
             return out

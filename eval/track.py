@@ -87,12 +87,30 @@ def _save_state(out: Path, state: dict) -> None:
     write_json(out / STATE_FILE, state)
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (user + system)."""
+    import resource
+
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+def _data_quality(spec: TrackSpec, uids) -> dict:
+    """Seedless ground-truth figures of the subset when ``spec.pool`` is a synthetic pool, else {}."""
+    if not spec.pool or not (Path(spec.pool) / "truth.parquet").exists():
+        return {}
+    from clipsift.synth.quality import subset_quality
+
+    return subset_quality(spec.pool, uids)
+
+
 def run_track(spec: TrackSpec) -> dict:
     """Run (or resume) every stage; returns the run.json contents."""
     from clipsift.eval.evaluate import average_main_metric, evaluate
     from clipsift.eval.reshard import ReshardArgs, reshard
     from clipsift.eval.train import plan, run_training
 
+    cpu0 = _cpu_seconds()
     subset_path = str(Path(spec.subset).resolve())
     uids = read_subset(subset_path)
     if len(uids) == 0:  # before the run folder exists: nothing to reshard or train on
@@ -136,6 +154,7 @@ def run_track(spec: TrackSpec) -> dict:
     workers = spec.eval_workers if spec.eval_workers is not None else (0 if spec.train.scale == "tiny" else 4)
     records = evaluate(exp_dir, out, data_dir, suite, spec.batch_size, None, workers)
     timings["evaluate_s"] = round(time.perf_counter() - t0, 2)
+    timings["cpu_s"] = round(timings.get("cpu_s", 0.0) + _cpu_seconds() - cpu0, 1)  # this call's CPU (resumes add up)
 
     from clipsift.eval.train import samples_seen
 
@@ -156,6 +175,9 @@ def run_track(spec: TrackSpec) -> dict:
         "timings": timings,
         "clipsift_version": __version__,
     }
+    quality = _data_quality(spec, uids)
+    if quality:
+        run["data_quality"] = quality
     write_json(out / RUN_FILE, run)
     state["timings"] = timings
     state["complete"] = True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 from html import escape
 from pathlib import Path
 
@@ -41,7 +42,7 @@ tr.yours{background:#fff3cd;font-weight:600}tr.baseline{color:#555}tr.partial td
 figcaption{font-size:12px;color:#666}
 table.heat td.cell{text-align:right;min-width:56px;font-variant-numeric:tabular-nums}
 table.heat tr.grp td{font-weight:700}
-.pos{color:#1a7f37}.neg{color:#cf222e}
+.pos{color:#1a7f37}.neg{color:#cf222e}td.tie{color:#555;font-size:12px}
 """
 
 _JS = """
@@ -109,14 +110,41 @@ def _td(text: str, value=None, cls: str = "") -> str:
     return f"<td{c}{attr}>{escape(text)}</td>"
 
 
+TIE_SIGMAS = 2.0
+
+
+def ties(board: Leaderboard) -> list[list[str]]:
+    """Per row: the other methods whose Average differs from it by less than 2 x the larger seed std.
+
+    Only rows with a std (two or more seeds) are compared; published rows have none.
+    """
+    out: list[list[str]] = []
+    for r in board.rows:
+        names = []
+        if r.average is not None and r.average_std is not None:
+            for o in board.rows:
+                if o is r or o.average is None or o.average_std is None:
+                    continue
+                if abs(r.average - o.average) < TIE_SIGMAS * max(r.average_std, o.average_std):
+                    names.append(o.method)
+        out.append(names)
+    return out
+
+
+def _tie_text(row, names: list[str]) -> str:
+    if row.average_std is None:
+        return "" if row.source != "yours" else "one seed: no std"
+    return "tied with " + ", ".join(names) if names else "separated"
+
+
 def leaderboard_table(board: Leaderboard) -> str:
-    """The sortable leaderboard table of one scale."""
+    """The sortable leaderboard table of one scale; the last column names ties (|Δ| < 2 std)."""
     scores = score_columns(board)
     types = {"Rank": "num", "Dataset size": "num", "Average": "num"} | {n: "num" for n, _ in scores}
-    cols = [(c, types.get(c, "text")) for c in md_columns(board)]
+    cols = [(c, types.get(c, "text")) for c in md_columns(board)] + [("Tied (|Δ avg| < 2 std)", "text")]
     head = "".join(f'<th data-type="{t}">{escape(c)}</th>' for c, t in cols)
     body = []
-    for r in board.rows:
+    for r, tied in zip(board.rows, ties(board)):
         cls = r.source + ("" if r.complete else " partial")
         avg = fmt_score(r.average, r.average_std) + (
             "" if r.complete or r.average is None else " (partial)"
@@ -141,6 +169,7 @@ def leaderboard_table(board: Leaderboard) -> str:
             _td(avg, r.average if r.average is not None else "", "num"),
             _td(r.source),
             _td(notes(r)),
+            _td(_tie_text(r, tied), None, "tie"),
         ]
         body.append(f'<tr class="{cls}">' + "".join(cells) + "</tr>")
     return f'<table class="sortable lb"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
@@ -190,8 +219,60 @@ def heatmap_table(groups: list[RunGroup], tasks_file=None) -> str:
 
 LEADERBOARD_LEDE = (
     "Scores are main metrics; Average over the suite's tasks, 38 for DataComp (partial results are unranked and "
-    "name their missing tasks); your runs are highlighted, seeds shown as mean ± std."
+    "name their missing tasks); your runs are highlighted, seeds shown as mean ± std (sample std); methods whose "
+    "Averages differ by less than 2 std are marked as tied: their order is within seed noise."
 )
+
+QUALITY_COLUMNS = (
+    ("rows", "Rows"),
+    ("mismatched", "Mismatched %"),
+    ("duplicated", "Repeats %"),
+    ("non_english", "Non-English %"),
+    ("concepts", "Concepts covered"),
+    ("tail", "Tail concepts %"),
+)
+
+
+def _data_quality(group: RunGroup) -> dict:
+    """The seedless ground-truth figures a run recorded (run.json ``data_quality``), or {}."""
+    for run in group.runs:
+        p = run.path / "run.json"
+        try:
+            q = json.loads(p.read_text("utf-8")).get("data_quality") if p.is_file() else None
+        except (OSError, ValueError):
+            q = None
+        if isinstance(q, dict) and q:
+            return q
+    return {}
+
+
+def quality_table(groups: list[RunGroup]) -> str:
+    """Ground-truth quality of each run group's subset (synthetic pools only); "" when none has it."""
+    rows = [(g, _data_quality(g)) for g in groups]
+    rows = [(g, q) for g, q in rows if q]
+    if not rows:
+        return ""
+    head = '<th data-type="text">Method</th>' + "".join(f'<th data-type="num">{escape(t)}</th>' for _, t in QUALITY_COLUMNS)
+    body = []
+    for g, q in rows:
+        cells = [f"<td>{escape(g.label)}</td>"]
+        for key, _ in QUALITY_COLUMNS:
+            v = q.get(key)
+            if key == "concepts" and v is not None:
+                text = f"{v}/{q.get('concepts_of', '?')}"
+            elif key == "rows" and v is not None:
+                text = f"{int(v):,}"
+            else:
+                text = "—" if v is None else f"{float(v):.1f}"
+            cells.append(_td(text, "" if v is None else v, "num"))
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (
+        "<h3>Data quality from the ground truth (seedless)</h3>"
+        '<p class="meta">Read from the synthetic pool\'s truth file, no training involved: shares of the kept rows with a '
+        "mismatched caption, repeating an item already kept (exact or near copies), with a non-English caption, and "
+        "showing a tail concept (the rarest quarter by pool frequency); concepts with at least one kept row.</p>"
+        f'<table class="sortable quality"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    )
 
 
 def _page(
@@ -231,6 +312,7 @@ def leaderboard_page(
                 '<div class="plots">' + "".join(_img(p, cap, cap) for p, cap in plots) + "</div>"
             )
         if groups:
+            parts.append(quality_table(groups))
             parts.append(
                 "<h3>Per-task results of your runs</h3>" + heatmap_table(groups, tasks_file)
             )
@@ -291,4 +373,4 @@ def compare_page(
     return _page(title, ["".join(parts)], [("h2h", "head-to-head")], lede)
 
 
-__all__ = ["compare_page", "heatmap_table", "leaderboard_page", "leaderboard_table"]
+__all__ = ["compare_page", "heatmap_table", "leaderboard_page", "leaderboard_table", "quality_table", "ties"]

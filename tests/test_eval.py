@@ -45,11 +45,11 @@ def read_records(path):
 
 def test_suite_layout(suite):
     tasks = load_tasks("tiny")
-    assert [t.key for t in tasks] == ["tiny/shape", "tiny/colour", "tiny/texture", "tiny/count", "tiny/rendered_text", "tiny/retrieval"]
+    assert [t.key for t in tasks] == ["tiny/concept", "tiny/concept_tail", "tiny/shape", "tiny/texture", "tiny/count", "tiny/retrieval"]
     for t in tasks:
         root = suite / t.folder
         assert (root / "test" / "nshards.txt").read_text().strip() == "1" and (root / "test" / "0.tar").exists()
-    assert (suite / "wds_tiny-colour_test" / "classnames.txt").read_text().split("\n")[:2] == ["red", "green"]
+    assert (suite / "wds_tiny-shape_test" / "classnames.txt").read_text().split("\n")[:2] == ["circles", "squares"]
     assert (suite / "wds_tiny-retrieval_test" / "dataset_type.txt").read_text().strip() == "retrieval"
     assert missing_tasks(suite, "tiny") == []
     assert make_tiny_suite(suite, __import__("clipsift.synth", fromlist=["World"]).World(0), size=24) == suite  # reused

@@ -113,3 +113,37 @@ def test_harness_sees_console_errors(tmp_path):
     run = chromium(page, tmp_path / "profile", "--dump-dom")
     msgs = console_messages(run.stderr)
     assert any("bad" in m for m in msgs) and any("missingFn" in m for m in msgs)
+
+
+def _tiny_runs(root: Path) -> Path:
+    """Tiny-suite runs, two seeds per method, with the seedless ground-truth figures in run.json."""
+    import json
+
+    from clipsift.leaderboards.tasks import tiny_tasks
+
+    tasks = tiny_tasks().tasks
+    for method, base, jitter, mis in (("clip_score", 0.40, 0.01, 0.7), ("clipcov", 0.395, 0.012, 0.6), ("no_filter", 0.25, 0.01, 13.3)):
+        for seed in (0, 1):
+            run = root / "runs" / f"{method}_s{seed}"
+            run.mkdir(parents=True)
+            v = base + (jitter if seed else -jitter)
+            with open(run / "eval_results.jsonl", "w") as fh:
+                for t in tasks:
+                    fh.write(json.dumps({"key": t.key, "dataset": t.name, "metrics": {"acc1": v, "main_metric": v}}) + "\n")
+            meta = {"method": method, "scale": "tiny", "seed": seed, "suite": "tiny", "dataset_size": 2400, "samples_seen": 16384,
+                    "subset": {"path": str(run / "s.npy"), "manifest": {"filter": method, "params": {"fraction": 0.3}}},
+                    "data_quality": {"rows": 2400, "mismatched": mis, "duplicated": 25.0, "non_english": 4.3,
+                                     "concepts": 32, "concepts_of": 32, "tail": 9.2}}
+            (run / "run.json").write_text(json.dumps(meta))
+    return root / "runs"
+
+
+def test_tiny_leaderboard_page_shows_std_ties_and_quality(tmp_path):
+    store = ResultsStore.from_paths([_tiny_runs(tmp_path)])
+    out = tmp_path / "lb"
+    write_leaderboards(store, out, formats=("plots", "html"), include_published=False)
+    dom = check_page(out / "index.html", tmp_path, "tiny_leaderboard_page")
+    assert "0.400 ± 0.014" in dom  # mean ± sample std over the two seeds
+    assert "tied with clipcov" in dom and "tied with clip_score" in dom  # 0.005 apart, 2 std = 0.034
+    assert dom.count("separated") == 1  # no_filter: far below both
+    assert "Data quality from the ground truth (seedless)" in dom and "13.3" in dom and "32/32" in dom

@@ -52,7 +52,7 @@ def test_track_run_end_to_end(world_pool, capsys):
     assert info["data_dir"] == run / "shards" and info["scale_config"]["train_num_samples"] == 128
     # evaluation records and run.json at the top level
     recs = [json.loads(x) for x in (run / "eval_results.jsonl").read_text().splitlines()]
-    assert [r["key"] for r in recs] == ["tiny/shape", "tiny/colour", "tiny/texture", "tiny/count", "tiny/rendered_text", "tiny/retrieval"]
+    assert [r["key"] for r in recs] == ["tiny/concept", "tiny/concept_tail", "tiny/shape", "tiny/texture", "tiny/count", "tiny/retrieval"]
     rj = json.loads((run / "run.json").read_text())
     for k in ("method", "scale", "seed", "suite", "dataset_size", "samples_seen", "subset", "train_args", "created"):
         assert k in rj
@@ -93,7 +93,7 @@ def test_track_resumes_after_interrupted_evaluation(world_pool):
     out_log = (run / "tiny_scale" / "out.log").read_text()
     assert cli(argv) == 0
     assert (run / "tiny_scale" / "out.log").read_text() == out_log
-    assert [json.loads(x)["key"] for x in (run / "eval_results.jsonl").read_text().splitlines()][3:] == ["tiny/count", "tiny/rendered_text", "tiny/retrieval"]
+    assert [json.loads(x)["key"] for x in (run / "eval_results.jsonl").read_text().splitlines()][3:] == ["tiny/texture", "tiny/count", "tiny/retrieval"]
     assert json.loads((run / "run.json").read_text())["tasks"] == 6
     assert Path(run / "shards" / "meta.json").exists()
 

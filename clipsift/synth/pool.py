@@ -66,8 +66,12 @@ def make_pool(
     images: bool = False,
     shard_rows: int = 10_000,
     workers: int | None = None,
+    world: dict | str | None = None,
 ) -> dict:
     """Write a synthetic DataComp pool with ``rows`` samples under ``out_dir``; return a summary.
+
+    ``world``: :class:`World` parameters other than the seed (``"track"`` = ``TRACK_WORLD``, the
+    tiny track's world); None = the default world.
 
     Layout: ``metadata/<stem>.parquet`` + ``.npz`` (DataComp's), ``truth.parquet`` (ground truth,
     pool order), ``world.json`` (parameters to rebuild :class:`World`), and with ``images``
@@ -81,7 +85,7 @@ def make_pool(
         raise ParamError(f"shard_rows={shard_rows}: must be at least 1")
     out_dir = Path(out_dir)
     _check_target(out_dir)
-    world = World(seed)
+    world = World(seed, **world_params(world))
     _WORLDS[_world_key(_world_params(world))] = world
     plan = _plan(world, rows, shard_rows)
     n_shards = len(plan["sizes"])
@@ -144,6 +148,33 @@ def make_pool(
     return summary
 
 
+def world_params(world: dict | str | None) -> dict:
+    """World keyword arguments of a ``make_pool(world=...)`` value."""
+    from clipsift.synth.world import TRACK_WORLD
+
+    if world is None:
+        return {}
+    if isinstance(world, str):
+        if world != "track":
+            raise ParamError(f"world={world!r}: use 'track' (the tiny track's world) or a dict of World parameters")
+        return dict(TRACK_WORLD)
+    params = dict(world)
+    if "seed" in params:
+        raise ParamError("world parameters must not hold 'seed'; pass seed= to make_pool")
+    return params
+
+
+def _dup_sizes(world: World, rng: np.random.Generator, target: int, rows: int) -> np.ndarray:
+    """Sizes (>= 2) of duplicate groups holding about ``target`` rows."""
+    if world.dup_power is None:
+        return np.minimum(2 + rng.geometric(0.6, target // 2 + 1) - 1, 10)
+    cap = max(10, int(world.dup_max_share * rows))
+    s = np.arange(2, cap + 1, dtype=np.float64)
+    cdf = np.cumsum(s ** -float(world.dup_power))
+    cdf /= cdf[-1]
+    return 2 + np.searchsorted(cdf, rng.random(target // 2 + 1), side="right")
+
+
 def _default_workers(rows: int, n_shards: int, images: bool) -> int:
     """One process per CPU, but only when there is enough work to amortise their start-up."""
     if rows < PARALLEL_MIN_ROWS // (5 if images else 1):
@@ -184,7 +215,7 @@ def _plan(world: World, rows: int, shard_rows: int) -> dict:
         target = int(round(rows * world.rates[f"{kind}_dup"]))
         if target < 2:
             continue
-        gs = np.minimum(2 + rng.geometric(0.6, target // 2 + 1) - 1, 10)
+        gs = _dup_sizes(world, rng, target, rows)
         cut = int(np.searchsorted(np.cumsum(gs), target)) + 1
         gs = gs[:cut]
         gs[-1] -= max(0, int(gs.sum()) - target)
@@ -331,6 +362,8 @@ def _world_params(world: World) -> dict:
         "n_concepts": world.n_concepts,
         "zipf": world.zipf,
         "rates": world.rates,
+        "dup_power": world.dup_power,
+        "dup_max_share": world.dup_max_share,
     }
 
 
@@ -340,6 +373,8 @@ def _world_key(params: dict) -> tuple:
         params["n_concepts"],
         params["zipf"],
         tuple(sorted(params["rates"].items())),
+        params.get("dup_power"),
+        params.get("dup_max_share", 0.02),
     )
 
 
@@ -371,7 +406,10 @@ def make_shard(job: dict) -> dict:
     fresh_sha = content["sha"][rows_d].copy()
     content[rows_d] = shared
     content["sha"][rows_d[near]] = fresh_sha[near]  # a re-encoded copy has other bytes
-    content["variant"][rows_d[near]] = np.minimum(rank_d[near], 255)
+    if world.dup_power is None:
+        content["variant"][rows_d[near]] = np.minimum(rank_d[near], 255)
+    else:  # big groups: copies cycle through 8 mild re-encodings (rank 0 is the original)
+        content["variant"][rows_d[near]] = np.where(rank_d[near] > 0, 1 + (rank_d[near] - 1) % 8, 0)
 
     captions = C.captions(world, content)
     emb = C.embeddings(world, content, noise)

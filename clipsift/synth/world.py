@@ -47,6 +47,26 @@ DEFAULT_RATES = {
     "download_fail": 0.05,  # image shards only: failed_to_download rows
 }
 
+# The tiny track's world, fixed before any method was measured on it (docs/tiny_track.md lists
+# each rate's source). Concepts: 32 nouns, Zipf exponent 1.0 — concept frequencies in web
+# image-text pools are long-tailed and roughly Zipfian (Udandarao et al. 2024, "No 'Zero-Shot'
+# Without Exponential Data", arXiv:2404.04125; Parashar et al. 2024, "The Neglected Tails of
+# Vision-Language Models", arXiv:2401.12425). Duplicates: about 30% of LAION-2B's images are
+# duplicated (Webster et al. 2023, "On the De-duplication of LAION-2B", arXiv:2303.12733), most as
+# near copies (re-encoded, resized, watermarked), so 10% of rows sit in exact and 20% in near
+# groups. Copy counts are heavy-tailed: most duplicated images appear a few times, a few hundreds
+# or thousands of times (Carlini et al. 2023, "Extracting Training Data from Diffusion Models",
+# arXiv:2301.13188, extract from LAION's most-duplicated images); group sizes follow a power law
+# P(s) ~ s^-2 for s >= 2, capped at 2% of the pool for one item.
+TRACK_WORLD = {
+    "n_concepts": 32,
+    "zipf": 1.0,
+    "rates": {"exact_dup": 0.10, "near_dup": 0.20},
+    "dup_power": 2.0,
+    "dup_max_share": 0.02,
+}
+TAIL_SHARE = 0.25  # the tail group: the rarest quarter of the concepts by pool frequency
+
 COUNT_PROBS = np.array([0.35, 0.25, 0.2, 0.12, 0.08])
 ATTR_WEIGHTS = np.array(
     [1.0, 0.5, 0.5, 0.4, 0.4], dtype=np.float64
@@ -89,9 +109,17 @@ class World:
     rates: dict = field(default_factory=dict)
     latent_dim: int = 64
     noise_dim: int = 96
+    # duplicate group sizes: None = 2 + geometric(0.6), at most 10 (the default world); a float a =
+    # power law P(s) ~ s^-a for s >= 2, at most max(10, dup_max_share * rows) members
+    dup_power: float | None = None
+    dup_max_share: float = 0.02
 
     def __post_init__(self):
         self.seed = int(self.seed)
+        if self.dup_power is not None and not float(self.dup_power) > 1.0:
+            raise ParamError(f"dup_power={self.dup_power}: must be above 1 (or None for the default sizes)")
+        if not 0.0 < float(self.dup_max_share) <= 1.0:
+            raise ParamError(f"dup_max_share={self.dup_max_share}: must be within (0, 1]")
         if not 2 <= self.n_concepts <= len(vocab.NOUNS):
             raise ParamError(
                 f"n_concepts={self.n_concepts}: must be between 2 and {len(vocab.NOUNS)}"
@@ -155,6 +183,9 @@ class World:
             "rates": self.rates,
             "latent_dim": self.latent_dim,
             "noise_dim": self.noise_dim,
+            "dup_power": self.dup_power,
+            "dup_max_share": self.dup_max_share,
+            "tail_concepts": [int(i) for i in self.tail_concepts()],
             "concepts": [
                 {
                     "id": i,
@@ -200,6 +231,8 @@ class World:
             rates=obj["rates"],
             latent_dim=obj["latent_dim"],
             noise_dim=obj["noise_dim"],
+            dup_power=obj.get("dup_power"),
+            dup_max_share=obj.get("dup_max_share", 0.02),
         )
         names = [c["name"] for c in obj.get("concepts", [])]
         if names and names != world.concept_names:
@@ -207,6 +240,11 @@ class World:
                 f"{path}: concept list differs from this clipsift version's vocabulary; regenerate the pool"
             )
         return world
+
+    def tail_concepts(self, share: float = TAIL_SHARE) -> np.ndarray:
+        """Ids of the rarest ``share`` of the concepts by frequency (at least one), rarest first."""
+        k = max(1, int(round(share * self.n_concepts)))
+        return np.argsort(self.concept_freq, kind="stable")[:k]
 
     # ------------------------------------------------------------------ sampling
     def sample_latents(self, n: int, rng: np.random.Generator) -> np.ndarray:
