@@ -130,7 +130,10 @@ def os_error_line(exc: OSError, args=None) -> str | None:
         places.append(f"TMPDIR {tmp}" + (f" ({free} free)" if free else ""))
         cause = _DISK_ERRNOS[disk.errno]
         code = errno.errorcode.get(disk.errno, str(disk.errno))
-        fix = "free space there" if disk.errno != errno.EROFS else "write somewhere writable"
+        fix = {
+            errno.EROFS: "write somewhere writable",
+            errno.EFBIG: "raise the file size limit (ulimit -f) or use a file system that allows larger files",
+        }.get(disk.errno, "free space there")
         return f"{where}: {cause} ({code}); {fix}, or point the output, --workdir or TMPDIR at another disk [{'; '.join(places)}]"
     denied = _find_os_error(exc, _ACCESS_ERRNOS)
     if denied is not None and denied.filename:

@@ -22,6 +22,13 @@ except ImportError:  # not on Windows
     fcntl = None
 
 log = get_logger("io")
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})  # a full disk, quota or file size limit
+
+
+def _name_write_error(exc: BaseException, path) -> None:
+    """A failed ``write()`` reports ENOSPC without a file name; name the output it was for."""
+    if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS and not exc.filename:
+        exc.filename = str(path)
 
 
 def _umask() -> int:
@@ -41,9 +48,10 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        _name_write_error(exc, path)
         raise
 
 
@@ -214,10 +222,13 @@ def atomic_pair(path: str | os.PathLike, companion: str | os.PathLike, suffix: s
         os.replace(tmp, path)
         if ctmp.exists():
             os.replace(ctmp, companion)
-    except BaseException:
+    except BaseException as exc:
         for t in (tmp, ctmp):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(t)
+        if isinstance(exc, OSError) and exc.filename in (str(tmp), str(ctmp)):
+            exc.filename = str(path if exc.filename == str(tmp) else companion)  # name the output, not our temporary
+        _name_write_error(exc, path)
         raise
 
 

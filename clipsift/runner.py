@@ -10,7 +10,7 @@ from pathlib import Path
 
 from clipsift import __version__
 from clipsift.filter import RunContext, Selection
-from clipsift.io import atomic_pair, check_output_path, file_sha256, output_lock
+from clipsift.io import WRITE_ERRNOS, atomic_pair, check_output_path, file_sha256, output_lock
 from clipsift.log import get_logger
 from clipsift.subset import manifest_path, subset_path, write_manifest_file
 
@@ -72,7 +72,12 @@ def run_to_subset(step, ctx: RunContext, out: str | Path, recipe: str | None = N
     path = check_output_path(subset_path(out), flag)
     with output_lock(path, flag):
         t0 = time.perf_counter()
-        sel = step.select(ctx)
+        try:
+            sel = step.select(ctx)
+        except OSError as exc:  # a full disk while selecting: the spill files live in the work folder
+            if exc.errno in WRITE_ERRNOS and not exc.filename:
+                exc.filename = f"{ctx.workdir} (work folder)"
+            raise
         with atomic_pair(path, manifest_path(path), suffix=".npy") as (tmp, mtmp):
             _, digest = sel.write(tmp)
             file_digest = file_sha256(tmp)
