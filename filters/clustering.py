@@ -20,16 +20,21 @@ external uid-aligned set (:class:`ExternalEmbeddings`). Rows are cast to float32
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import resource
+import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from clipsift.errors import ClipsiftError, ParamError
+from clipsift.embcheck import BAD_EMBEDDING_POLICIES, bad_embedding_rows, screen_embeddings
+from clipsift.errors import ClipsiftError, ParamError, PoolError
 from clipsift.log import get_logger
 from clipsift.uids import UID_DTYPE, hex_to_records
 
@@ -79,16 +84,28 @@ class ExternalEmbeddings:
     - ``.parquet`` with a ``uid`` string column and an ``emb`` column (list or fixed-size list of floats).
 
     :meth:`prepare` copies them once into ``workdir`` as uid-sorted ``.npy`` files that every
-    worker memory-maps; lookups are binary searches.
+    worker memory-maps; lookups are binary searches. The copy is a cache keyed by a fingerprint of
+    the input files (resolved path, size, modification time of each) and of the layout: another
+    file, or the same file changed, gets a fresh copy, never a stale one.
+
+    Rows that are non-finite or have zero norm (:mod:`clipsift.embcheck`) are an error naming the
+    file, key ``emb`` and row (``bad_embeddings="error"``), or are left out of the pool rows they
+    belong to and counted (``"drop"``); a pool row without any vector follows ``missing``.
     """
 
-    def __init__(self, path: str | Path, missing: str = "error"):
+    LAYOUT = 2  # bump when the cache layout changes: old caches are then rebuilt
+    DONE = "source.json"
+
+    def __init__(self, path: str | Path, missing: str = "error", bad_embeddings: str = "error"):
         self.path = Path(path)
         if missing not in ("error", "drop"):
             raise ParamError(f"missing={missing!r}: use error or drop")
+        if bad_embeddings not in BAD_EMBEDDING_POLICIES:
+            raise ParamError(f"bad_embeddings={bad_embeddings!r}: use {' or '.join(BAD_EMBEDDING_POLICIES)}")
         self.missing = missing
+        self.bad_embeddings = bad_embeddings
         self._dir: Path | None = None
-        self._keys = self._emb = None
+        self._keys = self._emb = self._bad = None
 
     def _files(self) -> list[Path]:
         if self.path.is_file():
@@ -98,6 +115,16 @@ class ExternalEmbeddings:
             if files:
                 return files
         raise ClipsiftError(f"{self.path}: no external embeddings found; give an .npz (uids, emb) or .parquet (uid, emb) file or a folder of them")
+
+    def fingerprint(self) -> dict:
+        """What the prepared copy depends on: every input file's resolved path, size and mtime, and the layout."""
+        files = []
+        for f in self._files():
+            st = f.stat()
+            files.append([str(f.resolve()), int(st.st_size), int(st.st_mtime_ns)])
+        body = {"layout": self.LAYOUT, "files": files}
+        body["digest"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:20]
+        return body
 
     @staticmethod
     def _read(path: Path, what: str) -> np.ndarray:
@@ -125,16 +152,42 @@ class ExternalEmbeddings:
         return emb
 
     def prepare(self, workdir: Path) -> ExternalEmbeddings:
-        """Write uid-sorted ``keys.npy`` and ``emb.npy`` under ``workdir`` (once).
+        """Make (or find) the uid-sorted copy under ``workdir/external-embeddings/<fingerprint>``.
 
-        Two passes, one file in memory at a time: uids first (16 B/row, sorted), then each file's
-        vectors are scattered to their sorted rows of a memory-mapped output.
+        Built in a temporary folder and renamed when complete, so an interrupted build is never
+        taken for a cache; copies of other fingerprints in the same folder are removed (one cache
+        per slot, so a reused workdir does not grow).
         """
-        out = Path(workdir) / "external-embeddings"
-        if (out / "emb.npy").exists():
-            self._dir = out
-            return self
-        out.mkdir(parents=True, exist_ok=True)
+        fp = self.fingerprint()
+        slot = Path(workdir) / "external-embeddings"
+        out = slot / fp["digest"]
+        if not (out / self.DONE).exists():
+            slot.mkdir(parents=True, exist_ok=True)
+            tmp = slot / f".build-{uuid.uuid4().hex[:12]}"
+            try:
+                tmp.mkdir()
+                info = self._build(tmp)
+                (tmp / self.DONE).write_text(json.dumps({**fp, **info}, indent=1))
+                try:
+                    tmp.rename(out)
+                except OSError:  # another run finished the same copy first
+                    if not (out / self.DONE).exists():
+                        raise
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            for other in slot.iterdir():
+                if other.name != out.name and not other.name.startswith(".build-"):
+                    log.info("%s: removing the stale external-embeddings copy %s", self.path, other.name)
+                    shutil.rmtree(other, ignore_errors=True)
+        meta = json.loads((out / self.DONE).read_text())
+        if meta.get("bad_rows") and self.bad_embeddings == "error":
+            raise PoolError(meta["bad_message"])
+        self._dir = out
+        return self
+
+    def _build(self, out: Path) -> dict:
+        """Two passes, one file in memory at a time: uids first (16 B/row, sorted), then each file's
+        vectors are scattered to their sorted rows of a memory-mapped output; bad rows are flagged."""
         files = self._files()
         recs = [self._read(f, "uids") for f in files]
         sizes = [len(r) for r in recs]
@@ -148,15 +201,25 @@ class ExternalEmbeddings:
         rank[order] = np.arange(len(order))
         del order
         emb_out, start = None, 0
+        bad_all = np.zeros(len(keys), bool)
+        first_bad = None
         for f, n in zip(files, sizes):
             emb = self._read(f, "emb")
             if len(emb) != n:
                 raise ClipsiftError(f"{f}: {len(emb)} vectors for {n} uids; they must be row-aligned")
             if emb_out is None:
-                emb_out = np.lib.format.open_memmap(out / "emb.tmp.npy", mode="w+", dtype=emb.dtype, shape=(len(keys), emb.shape[1]))
+                emb_out = np.lib.format.open_memmap(out / "emb.npy", mode="w+", dtype=emb.dtype, shape=(len(keys), emb.shape[1]))
             if emb.shape[1] != emb_out.shape[1]:
                 raise ClipsiftError(f"{f}: dimension {emb.shape[1]}, other files have {emb_out.shape[1]}")
+            bad = bad_embedding_rows(emb)
             dest = rank[start : start + n]
+            if bad.any():
+                bad_all[dest[bad]] = True
+                if first_bad is None:
+                    try:
+                        screen_embeddings(emb, source=str(f), key="emb", policy="error")
+                    except PoolError as exc:
+                        first_bad = str(exc)
             srt = np.argsort(dest, kind="stable")
             emb_out[dest[srt]] = emb[srt]
             start += n
@@ -165,17 +228,17 @@ class ExternalEmbeddings:
         emb_out.flush()
         del emb_out
         np.save(out / "keys.npy", keys)
-        (out / "emb.tmp.npy").rename(out / "emb.npy")
-        self._dir = out
-        return self
+        np.save(out / "bad.npy", bad_all)
+        return {"rows": int(len(keys)), "bad_rows": int(bad_all.sum()), "bad_message": first_bad}
 
-    def lookup(self, hi: np.ndarray, lo: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
-        """(found mask, vectors of the found rows) for the given uids."""
+    def lookup(self, hi: np.ndarray, lo: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray, int]:
+        """(usable mask, vectors of the usable rows, rows left out for bad vectors) for the given uids."""
         if self._dir is None:
             raise RuntimeError("ExternalEmbeddings.prepare() must run first")
         if self._keys is None:
             self._keys = np.load(self._dir / "keys.npy", mmap_mode="r")
             self._emb = np.load(self._dir / "emb.npy", mmap_mode="r")
+            self._bad = np.load(self._dir / "bad.npy", mmap_mode="r")
         q = uid_keys(hi, lo)
         pos = np.searchsorted(self._keys, q)
         pos_c = np.minimum(pos, max(len(self._keys) - 1, 0))
@@ -184,15 +247,21 @@ class ExternalEmbeddings:
             raise ClipsiftError(
                 f"{self.path}: {int((~found).sum())} uid(s) of {where} have no external embedding; add them or set missing=drop"
             )
+        bad = np.zeros(len(q), bool)
+        bad[found] = self._bad[pos_c[found]]
+        n_bad = int(bad.sum())
+        if n_bad and self.bad_embeddings == "error":  # prepare() refuses such files; kept as a guard
+            raise PoolError(f"{self.path}: {n_bad} uid(s) of {where} have non-finite or zero-norm embeddings; pass --bad-embeddings drop")
+        found &= ~bad
         idx = pos_c[found]
         order = np.argsort(idx, kind="stable")  # read the memmap in ascending order
         vec = np.empty((len(idx), self._emb.shape[1]), dtype=self._emb.dtype)
         vec[order] = self._emb[idx[order]]
-        return found, vec
+        return found, vec, n_bad
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_keys"] = state["_emb"] = None
+        state["_keys"] = state["_emb"] = state["_bad"] = None
         return state
 
 
@@ -204,8 +273,8 @@ class EmbeddingSource:
     external: ExternalEmbeddings | None = None
 
     @classmethod
-    def create(cls, key: str, external: str | None, missing: str, workdir: Path) -> EmbeddingSource:
-        ext = ExternalEmbeddings(external, missing).prepare(workdir) if external else None
+    def create(cls, key: str, external: str | None, missing: str, workdir: Path, bad_embeddings: str = "error") -> EmbeddingSource:
+        ext = ExternalEmbeddings(external, missing, bad_embeddings).prepare(workdir) if external else None
         return cls(key, ext)
 
     def keys(self) -> tuple[str, ...]:
@@ -214,12 +283,18 @@ class EmbeddingSource:
     def describe(self) -> str:
         return f"external:{self.external.path}" if self.external is not None else self.key
 
+    def read(self, batch) -> tuple[np.ndarray | None, np.ndarray, int]:
+        """(row mask or None for all rows, raw vectors of the kept rows as stored, rows left out for
+        bad external vectors). Pool keys arrive screened by the pool reader."""
+        if self.external is None:
+            return None, batch.embeddings[self.key], 0
+        found, vec, n_bad = self.external.lookup(batch.uids["f0"], batch.uids["f1"], batch.shard.parquet)
+        return (None if found.all() else found), vec, n_bad
+
     def vectors(self, batch) -> tuple[np.ndarray | None, np.ndarray]:
         """(row mask or None for all rows, raw vectors of the kept rows as stored)."""
-        if self.external is None:
-            return None, batch.embeddings[self.key]
-        found, vec = self.external.lookup(batch.uids["f0"], batch.uids["f1"], batch.shard.parquet)
-        return (None if found.all() else found), vec
+        mask, vec, _ = self.read(batch)
+        return mask, vec
 
 
 # ---- training --------------------------------------------------------------------------------
@@ -233,24 +308,29 @@ def _smallest(hi: np.ndarray, lo: np.ndarray, m: int) -> np.ndarray:
 
 
 def _sample_shard(source: EmbeddingSource, m: int, batch):
-    mask, vec = source.vectors(batch)
+    mask, vec, n_bad = source.read(batch)
     hi, lo = batch.uids["f0"], batch.uids["f1"]
     if mask is not None:
         hi, lo = hi[mask], lo[mask]
     pos = _smallest(hi, lo, m)
-    return hi[pos], lo[pos], np.ascontiguousarray(vec[pos]), len(hi)
+    return hi[pos], lo[pos], np.ascontiguousarray(vec[pos]), len(hi), n_bad
 
 
-def training_sample(ctx, source: EmbeddingSource, m: int, desc: str = "k-means sample") -> tuple[np.ndarray, np.ndarray, int]:
+def training_sample(ctx, source: EmbeddingSource, m: int, desc: str = "k-means sample",
+                    counts: dict | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """The ``m`` candidate rows with the smallest uids: (uid records, raw vectors, rows seen).
 
-    One streaming pass; at most ``2m`` rows are held at any time.
+    One streaming pass; at most ``2m`` rows are held at any time. The rows come out in ascending
+    (hi, lo) uid order whether m is below the number of rows or not (spec §7.1). Rows left out for
+    bad external vectors are added to ``counts["bad_embeddings"]``.
     """
     hi = np.empty(0, np.uint64)
     lo = np.empty(0, np.uint64)
     vec, seen = None, 0
-    for h, l_, v, n in ctx.map_shards(partial(_sample_shard, source, m), keys=source.keys(), desc=desc):
+    for h, l_, v, n, n_bad in ctx.map_shards(partial(_sample_shard, source, m), keys=source.keys(), desc=desc):
         seen += n
+        if n_bad and counts is not None:
+            counts["bad_embeddings"] = counts.get("bad_embeddings", 0) + n_bad
         if vec is None:
             hi, lo, vec = h, l_, v
         else:
@@ -306,13 +386,21 @@ def fit_centroids(ctx, source: EmbeddingSource, k: int, *, niter: int = 100, see
     if train_rows is not None and train_rows < min(int(k), n):
         raise ParamError(f"{desc}: train_rows={train_rows} is below k={k}; faiss needs at least k training rows, raise train_rows or lower k")
     m = sample_size(n, k, train_rows)
-    _, x, seen = training_sample(ctx, source, max(m, 1), desc=f"{desc}: sample")
+    counts: dict = {}
+    _, x, seen = training_sample(ctx, source, max(m, 1), desc=f"{desc}: sample", counts=counts)
+    if counts:  # external vectors left out (bad_embeddings=drop): counted once, in this first pass over the rows
+        dropped = getattr(ctx, "dropped", None)
+        if dropped is not None:
+            for reason, c in counts.items():
+                dropped[reason] = dropped.get(reason, 0) + c
+        log.warning("%s: %d row(s) left out for non-finite or zero-norm external embeddings", desc, counts["bad_embeddings"])
     if 0 < len(x) < k:
         log.warning("%s: only %d row(s) for k=%d clusters; using k=%d (k_requested in the manifest)", desc, len(x), k, len(x))
     log.info("%s: training k=%d on %d rows (niter=%d, seed=%d)", desc, min(k, len(x)), len(x), niter, seed)
     centroids = train_centroids(x, k, niter=niter, seed=seed)
     return centroids, {"k": int(len(centroids)), "k_requested": int(k), "train_rows": int(len(x)),
-                       "niter": int(niter), "seed": int(seed), "embeddings": source.describe(), "rows_seen": int(seen)}
+                       "niter": int(niter), "seed": int(seed), "embeddings": source.describe(), "rows_seen": int(seen),
+                       **({"bad_embeddings_dropped": counts["bad_embeddings"]} if counts else {})}
 
 
 # ---- assignment ------------------------------------------------------------------------------
@@ -369,7 +457,7 @@ class _AssignShard:
     store_embeddings: bool
 
     def __call__(self, batch):
-        mask, raw = self.source.vectors(batch)
+        mask, raw, _ = self.source.read(batch)  # bad external rows were counted by the sample pass
         n = len(batch)
         labels, sim = assign(normalize(raw), self.centroids)
         if mask is not None:  # rows without an external embedding get group -1 (dropped by the store)

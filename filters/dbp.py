@@ -42,7 +42,7 @@ from clipsift.filters.semdedup import (
     KMEANS_PARAMS,
     run_semdedup,
 )
-from clipsift.filters.ssp import keep_count
+from clipsift.filters.ssp import keep_target
 from clipsift.log import get_logger, progress
 from clipsift.params import Param
 from clipsift.uids import UID_DTYPE, sort_records, unique_sorted
@@ -52,15 +52,13 @@ log = get_logger("filters.dbp")
 
 # ---- stage 2: CLIP score -----------------------------------------------------------------------
 def clip_threshold(scores: np.ndarray, fraction: float) -> float:
-    """DataComp's fraction rule on the stage input: n = int(len·fraction), T = n-th largest (0-based,
-    NaN last); rows with score ≥ T pass. A fraction reaching past the end keeps every non-NaN row."""
-    v = np.asarray(scores)
-    n = int(len(v) * fraction)
-    desc = -np.sort(-v)  # NaN sorts last
-    valid = int((~np.isnan(desc)).sum())
-    if valid == 0:
-        return float("inf")
-    return float(desc[min(n, valid - 1)])
+    """DataComp's fraction rule on the stage input (spec §7.5): T = sorted_desc(V)[int(len·fraction)]
+    with NaN sorted last; rows with score ≥ T pass (n + 1 rows plus ties; NaN never). An index
+    past the non-NaN scores gives T = NaN, which keeps nothing, as in DataComp; an index past the
+    end (fraction 1) is the error DataComp's IndexError is."""
+    from clipsift.baselines.scores import fraction_threshold
+
+    return float(fraction_threshold(np.asarray(scores, dtype=np.float64), fraction))
 
 
 def _scores(column: str, batch):
@@ -72,7 +70,13 @@ def run_clip_stage(ctx: RunContext, column: str, fraction: float | None, thresho
     parts = list(ctx.map_shards(partial(_scores, column), columns=(column,), desc="dbp: clip score"))
     uids = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, UID_DTYPE)
     scores = np.concatenate([p[1] for p in parts]) if parts else np.empty(0)
-    thr = float(threshold) if threshold is not None else clip_threshold(scores, fraction)
+    if threshold is not None:
+        thr = float(threshold)
+    else:
+        thr = clip_threshold(scores, fraction) if len(scores) else float("inf")
+    if np.isnan(thr):
+        log.warning("dbp: clip_fraction=%g reaches past the %d non-NaN %s scores: DataComp's rule keeps no row",
+                    fraction, int((~np.isnan(scores)).sum()), column)
     with np.errstate(invalid="ignore"):
         keep = scores >= thr
     return uids[keep], {"column": column, "threshold": thr, "fraction": fraction, "input": int(len(uids)), "kept": int(keep.sum())}
@@ -102,7 +106,7 @@ def run_density(ctx: RunContext, *, source: EmbeddingSource, k: int = 500, niter
         clock.lap("assign")
         sizes = store.sizes
         n_in = store.num_rows
-        n_keep = keep_count(n_in, fraction, count)
+        n_keep, short = keep_target(n_in, fraction, count, desc)
         d_intra = np.full(len(sizes), np.nan)
         for g in np.flatnonzero(sizes):
             d_intra[g] = intra_distance(store.read(int(g), ["sim"])["sim"])
@@ -119,7 +123,7 @@ def run_density(ctx: RunContext, *, source: EmbeddingSource, k: int = 500, niter
         clock.lap("budgets_select")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    counters = {"input": int(n_in), "kept": int(len(kept)), "dropped": int(n_in - len(kept))}
+    counters = {"input": int(n_in), "kept": int(len(kept)), "dropped": int(n_in - len(kept)), **short}
     details = {
         "kmeans": info or {"k": int(len(centroids)), "centroids": "given"},
         "seconds": clock.wall, "cpu_seconds": clock.cpu,
@@ -160,7 +164,7 @@ class DBPFilter(Filter):
         Param("cap", int, 32768, "SemDeDup largest cluster held in memory", min=1),
         Param("clip_filter", bool, True, "stage 2: CLIP-score filter on the SemDeDup survivors"),
         Param("clip_column", str, "clip_l14_similarity_score", "score column of the CLIP-score stage"),
-        Param("clip_fraction", float, 0.3, "keep the top share of the stage input (DataComp fraction rule)", min=0.0, max=1.0),
+        Param("clip_fraction", float, 0.3, "keep the top share of the stage input (DataComp fraction rule: int(n·f) + 1 rows plus ties; below 1)", min=0.0, max=1.0),
         Param("clip_threshold", float, None, "keep rows with score ≥ threshold (overrides clip_fraction)"),
         Param("prune", bool, True, "stages 3-6: density-based pruning (false: stop after the enabled earlier stages)"),
     )
@@ -190,15 +194,15 @@ class DBPFilter(Filter):
             return self.key, self.embeddings
         return self.dedup_key or self.key, self.dedup_embeddings
 
-    def _sources(self, workdir: Path) -> tuple[EmbeddingSource, EmbeddingSource]:
-        main = EmbeddingSource.create(self.key, self.embeddings, self.missing, workdir / "dbp-ext")
+    def _sources(self, workdir: Path, bad_embeddings: str = "error") -> tuple[EmbeddingSource, EmbeddingSource]:
+        main = EmbeddingSource.create(self.key, self.embeddings, self.missing, workdir / "dbp-ext", bad_embeddings)
         key, ext = self._dedup_spec()
         if (key, ext) == (self.key, self.embeddings):
             return main, main
-        return EmbeddingSource.create(key, ext, self.missing, workdir / "dedup-ext"), main
+        return EmbeddingSource.create(key, ext, self.missing, workdir / "dedup-ext", bad_embeddings), main
 
     def select(self, ctx: RunContext) -> Selection:
-        dedup_src, main_src = self._sources(Path(ctx.workdir))
+        dedup_src, main_src = self._sources(Path(ctx.workdir), getattr(ctx, "bad_embeddings", "error"))
         counters = {"input": int(ctx.num_candidates)}
         details: dict = {}
         if self.dedup:
@@ -225,5 +229,6 @@ class DBPFilter(Filter):
             fraction=self.fraction, count=self.count, tau=self.tau, num_nn=self.num_nn, balance=self.balance,
             density_rule=self.density, keep=self.keep, seed=self.seed)
         counters.update({"density_input": c["input"], "kept": c["kept"], "dropped": counters["input"] - c["kept"]})
+        counters.update({key: c[key] for key in ("requested", "shortfall") if key in c})
         details["density"] = d
         return Selection(kept, counters=counters, details=details)

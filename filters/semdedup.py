@@ -229,7 +229,7 @@ class SemDeDupFilter(Filter):
         return () if self.embeddings else (self.key,)
 
     def select(self, ctx: RunContext) -> Selection:
-        source = EmbeddingSource.create(self.key, self.embeddings, self.missing, ctx.workdir)
+        source = EmbeddingSource.create(self.key, self.embeddings, self.missing, ctx.workdir, getattr(ctx, "bad_embeddings", "error"))
         kept, counters, details = run_semdedup(
             ctx, source=source, k=self.k, niter=self.niter, kmeans_seed=self.kmeans_seed, train_rows=self.train_rows,
             eps=self.eps, target=self.target, keep=self.keep, seed=self.seed, block=self.block, cap=self.cap)

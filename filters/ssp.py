@@ -41,6 +41,18 @@ def keep_count(n: int, fraction: float | None, count: int | None) -> int:
     return int(fraction * n) if fraction is not None else min(int(count), n)
 
 
+def keep_target(n: int, fraction: float | None, count: int | None, desc: str) -> tuple[int, dict]:
+    """:func:`keep_count` plus what a ``count`` larger than the ``n`` rows reaching the stage costs:
+    a warning and ``{"requested", "shortfall"}`` for the counters (empty when the count is met)."""
+    n_keep = keep_count(n, fraction, count)
+    if fraction is None and n_keep < int(count):
+        short = int(count) - n_keep
+        log.warning("%s: count=%d asked for, but only %d row(s) reach this stage; keeping all of them (%d short, "
+                    "recorded as counters.shortfall)", desc, int(count), n, short)
+        return n_keep, {"requested": int(count), "shortfall": short}
+    return n_keep, {}
+
+
 def ssp_floor(sizes: np.ndarray, n_keep: int, ratio: float) -> np.ndarray:
     """Guaranteed hardest items per cluster: min(int((N/k)·r), M_j); zeros when r = 0."""
     sizes = np.asarray(sizes, np.int64)
@@ -75,7 +87,7 @@ def run_ssp(ctx: RunContext, *, source: EmbeddingSource, k: int = 500, niter: in
         store = assign_to_store(ctx, source, centroids, work / "store", desc=f"{desc}: assign")
         sizes = store.sizes
         n_in = store.num_rows
-        n_keep = keep_count(n_in, fraction, count)
+        n_keep, short = keep_target(n_in, fraction, count, desc)
         if mode == "uniform":
             quota = uniform_budgets(sizes, n_keep, balance)
             rest = 0
@@ -114,7 +126,7 @@ def run_ssp(ctx: RunContext, *, source: EmbeddingSource, k: int = 500, niter: in
         del store
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    counters = {"input": int(n_in), "kept": int(len(kept)), "dropped": int(n_in - len(kept))}
+    counters = {"input": int(n_in), "kept": int(len(kept)), "dropped": int(n_in - len(kept)), **short}
     details = {"kmeans": info or {"k": int(len(centroids)), "centroids": "given"}, "mode": mode, "balance": balance,
                "cluster_sizes": sizes.tolist(), "guaranteed": quota.tolist()}
     return kept, counters, details
@@ -141,7 +153,7 @@ class SSPFilter(Filter):
         return () if self.embeddings else (self.key,)
 
     def select(self, ctx: RunContext) -> Selection:
-        source = EmbeddingSource.create(self.key, self.embeddings, self.missing, ctx.workdir)
+        source = EmbeddingSource.create(self.key, self.embeddings, self.missing, ctx.workdir, getattr(ctx, "bad_embeddings", "error"))
         kept, counters, details = run_ssp(
             ctx, source=source, k=self.k, niter=self.niter, kmeans_seed=self.kmeans_seed, train_rows=self.train_rows,
             fraction=self.fraction, count=self.count, mode=self.mode, balance=self.balance)
