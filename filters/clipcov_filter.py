@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from clipsift.budget import keep_count
 from clipsift.errors import ParamError
 from clipsift.filter import Filter, RunContext, Selection
 from clipsift.filters.clipcov_partition import file_digest
@@ -29,7 +30,6 @@ from clipsift.filters.clipcov_pipeline import (
     run_scalable,
     uids_of,
 )
-from clipsift.filters.clipcov_reference import budget
 from clipsift.io import atomic_path
 from clipsift.params import Param
 from clipsift.uids import records_to_hex
@@ -87,7 +87,8 @@ class ClipCovFilter(Filter):
         store = group_rows(ctx, part, self.embeddings, self.check_scores, run_dir / "grouped")
         device = ctx.torch_device()
         n = store.num_rows
-        k = budget(n, self.fraction, self.count)
+        shortfall: dict = {}
+        k = keep_count(n, self.fraction, self.count, owner="clipcov", details=shortfall)
         block = self.block or (4096 if device == "cpu" else 16384)
         s = Settings(self.mode, self.embeddings, self.batch, self.threshold, self.cap, self.fast, block, device, self.redundancy_scale)
         units = make_units(store, self.cap, device, run_dir / f"units-{self.cap}.npz")
@@ -129,6 +130,7 @@ class ClipCovFilter(Filter):
         }
         if self.order_out:
             details["order_file"] = self.order_out
+        details.update(shortfall)
         counters = {"input": n, "kept": len(uids), "dropped": n - len(uids), "classes_nonempty": int(np.count_nonzero(sizes)), "refreshes": int(refreshes.sum())}
         return Selection(uids, counters=counters, details=details)
 

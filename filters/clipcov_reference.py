@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clipsift.budget import keep_count
 from clipsift.errors import ParamError
 
 
@@ -26,9 +27,7 @@ class PickResult:
 
 def budget(n: int, fraction: float | None = None, count: int | None = None) -> int:
     """k = int(n·fraction) in IEEE double (int(100·0.29) = 28), or an explicit count capped at n."""
-    if (fraction is None) == (count is None):
-        raise ParamError("clipcov: give exactly one of fraction or count")
-    return int(n * fraction) if fraction is not None else min(int(count), n)
+    return keep_count(n, fraction, count, owner="clipcov")
 
 
 def refreshes_expected(k_c: int, B: int) -> int:

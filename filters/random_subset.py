@@ -18,6 +18,7 @@ from functools import partial
 
 import numpy as np
 
+from clipsift.budget import keep_count
 from clipsift.errors import ParamError
 from clipsift.filter import Filter, RunContext, Selection
 from clipsift.log import get_logger
@@ -94,7 +95,8 @@ class RandomFilter(Filter):
             win_uids.append(wu)
             win_keys.append(wk)
             seen += n
-        k = target_size(seen, self.fraction, self.count)
+        details: dict = {}
+        k = keep_count(seen, self.fraction, self.count, owner="random", details=details)
         need = k - sorter.count
         uids = np.concatenate(win_uids) if win_uids else np.empty(0, dtype=UID_DTYPE)
         keys = np.concatenate(win_keys) if win_keys else np.empty(0, dtype=np.uint64)
@@ -103,15 +105,16 @@ class RandomFilter(Filter):
             log.warning("random: the cut fell outside the expected window (%d rows, %d expected); second pass", seen, n_expected)
             return self._select_in_memory(ctx)
         sorter.add(uids[smallest_keys(keys, uids, need)])
-        return Selection(sorter=sorter, counters={"input": seen, "kept": k, "dropped": seen - k})
+        return Selection(sorter=sorter, counters={"input": seen, "kept": k, "dropped": seen - k}, details=details)
 
     def _select_in_memory(self, ctx: RunContext) -> Selection:
         parts = list(ctx.map_shards(self._keys, desc=self.name, threads=self.threads))
         uids = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, dtype=UID_DTYPE)
         keys = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, dtype=np.uint64)
-        k = target_size(len(uids), self.fraction, self.count)
+        details: dict = {}
+        k = keep_count(len(uids), self.fraction, self.count, owner="random", details=details)
         chosen = smallest_keys(keys, uids, k)
-        return Selection(uids[chosen], counters={"input": len(uids), "kept": k, "dropped": len(uids) - k})
+        return Selection(uids[chosen], counters={"input": len(uids), "kept": k, "dropped": len(uids) - k}, details=details)
 
 
 def smallest_keys(keys: np.ndarray, uids: np.ndarray, k: int) -> np.ndarray:

@@ -228,3 +228,18 @@ def test_embedding_rule_reads_the_bits_right():
         screen_embeddings(np.array([[1, 0], [0, 0]], np.float32), source="x.npz", key="k", rows=np.array([11, 12]))
     keep = screen_embeddings(np.array([[1, 0], [0, 0]], np.float32), source="x.npz", key="k", policy="drop")
     np.testing.assert_array_equal(keep, [True, False])
+
+
+@pytest.mark.parametrize("name,extra", [("random", {}), ("clipcov", {"partition": "kmeans", "clusters": 2})])
+def test_count_above_the_pool_warns_and_records_the_shortfall(tmp_path, caplog, name, extra):
+    from clipsift.executor import LocalExecutor
+    from clipsift.filter import RunContext
+    from clipsift.registry import create_filter
+
+    pool = Pool(str(write_pool(tmp_path / "pool", [30, 20])))
+    ctx = RunContext(pool, LocalExecutor(1, show_progress=False), workdir=tmp_path / "w")
+    with caplog.at_level("WARNING", logger="clipsift"):
+        sel = create_filter(name, {"count": 60, **extra}).select(ctx)
+    assert len(sel) == 50
+    assert sel.details["shortfall"] == {"asked": 60, "available": 50, "kept": 50, "short": 10, "of": "candidates"}
+    assert "count=60 asked, but only 50" in caplog.text
