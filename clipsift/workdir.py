@@ -1,7 +1,7 @@
 """Scratch folders for runs, and reclaiming the ones killed runs leave behind.
 
-Each run gets its own ``clipsift-work-*`` folder (under ``--workdir`` or TMPDIR) holding an owner
-file: process id, its start time, boot id and host. A run that ends, fails or is interrupted
+Without ``--workdir`` each run gets its own ``clipsift-work-*`` folder under TMPDIR holding an
+owner file: process id, its start time, boot id and host. A run that ends, fails or is interrupted
 removes its folder; a run that is killed (SIGKILL, OOM killer, power loss) cannot, so every new
 run looks at its siblings first:
 
@@ -9,6 +9,12 @@ run looks at its siblings first:
   time, or the machine rebooted since) is removed, with a warning giving its size;
 * a folder without an owner file (made by an older clipsift, or by a library user's RunContext)
   older than an hour is reported with its size, never removed: it may still be in use.
+
+A ``--workdir`` given by the user is kept: filters cache resumable state there (clipcov's grouped
+rows, prepared external embeddings). A run leaves a marker ``.clipsift-run-*.json`` (its owner
+record) in it while it runs. A new run that finds the marker of a dead run, and no live one,
+removes the per-run scratch folders (``NAME-xxxxxxxx``: dbp, semdedup, ssp stores) changed since
+the dead run started, with a warning giving their size; other such folders are reported.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -29,6 +36,8 @@ from clipsift.log import get_logger
 PREFIX = "clipsift-work-"
 REPORT_PREFIXES = (PREFIX, "clipsift-cand-")  # the executor's candidate folders carry no owner: reported only
 OWNER_FILE = ".clipsift-owner.json"
+RUN_MARKER = ".clipsift-run-"  # + pid-token.json, in a user's --workdir
+SCRATCH_NAME = re.compile(r"^[^.].*-[0-9a-f]{8}$")  # filters' per-run folders: f"{desc}-{uuid4().hex[:8]}"
 REPORT_AGE_S = 3600
 _SIZE_SCAN_LIMIT = 100_000  # entries; a size is a hint, not worth a long walk
 
@@ -141,6 +150,98 @@ def reclaim_stale(base: str | os.PathLike) -> dict:
     return out
 
 
+def reclaim_user_workdir(base: str | os.PathLike) -> dict:
+    """In a user's --workdir: scratch folders of runs that were killed (see the module text)."""
+    base = Path(base)
+    out = {"reclaimed": 0, "reclaimed_bytes": 0, "reported": 0}
+    dead, live = [], 0
+    try:
+        markers = [Path(e.path) for e in os.scandir(base) if e.name.startswith(RUN_MARKER) and e.name.endswith(".json")]
+    except OSError:
+        return out
+    for m in markers:
+        try:
+            rec = json.loads(m.read_text())
+        except (OSError, ValueError):
+            rec = None
+        alive = owner_alive(rec) if isinstance(rec, dict) else False
+        if alive is False:
+            dead.append((m, rec if isinstance(rec, dict) else {}))
+        else:
+            live += 1
+    if live:  # another run uses this folder now: its scratch folders are not ours to judge
+        return out
+    created = [r["created"] for _, r in dead if isinstance(r.get("created"), (int, float))]
+    since = min(created) if created else None  # a marker cut short by the kill: report, never remove
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return out
+    for entry in entries:
+        if not (SCRATCH_NAME.match(entry.name) and entry.is_dir(follow_symlinks=False)):
+            continue
+        path = Path(entry.path)
+        try:
+            mtime = entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        size = folder_size(path)
+        if since is not None and mtime >= since - 1:
+            shutil.rmtree(path, ignore_errors=True)
+            if not path.exists():
+                out["reclaimed"] += 1
+                out["reclaimed_bytes"] += size
+                log.warning("reclaimed %s: scratch folder of a run that was killed, %s", path, _mb(size))
+                continue
+        if time.time() - mtime > REPORT_AGE_S or since is not None:
+            out["reported"] += 1
+            log.warning("%s: scratch folder left by an interrupted run, %s; remove it if no clipsift run is using it", path, _mb(size))
+    for m, _ in dead:
+        with contextlib.suppress(OSError):
+            m.unlink()
+    return out
+
+
+def _check_base(base: Path, where: str) -> None:
+    try:
+        if base.exists() and not base.is_dir():
+            raise ClipsiftError(f"{where}: is a file, not a folder; give a folder for scratch data")
+        base.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ClipsiftError(f"{where}: a parent of this folder is a file; give a folder for scratch data") from None
+    except PermissionError:
+        raise ClipsiftError(f"{where}: cannot create the folder (permission denied); give a writable folder") from None
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ClipsiftError(f"{where}: folder is not writable; give a writable folder for scratch data")
+
+
+class UserWorkDir:
+    """A user's --workdir: kept after the run (resumable caches), marked while a run uses it."""
+
+    def __init__(self, base: str | os.PathLike, flag: str = "--workdir"):
+        self.path = Path(base)
+        _check_base(self.path, f"{flag} {base}")
+        reclaim_stale(self.path)
+        reclaim_user_workdir(self.path)
+        self._marker = self.path / f"{RUN_MARKER}{os.getpid()}-{os.urandom(4).hex()}.json"
+        self._marker.write_text(json.dumps(owner_record()))
+        self._finalizer = weakref.finalize(self, _unlink_quiet, str(self._marker))
+
+    def cleanup(self) -> None:
+        self._finalizer()
+
+    def __enter__(self) -> Path:
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
+
+
+def _unlink_quiet(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
 class WorkDir:
     """A run's scratch folder with its owner file; removed by ``cleanup()``, at garbage collection
     or at interpreter exit, whichever comes first (a drop-in for ``tempfile.TemporaryDirectory``)."""
@@ -148,16 +249,7 @@ class WorkDir:
     def __init__(self, base: str | os.PathLike | None = None, flag: str = "--workdir"):
         where = f"{flag} {base}" if base is not None else f"TMPDIR {tempfile.gettempdir()}"
         base = Path(base) if base is not None else Path(tempfile.gettempdir())
-        try:
-            if base.exists() and not base.is_dir():
-                raise ClipsiftError(f"{where}: is a file, not a folder; give a folder for scratch data")
-            base.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise ClipsiftError(f"{where}: a parent of this folder is a file; give a folder for scratch data") from None
-        except PermissionError:
-            raise ClipsiftError(f"{where}: cannot create the folder (permission denied); give a writable folder") from None
-        if not os.access(base, os.W_OK | os.X_OK):
-            raise ClipsiftError(f"{where}: folder is not writable; give a writable folder for scratch data")
+        _check_base(base, where)
         reclaim_stale(base)
         self.path = Path(tempfile.mkdtemp(prefix=PREFIX, dir=base))
         self.name = str(self.path)
@@ -181,6 +273,8 @@ class WorkDir:
 
 @contextlib.contextmanager
 def run_workdir(base: str | os.PathLike | None = None, flag: str = "--workdir"):
-    """``with run_workdir(args.workdir) as path:`` a fresh per-run folder under ``base`` (or TMPDIR)."""
-    with WorkDir(base, flag) as path:
+    """``with run_workdir(args.workdir) as path:`` the user's folder (kept, marked while in use), or
+    without one a fresh ``clipsift-work-*`` folder under TMPDIR (removed afterwards)."""
+    holder = WorkDir() if base is None else UserWorkDir(base, flag)
+    with holder as path:
         yield path

@@ -425,9 +425,8 @@ def _work_folder(base: Path, name: str, owner: dict | None, mb: int = 0, age_h: 
     return d
 
 
-@pytest.mark.parametrize("given", [False, True], ids=["TMPDIR", "--workdir"])
-def test_work_folders_of_killed_runs_are_reclaimed_or_reported(ws, capsys, given):
-    base = ws / "scratch" if given else ws / "tmp"
+def test_work_folders_of_killed_runs_in_tmpdir_are_reclaimed_or_reported(ws, capsys):
+    base = ws / "tmp"
     me = owner_record()
     dead = _work_folder(base, "dead", {**me, "pid": _dead_pid()}, mb=1)
     reused = _work_folder(base, "reused", {**me, "start": (me["start"] or 0) + 1})  # our pid, another start time
@@ -436,8 +435,7 @@ def test_work_folders_of_killed_runs_are_reclaimed_or_reported(ws, capsys, given
     remote = _work_folder(base, "remote", {**me, "pid": _dead_pid(), "host": "another-host"})
     ownerless_old = _work_folder(base, "old", None, age_h=3)
     ownerless_new = _work_folder(base, "new", None)
-    extra = ["--workdir", str(base)] if given else []
-    assert main(["filter", "random", "--pool", "pool", "--out", "o.npy", "--set", "fraction=0.5", "--workers", "1", *extra]) == 0
+    assert main(["filter", "random", "--pool", "pool", "--out", "o.npy", "--set", "fraction=0.5", "--workers", "1"]) == 0
     err = capsys.readouterr().err
     assert not dead.exists() and not reused.exists() and not rebooted.exists()
     assert f"reclaimed {dead}" in err and "1.0 MB" in err
@@ -448,13 +446,50 @@ def test_work_folders_of_killed_runs_are_reclaimed_or_reported(ws, capsys, given
     assert left == sorted(p.name for p in (alive, remote, ownerless_old, ownerless_new))  # this run's folder is gone too
 
 
-def test_run_workdir_removed_after_failure(ws):
-    from clipsift.workdir import run_workdir
+def test_user_workdir_is_kept_and_scratch_of_killed_runs_reclaimed(ws, capsys):
+    from clipsift.workdir import RUN_MARKER
 
-    with pytest.raises(RuntimeError), run_workdir(ws / "w") as wd:
-        assert json.loads((wd / OWNER_FILE).read_text())["pid"] == os.getpid()
+    work = ws / "work"
+    cache = work / "clipcov" / "abc"  # resumable state: never touched
+    cache.mkdir(parents=True)
+    (cache / "state.npy").write_bytes(b"state")
+    old_scratch = work / "dbp-0badc0de"  # from before the killed run started: reported, kept
+    old_scratch.mkdir()
+    t = time.time() - 7200
+    os.utime(old_scratch, (t, t))
+    me = owner_record()
+    (work / f"{RUN_MARKER}1-dead.json").write_text(json.dumps({**me, "pid": _dead_pid(), "created": time.time() - 60}))
+    killed = work / "semdedup-0123abcd"
+    (killed / "store").mkdir(parents=True)
+    (killed / "store" / "emb.bin").write_bytes(os.urandom(1 << 20))
+    args = ["filter", "random", "--pool", "pool", "--set", "fraction=0.5", "--workers", "1", "--workdir", str(work)]
+    assert main([*args, "--out", "o.npy"]) == 0
+    err = capsys.readouterr().err
+    assert not killed.exists() and f"reclaimed {killed}: scratch folder of a run that was killed, 1.0 MB" in err
+    assert old_scratch.exists() and f"{old_scratch}: scratch folder left by an interrupted run" in err
+    assert (cache / "state.npy").read_bytes() == b"state"
+    assert sorted(p.name for p in work.iterdir()) == ["clipcov", "dbp-0badc0de"]  # markers gone, nothing else left
+    # a live run's marker: its scratch folders are left alone
+    (work / f"{RUN_MARKER}2-live.json").write_text(json.dumps({**me, "created": time.time() - 60}))
+    (work / f"{RUN_MARKER}3-dead.json").write_text(json.dumps({**me, "pid": _dead_pid(), "created": time.time() - 60}))
+    busy = work / "ssp-89abcdef"
+    busy.mkdir()
+    assert main([*args, "--out", "p.npy"]) == 0
+    assert busy.exists()
+
+
+def test_run_workdir_removed_or_unmarked_after_failure(ws):
+    from clipsift.workdir import RUN_MARKER, run_workdir
+
+    with pytest.raises(RuntimeError), run_workdir() as wd:
+        assert wd.parent == ws / "tmp" and json.loads((wd / OWNER_FILE).read_text())["pid"] == os.getpid()
         raise RuntimeError
-    assert list((ws / "w").iterdir()) == []
+    assert list((ws / "tmp").iterdir()) == []
+    with pytest.raises(RuntimeError), run_workdir(ws / "w") as wd:
+        assert wd == ws / "w" and len(list(wd.glob(f"{RUN_MARKER}*"))) == 1
+        (wd / "cache").mkdir()
+        raise RuntimeError
+    assert [p.name for p in (ws / "w").iterdir()] == ["cache"]
 
 
 # ---- --bad-embeddings and the dropped-row counters -------------------------------------------------------
