@@ -69,7 +69,10 @@ def count_uids(path: Path) -> tuple[int, str]:
     with open(path, "rb") as fh:
         magic = fh.read(6)
     if magic == b"\x93NUMPY":
-        arr = np.load(path, mmap_mode="r")
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as exc:  # object arrays, malformed headers: a failed check, not a crash
+            return 0, f"not a uid array ({' '.join(str(exc).split())})"
         if arr.dtype != UID_DTYPE:
             return len(arr), f"dtype {arr.dtype}, DataComp's resharder needs {UID_DTYPE}"
         if arr.ndim != 1:

@@ -525,3 +525,16 @@ def test_strict_json_writer_refuses_non_finite():
     assert dumps({"a": [1.0, None]}) == '{"a": [1.0, null]}'
     with pytest.raises(ClipsiftError, match=r"rows\[1\]\.average is not a finite number"):
         dumps({"rows": [{"average": 0.5}, {"average": float("inf")}]}, "leaderboard.json")
+
+
+def test_submit_pack_object_array_samples_is_a_failed_check(tmp_path, capsys):
+    run = tmp_path / "r"
+    write_results(run / "eval_results.jsonl", 0.4)
+    samples = tmp_path / "subset.npy"
+    np.save(samples, np.array([_System(tmp_path / "pwned")], dtype=object), allow_pickle=True)
+    argv = ["leaderboard", "submit-pack", str(run), "--out", str(tmp_path / "pack"), "--samples", str(samples)]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "samples:subset.npy: not a uid array" in err[0] and "Traceback" not in captured.err
+    assert not (tmp_path / "pack").exists() and not (tmp_path / "pwned").exists()
