@@ -104,12 +104,28 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
 _ALLOWED: dict[tuple[str, str], object] | None = None
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """Builds containers, numpy arrays, bytes and paths only; see the module docstring."""
+class RestrictedUnpickler(pickle._Unpickler):
+    """Builds containers, numpy arrays, bytes and paths only; see the module docstring.
+
+    Python's own (pure-Python) unpickler with two doors narrowed: ``find_class`` returns only the
+    allowlisted callables, and BUILD (``__setstate__`` / attribute setting) applies only to numpy
+    arrays, dtypes and OrderedDicts, so a pickle cannot set attributes on the allowed classes or
+    functions themselves (e.g. replace ``pathlib.PosixPath.__repr__`` for the rest of the process).
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, file, **kwargs):
         kwargs.setdefault("fix_imports", False)  # find_class sees the names as written
         super().__init__(file, **kwargs)
+
+    def load_build(self):
+        inst = self.stack[-2] if len(self.stack) >= 2 else None
+        if isinstance(inst, type) or not isinstance(inst, (np.ndarray, np.dtype, collections.OrderedDict)):
+            raise RefusedPickle(f"setting the state of a {type(inst).__name__} is not allowed")
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
 
     def find_class(self, module, name):
         global _ALLOWED

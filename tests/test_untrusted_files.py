@@ -538,3 +538,20 @@ def test_submit_pack_object_array_samples_is_a_failed_check(tmp_path, capsys):
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and "samples:subset.npy: not a uid array" in err[0] and "Traceback" not in captured.err
     assert not (tmp_path / "pack").exists() and not (tmp_path / "pwned").exists()
+
+
+def test_pickles_cannot_set_attributes_of_allowed_classes():
+    import pathlib
+
+    # (PosixPath, (None, {"__repr__": _codecs.encode})) BUILD: an unrestricted BUILD would replace
+    # PosixPath.__repr__ for the whole process
+    data = b"\x80\x02cpathlib\nPosixPath\nN}X\x08\x00\x00\x00__repr__c_codecs\nencode\ns\x86b."
+    before = pathlib.PosixPath.__repr__
+    with pytest.raises(pickle.UnpicklingError, match="state of a type is not allowed"):
+        unpickle(data)
+    assert pathlib.PosixPath.__repr__ is before
+    # the same on an allowed function, through a dict state
+    data = b"\x80\x02c_codecs\nencode\n}X\x0c\x00\x00\x00__defaults__(X\x05\x00\x00\x00rot13tsb."
+    with pytest.raises(pickle.UnpicklingError, match="state of a function is not allowed"):
+        unpickle(data)
+    assert unpickle(pickle.dumps(b"\x00\xffab", protocol=2)) == b"\x00\xffab"
