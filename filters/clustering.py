@@ -437,7 +437,10 @@ def assign(x_unit: np.ndarray, centroids: np.ndarray, chunk: int = 4096) -> tupl
         amb = np.flatnonzero(near.sum(axis=1) > 1)
         if len(amb):
             rr, cc = np.nonzero(near[amb])
-            v = np.einsum("ij,ij->i", xb[amb[rr]].astype(np.float64), c64[cc])
+            v = np.empty(len(rr), np.float64)
+            step = max(1, (1 << 20) // d)  # candidate pairs per float64 batch (8 MB a side)
+            for p in range(0, len(rr), step):
+                v[p : p + step] = np.einsum("ij,ij->i", xb[amb[rr[p : p + step]]].astype(np.float64), c64[cc[p : p + step]])
             o = np.lexsort((cc, -v, rr))  # per row: largest float64 dot, then smallest id
             first = np.ones(len(o), bool)
             first[1:] = rr[o][1:] != rr[o][:-1]
