@@ -38,7 +38,7 @@ def main() -> None:
     rows = []
     try:
         print(f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f}")
-        make_pool(work / "pool", args.rows, seed=0, images=True, shard_rows=max(1000, args.rows // 4))
+        make_pool(work / "pool", args.rows, seed=0, images=True, shard_rows=max(1000, args.rows // 4), world="track")
         import pyarrow.parquet as pq
 
         from clipsift.uids import hex_to_records
@@ -69,7 +69,10 @@ def main() -> None:
         t0 = time.perf_counter()
         recs = evaluate(work / "run" / "tiny_scale", work / "run", str(suite), "tiny", num_workers=0)
         dt = time.perf_counter() - t0
-        n = sum(480 if r["key"] != "tiny/retrieval" else 500 for r in recs)
+        from clipsift.leaderboards.tasks import tiny_tasks_path
+
+        sizes = {ln.split("\t")[0]: int(ln.split("\t")[5]) for ln in tiny_tasks_path().read_text().splitlines()[2:] if ln.strip()}
+        n = sum(sizes.get(r["key"], 0) for r in recs)
         rows.append({"stage": f"evaluate tiny suite ({len(recs)} tasks)", "items": n, "seconds": round(dt, 1), "per_s": round(n / dt, 1)})
         print(table(rows, ["stage", "items", "seconds", "per_s"]))
         print(f"load after={os.getloadavg()[0]:.1f}")

@@ -188,10 +188,13 @@ def main() -> None:
                                            train=cfg, suite="tiny", eval_data_dir=str(suite), method=e["label"], reshard_workers=1)))
         (out / "quality.json").write_text(json.dumps(quality, indent=1))
         # table order first (oracle, then a, ...), all seeds of a label before the next seed round
+        # priority: the oracle table, then the runs that complete tables (b) and (c), then (a), seed by seed
+        rank = {"oracle": 0, "no_filter": 0, "clip_score": 1, "dbp_seen30": 2, "clipcov_10": 3, "clip_score_10": 3}
+
         def order(item):
             i, (seed, sp) = item
-            first = sp.method in ("oracle", "no_filter")
-            return (not first, seed if not first else 0, i)
+            r = rank.get(sp.method, 4)
+            return (r, seed if r == 4 else 0, i)
 
         specs = [sp for _, (_, sp) in sorted(enumerate(specs), key=order)]
         todo = [sp for sp in specs if _read(Path(sp.out)) is None]

@@ -158,3 +158,23 @@ def test_demo_log_redirect_keeps_the_terminal_quiet(tmp_path, capsys):
     assert "inner detail" not in capsys.readouterr().err
     assert st.stream.getvalue().startswith("[1/2] first: ok (")
     assert any(getattr(h, "_clipsift", False) for h in logging.getLogger("clipsift").handlers)
+
+
+def test_track_world_images_carry_the_concept_badge():
+    from clipsift.synth import World
+    from clipsift.synth.world import BADGE_RGB, TRACK_WORLD
+
+    w = World(0, **TRACK_WORLD)
+    assert len({tuple(p) for p in w.badges}) == 32  # one distinct colour pair per concept
+    lat = w.sample_latents(6, np.random.default_rng(0))
+    lat["concept"] = [0, 1, 2, 0, 1, 2]
+    img = w.render(lat, size=64).astype(int)
+    side = int(round(0.16 * 64))
+    for i, c in enumerate(lat["concept"]):
+        a, b = w.badges[c]
+        assert np.abs(img[i, 3, 3] - BADGE_RGB[a]).max() <= 1
+        assert np.abs(img[i, 3, 1 + side + 2] - BADGE_RGB[b]).max() <= 1
+    plain = World(0).render(lat, size=64).astype(int)  # the default world: no badge
+    assert World(0).badges is None and not all(np.abs(plain[i, 3, 3] - img[i, 3, 3]).max() <= 1 for i in range(6))
+    with pytest.raises(ParamError, match="concept_mark"):
+        World(0, concept_mark="logo")

@@ -364,6 +364,7 @@ def _world_params(world: World) -> dict:
         "rates": world.rates,
         "dup_power": world.dup_power,
         "dup_max_share": world.dup_max_share,
+        "concept_mark": world.concept_mark,
     }
 
 
@@ -375,6 +376,7 @@ def _world_key(params: dict) -> tuple:
         tuple(sorted(params["rates"].items())),
         params.get("dup_power"),
         params.get("dup_max_share", 0.02),
+        params.get("concept_mark", "glyph"),
     )
 
 

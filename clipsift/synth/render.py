@@ -158,6 +158,13 @@ def _render_chunk(world, lat: np.ndarray, size: int) -> np.ndarray:
             hit = np.flatnonzero(mask)
             k_of = hit // (patch * patch)
             pix[flat.reshape(-1)[hit]] = colour[rows][k_of] * shade.reshape(-1)[hit][:, None]
+    if getattr(world, "badges", None) is not None:  # two-colour concept badge, top-left, over the objects
+        from clipsift.synth.world import BADGE_RGB
+
+        side = max(4, int(round(0.16 * size)))
+        pair = world.badges[lat["concept"].astype(np.int64)]
+        img[:, 1 : 1 + side, 1 : 1 + side] = BADGE_RGB[pair[:, 0]][:, None, None, :]
+        img[:, 1 : 1 + side, 1 + side : 1 + 2 * side] = BADGE_RGB[pair[:, 1]][:, None, None, :]
     near = np.flatnonzero(lat["variant"])  # near-duplicate copies: slightly brighter, flatter
     if near.size:
         v = lat["variant"][near].astype(np.float32)[:, None, None, None]

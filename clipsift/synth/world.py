@@ -48,23 +48,29 @@ DEFAULT_RATES = {
 }
 
 # The tiny track's world, fixed before any method was measured on it (docs/tiny_track.md lists
-# each rate's source). Concepts: 32 nouns, Zipf exponent 1.0 — concept frequencies in web
-# image-text pools are long-tailed and roughly Zipfian (Udandarao et al. 2024, "No 'Zero-Shot'
-# Without Exponential Data", arXiv:2404.04125; Parashar et al. 2024, "The Neglected Tails of
-# Vision-Language Models", arXiv:2401.12425). Duplicates: about 30% of LAION-2B's images are
-# duplicated (Webster et al. 2023, "On the De-duplication of LAION-2B", arXiv:2303.12733), most as
-# near copies (re-encoded, resized, watermarked), so 10% of rows sit in exact and 20% in near
-# groups. Copy counts are heavy-tailed: most duplicated images appear a few times, a few hundreds
-# or thousands of times (Carlini et al. 2023, "Extracting Training Data from Diffusion Models",
-# arXiv:2301.13188, extract from LAION's most-duplicated images); group sizes follow a power law
-# P(s) ~ s^-2 for s >= 2, capped at 2% of the pool for one item.
+# each rate's source). Concepts: 32 nouns with Zipf exponent 1.0; concept frequencies in web
+# image-text pools are long-tailed (Udandarao et al. 2024, arXiv:2404.04125; Parashar et al. 2024,
+# arXiv:2401.12425), the exponent is the classic Zipf value, not a fit. Duplicates: "roughly 700
+# million images, or about 30%, of LAION-2B's images are likely duplicated" (Webster et al. 2023,
+# arXiv:2303.12733), so 30% of the rows sit in duplicate groups, a third exact and two thirds near
+# copies (re-encoded, resized). Copy counts are heavy-tailed (Webster et al. publish the histogram;
+# a few images are repeated very often): group sizes follow P(s) ~ s^-2 for s >= 2, one item
+# holding at most 2% of the pool; the exponent is a modelling choice, not a fit.
 TRACK_WORLD = {
     "n_concepts": 32,
     "zipf": 1.0,
     "rates": {"exact_dup": 0.10, "near_dup": 0.20},
     "dup_power": 2.0,
     "dup_max_share": 0.02,
+    "concept_mark": "badge",
 }
+CONCEPT_MARKS = ("glyph", "badge")
+# badge colours: saturated hues a small CNN tells apart at 64 px (concept i = an unordered pair)
+BADGE_RGB = np.array(
+    [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+     (70, 240, 240), (20, 20, 20), (250, 190, 212), (128, 128, 0)],
+    dtype=np.float32,
+)
 TAIL_SHARE = 0.25  # the tail group: the rarest quarter of the concepts by pool frequency
 
 COUNT_PROBS = np.array([0.35, 0.25, 0.2, 0.12, 0.08])
@@ -113,11 +119,17 @@ class World:
     # power law P(s) ~ s^-a for s >= 2, at most max(10, dup_max_share * rows) members
     dup_power: float | None = None
     dup_max_share: float = 0.02
+    # how images show their concept: "glyph" = the concept's 4x4 glyph on every object (the default
+    # world); "badge" = the glyph plus a two-colour badge in the top-left corner, a signature the
+    # tiny track's model can learn (the glyph alone was not learned even from clean data)
+    concept_mark: str = "glyph"
 
     def __post_init__(self):
         self.seed = int(self.seed)
         if self.dup_power is not None and not float(self.dup_power) > 1.0:
             raise ParamError(f"dup_power={self.dup_power}: must be above 1 (or None for the default sizes)")
+        if self.concept_mark not in CONCEPT_MARKS:
+            raise ParamError(f"concept_mark={self.concept_mark!r}: must be one of {list(CONCEPT_MARKS)}")
         if not 0.0 < float(self.dup_max_share) <= 1.0:
             raise ParamError(f"dup_max_share={self.dup_max_share}: must be within (0, 1]")
         if not 2 <= self.n_concepts <= len(vocab.NOUNS):
@@ -154,6 +166,7 @@ class World:
         self._concept_cdf = np.cumsum(self.concept_freq)
         self._concept_cdf[-1] = 1.0
         self.glyphs = _glyph_codes(self.n_concepts, rng)
+        self.badges = _badge_pairs(self.n_concepts, self.seed) if self.concept_mark == "badge" else None
         # content space: one unit vector per attribute value
         d = self.latent_dim
         self.U = {
@@ -185,6 +198,7 @@ class World:
             "noise_dim": self.noise_dim,
             "dup_power": self.dup_power,
             "dup_max_share": self.dup_max_share,
+            "concept_mark": self.concept_mark,
             "tail_concepts": [int(i) for i in self.tail_concepts()],
             "concepts": [
                 {
@@ -233,6 +247,7 @@ class World:
             noise_dim=obj["noise_dim"],
             dup_power=obj.get("dup_power"),
             dup_max_share=obj.get("dup_max_share", 0.02),
+            concept_mark=obj.get("concept_mark", "glyph"),
         )
         names = [c["name"] for c in obj.get("concepts", [])]
         if names and names != world.concept_names:
@@ -422,6 +437,16 @@ def _unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     sq = np.einsum("...i,...i->...", x, x)[..., None]
     return x / np.sqrt(np.maximum(sq, 1e-300))
+
+
+def _badge_pairs(k: int, seed: int) -> np.ndarray:
+    """(k, 2) badge colour indices: distinct unordered pairs (a <= b), from their own seeded stream."""
+    n = len(BADGE_RGB)
+    pairs = np.array([(a, b) for a in range(n) for b in range(a, n)], dtype=np.int64)
+    if k > len(pairs):
+        raise ParamError(f"n_concepts={k}: a badge world has at most {len(pairs)} concepts")
+    rng = np.random.default_rng([seed, 0xBAD6E])
+    return pairs[rng.permutation(len(pairs))[:k]]
 
 
 def _glyph_codes(k: int, rng: np.random.Generator) -> np.ndarray:
