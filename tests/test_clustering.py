@@ -64,7 +64,7 @@ def test_assignment_does_not_depend_on_batching():
     parts = [assign(x[i : i + 100], c) for i in range(0, 1000, 100)]
     assert np.array_equal(lab, lab2) and np.array_equal(sim, sim2)
     assert np.array_equal(sim, np.concatenate([p[1] for p in parts]))
-    assert np.array_equal(lab, np.argmax(x @ c.T, axis=1))
+    assert np.array_equal(lab, np.argmax(x.astype(np.float64) @ c.astype(np.float64).T, axis=1))
 
 
 def test_store_groups_rows_by_cluster(pool_dir, tmp_path):
