@@ -142,18 +142,70 @@ class RestrictedUnpickler(pickle._Unpickler):
         raise _TensorStorage("the pickle references torch tensor storages")
 
 
-def object_array_in(obj) -> np.ndarray | None:
-    """The first numpy array holding Python objects inside ``obj`` (containers searched), else None."""
+_OBJECT_ARRAY = "holds an array of Python objects (dtype object), not numbers"
+MAX_DEPTH = 64
+MAX_ITEMS = 10**8
+INFO_MAX_ITEMS = 10**5  # DataComp's info.pkl holds a few dozen values
+
+
+def structure_problem(obj, max_depth: int = MAX_DEPTH, max_items: int = MAX_ITEMS) -> str | None:
+    """What makes an unpickled object unusable, else None: an object array, a container that
+    holds itself, nesting deeper than ``max_depth``, or more than ``max_items`` items once shared
+    parts are counted each time they appear (what later code walking it would see).
+
+    Iterative depth-first walk over dicts, lists, tuples and sets; each container is visited once.
+    """
+    containers = (dict, list, tuple, set, frozenset)
+
+    def children(x):
+        return iter([*x.keys(), *x.values()]) if isinstance(x, dict) else iter(x)
+
     if isinstance(obj, np.ndarray):
-        return obj if obj.dtype.hasobject else None
-    if isinstance(obj, dict):
-        obj = list(obj.values())
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        for v in obj:
-            found = object_array_in(v)
-            if found is not None:
-                return found
+        return _OBJECT_ARRAY if obj.dtype.hasobject else None
+    if not isinstance(obj, containers):
+        return None
+    on_path: set[int] = {id(obj)}
+    size: dict[int, int] = {}  # expanded item count of each finished container
+    stack = [[obj, children(obj), 1]]
+    while stack:
+        frame = stack[-1]
+        child = next(frame[1], _END)
+        if child is _END:
+            stack.pop()
+            on_path.discard(id(frame[0]))
+            size[id(frame[0])] = frame[2]
+            if stack:
+                stack[-1][2] += frame[2]
+                if stack[-1][2] > max_items:
+                    return f"expands to more than {max_items:,} items"
+            continue
+        if isinstance(child, np.ndarray):
+            if child.dtype.hasobject:
+                return _OBJECT_ARRAY
+            frame[2] += 1
+        elif isinstance(child, containers):
+            if id(child) in size:
+                frame[2] += size[id(child)]
+                if frame[2] > max_items:
+                    return f"expands to more than {max_items:,} items"
+                continue
+            if id(child) in on_path:
+                return "holds a container that contains itself"
+            if len(stack) >= max_depth:
+                return f"is nested deeper than {max_depth} levels"
+            on_path.add(id(child))
+            stack.append([child, children(child), 1])
+        else:
+            frame[2] += 1
     return None
+
+
+_END = object()
+
+
+def object_array_in(obj) -> bool:
+    """True when ``obj`` is or holds (in dicts, lists, tuples, sets) an array of Python objects."""
+    return structure_problem(obj) == _OBJECT_ARRAY
 
 
 def unpickle(data: bytes | io.BufferedIOBase):
@@ -225,14 +277,14 @@ def load_torch_file(path: str | os.PathLike, what: str = "file", hint: str = "")
     try:
         obj = _read_torch_pickle(path)
     except _TensorStorage:
-        obj = _torch_weights_only(path, what, tail)
+        obj = _refuse_object_arrays(_torch_weights_only(path, what, tail), path, what, tail)
+        return _tensors_to_numpy(obj)
     except RefusedPickle as exc:
         raise UnsafeFileError(f"{path}: {what} refused, {_reason(exc)} (nothing in it was run){tail}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            OverflowError, MemoryError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
-        raise UnsafeFileError(f"{path}: {what} is not a torch.save or pickle file ({_reason(exc)}){tail}") from None
     except OSError as exc:
         raise UnsafeFileError(f"{path}: {what} cannot be read ({exc.strerror or exc}){tail}") from None
+    except Exception as exc:  # truncated, corrupt or not a pickle: whatever the unpickler tripped on
+        raise UnsafeFileError(f"{path}: {what} is not a torch.save or pickle file ({_reason(exc)}){tail}") from None
     return _refuse_object_arrays(obj, path, what, tail)
 
 
@@ -247,12 +299,15 @@ def _torch_weights_only(path: Path, what: str, tail: str):
             f"{path}: {what} refused by torch's weights-only loader ({type(exc).__name__}: {first}); "
             f"save plain tensors or numpy arrays{tail}"
         ) from None
-    return _tensors_to_numpy(obj)
+    return obj
 
 
 def _refuse_object_arrays(obj, path: Path, what: str, tail: str):
-    if object_array_in(obj) is not None:
-        raise UnsafeFileError(f"{path}: {what} holds an array of Python objects (dtype object), not numbers{tail or _OBJECT_FIX}")
+    problem = structure_problem(obj)
+    if problem == _OBJECT_ARRAY:
+        raise UnsafeFileError(f"{path}: {what} {problem}{tail or _OBJECT_FIX}")
+    if problem is not None:
+        raise UnsafeFileError(f"{path}: {what} {problem}{tail}")
     return obj
 
 
@@ -288,9 +343,7 @@ def load_array_file(path: str | os.PathLike, what: str = "file", hint: str = "",
                 return {k: npz[k] for k in npz.files}
     except ValueError as exc:
         if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
-            raise UnsafeFileError(
-                f"{path}: {what} holds an array of Python objects (dtype object), not numbers{tail or _OBJECT_FIX}"
-            ) from None
+            raise UnsafeFileError(f"{path}: {what} {_OBJECT_ARRAY}{tail or _OBJECT_FIX}") from None
         raise UnsafeFileError(f"{path}: {what} is not a valid numpy file ({_reason(exc)}){tail}") from None
     except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise UnsafeFileError(f"{path}: {what} is not a valid numpy file ({_reason(exc)}){tail}") from None
@@ -336,6 +389,9 @@ def load_info_pkl(path: str | os.PathLike) -> dict:
         raise UnsafeFileError(f"{path}: not a readable pickle ({_reason(exc)}); {hint}") from None
     if not isinstance(info, dict):
         raise UnsafeFileError(f"{path}: holds a {type(info).__name__}, not a dict; {hint}")
+    problem = structure_problem(info, max_items=INFO_MAX_ITEMS)
+    if problem is not None:
+        raise UnsafeFileError(f"{path}: {problem}; {hint}")
     return info
 
 
@@ -358,6 +414,7 @@ __all__ = [
     "load_info_pkl",
     "load_torch_file",
     "object_array_in",
+    "structure_problem",
     "plain",
     "read_text",
     "unpickle",

@@ -555,3 +555,50 @@ def test_pickles_cannot_set_attributes_of_allowed_classes():
     with pytest.raises(pickle.UnpicklingError, match="state of a function is not allowed"):
         unpickle(data)
     assert unpickle(pickle.dumps(b"\x00\xffab", protocol=2)) == b"\x00\xffab"
+
+
+def test_cycles_deep_nesting_and_garbage_are_one_line(tmp_path):
+    import torch
+
+    cyclic = []
+    cyclic.append(cyclic)
+    n = 100_000  # [[[...]]] 100k levels deep, written opcode by opcode (pickle.dumps would recurse)
+    deep = b"]" * n + b"a" * (n - 1)
+    shared = [np.zeros(1, np.float32)]
+    for _ in range(200):  # a DAG of 2^200 paths, 200 nodes: walked once per node
+        shared = [shared, shared]
+    torch.save({"image_features": cyclic}, tmp_path / "cycle.pt")
+    (tmp_path / "cycle.pkl").write_bytes(pickle.dumps({"scale": cyclic}))
+    (tmp_path / "deep.pt").write_bytes(b"\x80\x02" + deep + b".")
+    (tmp_path / "deep.pkl").write_bytes(b"\x80\x02}X\x05\x00\x00\x00scale" + deep + b"s.")
+    for name in ("cycle", "deep"):
+        path = tmp_path / f"{name}.pt"
+        with pytest.raises(ClipsiftError) as exc:
+            assets.load_centroids(str(path))
+        assert str(path) in one_line(exc.value)
+        info = tmp_path / f"{name}.pkl"
+        with pytest.raises(UnsafeFileError) as exc:
+            load_info_pkl(info)
+        one_line(exc.value)
+    torch.save({"x": shared}, tmp_path / "shared.pt")
+    with pytest.raises(UnsafeFileError, match="deeper than 64"):
+        load_torch_file(tmp_path / "shared.pt")
+    wide = [1.0]
+    for _ in range(40):  # 40 levels, 41 lists, 2^40 items when expanded
+        wide = [wide, wide]
+    (tmp_path / "wide.pkl").write_bytes(pickle.dumps({"scale": wide}))
+    with pytest.raises(UnsafeFileError, match="more than 100,000 items"):
+        load_info_pkl(tmp_path / "wide.pkl")
+    torch.save(wide, tmp_path / "wide.pt")
+    with pytest.raises(UnsafeFileError, match="more than 100,000,000 items"):
+        load_torch_file(tmp_path / "wide.pt")
+    rng = np.random.default_rng(0)
+    for i, data in enumerate([b"", b"\x80\x02", b"\x80\x04\x95garbage", rng.bytes(300), pickle.dumps(A, 4)[:-20]]):
+        path = tmp_path / f"garbage{i}.pt"
+        path.write_bytes(data)
+        with pytest.raises(ClipsiftError) as exc:
+            assets.load_centroids(str(path))
+        assert str(path) in one_line(exc.value)
+        with pytest.raises(UnsafeFileError) as exc:
+            load_info_pkl(path)
+        one_line(exc.value)
