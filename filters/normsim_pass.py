@@ -7,6 +7,10 @@ each worker memory-maps once (kept on the device when it fits).
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import uuid
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -25,6 +29,7 @@ from clipsift.filters.normsim_math import (
 from clipsift.filters.normsim_targets import (
     iter_target_blocks,
     load_covariance,
+    target_files,
     write_target_matrix,
 )
 from clipsift.uids import UID_DTYPE
@@ -54,8 +59,27 @@ def prepare_target(spec: str, norm: str, dim: int, workdir: Path, key: str | Non
             gram = part if gram is None else gram + part
             rows += len(block)
         return Target("2", rows, matrix=gram)
-    path, rows = write_target_matrix(spec, dim, Path(workdir) / "normsim_targets.npy", key)
+    path, rows = cached_target_matrix(spec, dim, Path(workdir), key)
     return Target("inf", rows, path=str(path))
+
+
+def cached_target_matrix(spec: str, dim: int, workdir: Path, key: str | None = None) -> tuple[Path, int]:
+    """G as one float32 .npy in ``workdir``, named by a fingerprint of what it is made of (each
+    target file's resolved path, size and mtime, the key and the dimension): a reused workdir never
+    serves another target set's matrix (nor does the per-process ``_RESIDENT`` cache, keyed by the
+    path), and the same targets are not written twice. Written under a temporary name, then renamed."""
+    files = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in target_files(spec)]
+    body = json.dumps({"files": files, "key": key, "dim": int(dim), "layout": 1}, sort_keys=True).encode()
+    out = Path(workdir) / f"normsim_targets-{hashlib.sha256(body).hexdigest()[:20]}.npy"
+    if out.exists():
+        return out, int(np.load(out, mmap_mode="r").shape[0])
+    tmp = out.with_name(f".{out.stem}-{uuid.uuid4().hex[:8]}.tmp.npy")
+    try:
+        _, rows = write_target_matrix(spec, dim, tmp, key)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out, rows
 
 
 def _resident_targets(path: str, device: str):

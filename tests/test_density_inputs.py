@@ -158,3 +158,24 @@ def test_bad_rows_outside_the_candidates_are_not_counted(pool_dir, tmp_path, bad
     ctx = ctx_for(pool_dir, tmp_path / "w", bad="drop", candidates=cand)
     sel = SSPFilter(k=4, niter=5, fraction=0.5, embeddings=str(path)).select(ctx)
     assert ctx.dropped == {} and sel.counters["input"] == 299
+
+
+# ---- other workdir caches: NormSim's p = inf target matrix ---------------------------------------------
+def test_normsim_target_matrix_keyed_in_a_reused_workdir(pool_dir, tmp_path):
+    from clipsift.registry import create_filter
+
+    rng = np.random.default_rng(9)
+    t1, t2 = tmp_path / "t1.npy", tmp_path / "t2.npy"
+    np.save(t1, rng.standard_normal((20, 768)).astype(np.float32))
+    np.save(t2, rng.standard_normal((20, 768)).astype(np.float32))
+    shared = tmp_path / "work"
+
+    def normsim(target, workdir):
+        ctx = RunContext(Pool(str(pool_dir)), LocalExecutor(1, show_progress=False), None, workdir, device="cpu")
+        return create_filter("normsim", {"fraction": 0.2, "norm": "inf", "target": str(target)}).select(ctx).uids
+
+    a, b = normsim(t1, shared), normsim(t2, shared)  # same process, same workdir: the resident cache too
+    assert not np.array_equal(a, b)
+    assert np.array_equal(b, normsim(t2, tmp_path / "fresh"))
+    assert np.array_equal(a, normsim(t1, shared))
+    assert len([f for f in os.listdir(shared) if f.startswith("normsim_targets")]) == 2  # one per target set
