@@ -181,3 +181,19 @@ def test_bucket_spill_and_duplicates_pure():
     assert list(order) == [5, 0, 1, 2, 6, 4, 3]
     for v in (1.5, -2.25, 0.0, np.inf, -np.inf):
         assert rules.key_value(rules.desc_keys(np.array([v]))[0]) == v
+
+
+def test_lookup_with_shared_high_words():
+    """Reference rows sharing a 64-bit high word are still matched exactly on the low word."""
+    from clipsift.uids import UID_DTYPE
+
+    ref = np.zeros(6, dtype=join.VALUE_DTYPE)
+    ref["f0"] = [5, 5, 5, 7, 9, 9]
+    ref["f1"] = [1, 4, 8, 2, 3, 6]
+    ref["v"] = np.arange(6.0)
+    q = np.zeros(7, dtype=UID_DTYPE)
+    q["f0"] = [5, 5, 5, 9, 9, 7, 4]
+    q["f1"] = [8, 4, 5, 6, 3, 2, 1]
+    vals, found = join.merge_bucket(q, ref)
+    assert found.tolist() == [True, True, False, True, True, True, False]
+    assert vals[found].tolist() == [2.0, 1.0, 5.0, 4.0, 3.0]

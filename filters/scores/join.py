@@ -221,7 +221,11 @@ def _keys(records: np.ndarray) -> np.ndarray:
 
 def sort_bucket(records: np.ndarray) -> np.ndarray:
     """Records of one bucket sorted by uid; stable, so equal uids keep their file order."""
-    return records[sort_order(records)] if len(records) else records
+    if len(records) < 2:
+        return records
+    order = sort_order(records)
+    words = records.dtype.itemsize // 8  # gather whole rows as uint64 words (faster than a struct gather)
+    return records.view(np.uint64).reshape(-1, words)[order].reshape(-1).view(records.dtype)
 
 
 def reduce_duplicates(rows: np.ndarray, rule: str, where: str) -> tuple[np.ndarray, int]:
@@ -250,25 +254,38 @@ def reduce_duplicates(rows: np.ndarray, rule: str, where: str) -> tuple[np.ndarr
     return out, dups
 
 
-def in_sorted(query: np.ndarray, sorted_ref: np.ndarray) -> np.ndarray:
-    """Which rows of ``query`` have a uid present in the sorted ``sorted_ref``."""
-    if not len(query) or not len(sorted_ref):
-        return np.zeros(len(query), dtype=bool)
-    ref, q = _keys(sorted_ref), _keys(query)
-    pos = np.searchsorted(ref, q)
-    return (pos < len(ref)) & (ref[np.minimum(pos, len(ref) - 1)] == q)
+def lookup(sorted_ref: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position in ``sorted_ref``, found mask) of every ``query`` uid (any order).
+
+    Searches on the 64-bit high word, then checks the low word; the rare queries whose high word
+    is shared by several reference rows are searched again on the full 128-bit key.
+    """
+    n = len(sorted_ref)
+    if not n or not len(query):
+        return np.zeros(len(query), dtype=np.int64), np.zeros(len(query), dtype=bool)
+    hi = np.ascontiguousarray(sorted_ref["f0"])
+    pos = np.searchsorted(hi, query["f0"])
+    pos_c = np.minimum(pos, n - 1)
+    same_hi = (pos < n) & (hi[pos_c] == query["f0"])
+    found = same_hi & (sorted_ref["f1"][pos_c] == query["f1"])
+    shared = np.flatnonzero(hi[1:] == hi[:-1]) if n > 1 else np.empty(0, np.int64)
+    if len(shared):  # high words repeated in the reference: exact search for the queries hitting them
+        rep = np.unique(hi[shared])
+        redo = np.flatnonzero(same_hi & ~found & np.isin(query["f0"], rep))
+        if len(redo):
+            ref, q = _keys(sorted_ref), _keys(query[redo])
+            p2 = np.searchsorted(ref, q)
+            p2c = np.minimum(p2, n - 1)
+            ok = (p2 < n) & (ref[p2c] == q)
+            pos_c[redo] = p2c
+            found[redo] = ok
+    return pos_c, found
 
 
-def merge_bucket(pool_sorted: np.ndarray, file_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(value per pool uid, found mask) for sorted pool uids against sorted unique file rows."""
-    if not len(file_rows) or not len(pool_sorted):
-        return np.full(len(pool_sorted), np.nan), np.zeros(len(pool_sorted), dtype=bool)
-    ref = _keys(file_rows)
-    q = _keys(pool_sorted)
-    pos = np.searchsorted(ref, q)
-    pos_c = np.minimum(pos, len(ref) - 1)
-    found = (pos < len(ref)) & (ref[pos_c] == q)
-    vals = np.where(found, file_rows["v"][pos_c], np.nan)
+def merge_bucket(pool_uids: np.ndarray, file_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(value per pool uid, found mask) for pool uids (any order) against sorted unique file rows."""
+    pos, found = lookup(file_rows, pool_uids)
+    vals = np.where(found, file_rows["v"][pos] if len(file_rows) else np.nan, np.nan)
     return vals, found
 
 
@@ -293,11 +310,12 @@ class JoinStats:
         }
 
 
-def score_join(ctx, path, column: str = "score", duplicates: str = "error") -> tuple[Iterator, JoinStats, object]:
+def score_join(ctx, path, column: str = "score", duplicates: str = "error", unsorted_ok: bool = False) -> tuple[Iterator, JoinStats, object]:
     """Join a per-uid score file (or folder) to ``ctx``'s candidates.
 
-    Returns (an iterator of per-bucket ``(sorted pool uids, values float64, found mask)`` in
-    increasing uid order, the statistics filled in as it runs, a ``close()`` callable).
+    Returns (an iterator of per-bucket ``(pool uids, values float64, found mask)`` in increasing
+    bucket order, the statistics filled in as it runs, a ``close()`` callable). Within a bucket
+    the pool uids are sorted, unless ``unsorted_ok`` (the caller sorts later anyway).
     """
     files = list_parquet(path, "score file")
     bits = join_bits(ctx.num_candidates, parquet_rows(files))
@@ -323,12 +341,12 @@ def score_join(ctx, path, column: str = "score", duplicates: str = "error") -> t
 
     def buckets():
         for b in range(scores.num_buckets):
-            p = sort_bucket(pool.read(b))
+            p = pool.read(b) if unsorted_ok else sort_bucket(pool.read(b))
             f, dups = reduce_duplicates(sort_bucket(scores.read(b)), duplicates, str(path))
             stats.duplicate_rows += dups
             vals, found = merge_bucket(p, f)
             n_found = int(found.sum())
-            stats.not_in_pool += len(f) - int(np.count_nonzero(in_sorted(f, p)))
+            stats.not_in_pool += len(f) - n_found  # pool uids are unique
             if n_found < len(p):
                 stats.missing += len(p) - n_found
                 if stats.first_missing is None:
@@ -342,8 +360,8 @@ def score_join(ctx, path, column: str = "score", duplicates: str = "error") -> t
     return buckets(), stats, close
 
 
-def uid_list_join(ctx, path) -> tuple[Iterator, dict, object]:
-    """Per bucket: (sorted candidate uids, how many times each is in the list). Bounded memory."""
+def uid_list_join(ctx, path, unsorted_ok: bool = False) -> tuple[Iterator, dict, object]:
+    """Per bucket: (candidate uids, how many times each is in the list). Bounded memory."""
     probe = Path(path)
     if probe.is_file() and probe.suffix not in (".parquet", ".txt", ".csv", ".tsv"):
         list_rows = probe.stat().st_size // 16
@@ -368,16 +386,18 @@ def uid_list_join(ctx, path) -> tuple[Iterator, dict, object]:
 
     def buckets():
         for b in range(lst.num_buckets):
-            p = sort_bucket(pool.read(b))
+            p = pool.read(b) if unsorted_ok else sort_bucket(pool.read(b))
             ref = sort_bucket(lst.read(b))
-            rk = _keys(ref)
-            same = rk[1:] == rk[:-1] if len(rk) > 1 else np.zeros(0, dtype=bool)
-            stats["list_duplicate_rows"] += int(np.count_nonzero(same))
-            uniq = rk[np.concatenate([[True], ~same])] if len(rk) else rk
-            q = _keys(p)
-            counts = np.searchsorted(rk, q, side="right") - np.searchsorted(rk, q, side="left") if len(rk) else np.zeros(len(p), np.int64)
-            found_unique = int(np.count_nonzero(counts))
-            stats["list_uids_not_in_pool"] += len(uniq) - found_unique
+            if len(ref) > 1:
+                first = np.concatenate([[True], (ref["f0"][1:] != ref["f0"][:-1]) | (ref["f1"][1:] != ref["f1"][:-1])])
+                starts = np.flatnonzero(first)
+                uniq, mult = ref[starts], np.diff(np.concatenate([starts, [len(ref)]]))
+            else:
+                uniq, mult = ref, np.ones(len(ref), dtype=np.int64)
+            stats["list_duplicate_rows"] += len(ref) - len(uniq)
+            pos, found = lookup(uniq, p)
+            counts = np.where(found, mult[pos] if len(mult) else 0, 0)
+            stats["list_uids_not_in_pool"] += len(uniq) - int(np.count_nonzero(found))
             yield p, counts
 
     def close():

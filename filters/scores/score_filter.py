@@ -74,7 +74,7 @@ class ScoreFilter(Filter):
         check_missing(self)
 
     def select(self, ctx: RunContext) -> Selection:
-        buckets, stats, close = score_join(ctx, self.scores, self.column, self.duplicates)
+        buckets, stats, close = score_join(ctx, self.scores, self.column, self.duplicates, unsorted_ok=True)
         sorter = UidSorter(ctx.num_candidates, ctx.workdir, threads=ctx.executor.workers)
         tmp = Path(tempfile.mkdtemp(prefix="clipsift-score-", dir=ctx.workdir))
         details = {"scores": str(self.scores), "column": self.column}

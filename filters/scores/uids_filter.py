@@ -44,7 +44,7 @@ class UidsFilter(Filter):
             raise ParamError("uids: repeats=true only applies with mode=keep")
 
     def select(self, ctx: RunContext) -> Selection:
-        buckets, stats, close = uid_list_join(ctx, self.uids)
+        buckets, stats, close = uid_list_join(ctx, self.uids, unsorted_ok=True)
         sorter = UidSorter(ctx.num_candidates, ctx.workdir, threads=ctx.executor.workers)
         seen = listed = 0
         try:
