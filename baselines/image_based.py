@@ -8,6 +8,7 @@ more than 1 fastText token on the original text, more than 5 characters), then k
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from clipsift.baselines.scores import SCORE_COLUMNS, at_least
 from clipsift.baselines.textstats import char_counts, fasttext_token_counts
 from clipsift.errors import ParamError
 from clipsift.filter import RunContext
+from clipsift.io import atomic_write
 from clipsift.params import Param
 
 _CENTROIDS: dict[str, np.ndarray] = {}  # per process; filled before workers fork so they share it
@@ -91,8 +93,13 @@ class ImageBasedFilter(BaselineFilter):
             raise ParamError(f"{self.targets}: target dim {targets.shape[1]} != centroid dim {centroids.shape[1]} of {self.centroids}")
         self.device = ctx.torch_device()
         target_ids = np.unique(assign(targets, centroids, self.device, self.batch_size))
-        path = Path(ctx.workdir) / f"{self.name}-centroids.npy"
-        np.save(path, centroids)
+        # named by content: a reused workdir, a concurrent run or a long-lived worker's
+        # _CENTROIDS (keyed by the path) never sees another run's centroids
+        digest = hashlib.blake2b(np.ascontiguousarray(centroids).tobytes(), digest_size=10).hexdigest()
+        path = Path(ctx.workdir) / f"{self.name}-centroids-{digest}.npy"
+        if not path.exists():
+            with atomic_write(path) as fh:
+                np.save(fh, centroids)
         self.centroid_file = str(path)
         _CENTROIDS[self.centroid_file] = centroids
         self.target_ids = target_ids
