@@ -60,7 +60,7 @@ def check_main_metric(value, source: str, lineno: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ClipsiftError(f"{where} {json.dumps(value)[:40]} is not a number; {fix}")
     if not math.isfinite(value):
-        raise ClipsiftError(f"{where} is {value!r} (NaN/Infinity), not a score; {fix}")
+        raise ClipsiftError(f"{where} is {json.dumps(value)}, not a score (nor valid JSON); {fix}")
     if not 0.0 <= value <= 1.0:
         raise ClipsiftError(f"{where} {value!r} is outside [0, 1]; {fix}")
 
