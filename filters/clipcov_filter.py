@@ -79,7 +79,10 @@ class ClipCovFilter(Filter):
         pool_fp = ctx.pool.fingerprint()["digest"]
         cand = "all" if ctx.candidates is None else hashlib.sha256(np.ascontiguousarray(ctx.candidates).tobytes()).hexdigest()[:16]
         files = [file_digest(f) if f and Path(f).is_file() else f for f in (self.class_embeddings, self.labels)]
-        return ctx.workdir / "clipcov" / _digest([pool_fp, cand, self.embeddings, self.partition, self.clusters, self.kmeans_iters, *files])
+        # rows left out for bad embeddings (--bad-embeddings drop) change the grouped rows: part of the key
+        policy = getattr(ctx, "bad_embeddings", "error")
+        extra = [] if policy == "error" else [f"bad_embeddings={policy}"]
+        return ctx.workdir / "clipcov" / _digest([pool_fp, cand, self.embeddings, self.partition, self.clusters, self.kmeans_iters, *files, *extra])
 
     def select(self, ctx: RunContext) -> Selection:
         run_dir = self._run_dir(ctx)

@@ -179,3 +179,11 @@ def test_normsim_target_matrix_keyed_in_a_reused_workdir(pool_dir, tmp_path):
     assert np.array_equal(b, normsim(t2, tmp_path / "fresh"))
     assert np.array_equal(a, normsim(t1, shared))
     assert len([f for f in os.listdir(shared) if f.startswith("normsim_targets")]) == 2  # one per target set
+
+
+def test_clipcov_resume_folder_keyed_by_bad_embeddings_policy(pool_dir, tmp_path):
+    from clipsift.registry import create_filter
+
+    f = create_filter("clipcov", {"fraction": 0.5, "partition": "kmeans"})
+    strict, lenient = ctx_for(pool_dir, tmp_path), ctx_for(pool_dir, tmp_path, bad="drop")
+    assert f._run_dir(strict) == f._run_dir(ctx_for(pool_dir, tmp_path)) != f._run_dir(lenient)
