@@ -25,6 +25,7 @@ import io
 import os
 import pathlib
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -294,10 +295,16 @@ def _torch_weights_only(path: Path, what: str, tail: str):
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch's weights-only loader refused or failed: one line
-        first = " ".join(str(exc).split("\n")[0].split())[:300]
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch bolds part of its message
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found:  # torch's own wording suggests weights_only=False; name the global instead
+            reason = f"global {found.group(1)} is not allowed"
+        else:
+            found = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+            reason = f"{type(exc).__name__}: " + " ".join((found.group(1) if found else text.split("\n")[0]).split())[:300]
         raise UnsafeFileError(
-            f"{path}: {what} refused by torch's weights-only loader ({type(exc).__name__}: {first}); "
-            f"save plain tensors or numpy arrays{tail}"
+            f"{path}: {what} refused by torch's weights-only loader ({reason}; nothing in it was run); "
+            f"save tensors or numpy arrays (not both in one file){tail}"
         ) from None
     return obj
 

@@ -300,6 +300,8 @@ def test_malicious_array_files_refused_with_one_line(tmp_path):
         load_torch_file(tmp_path / "system2.pt")
     with pytest.raises(UnsafeFileError, match="encode.*latin1"):
         load_torch_file(tmp_path / "codec.pkl")
+    with pytest.raises(UnsafeFileError, match="weights-only loader .global posix.system is not allowed; nothing"):
+        load_torch_file(tmp_path / "tensors.pt")
     assert not marker.exists()
 
 
