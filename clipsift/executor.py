@@ -74,9 +74,13 @@ class LocalExecutor:
 
     def map(
         self, fn: Callable, items: Iterable, *, desc: str = "", unit: str = "shard", total: int | None = None,
-        threads: bool = False,
+        threads: bool = False, resources: dict | None = None,
     ) -> Iterator:
-        """Yield ``fn(item)`` in input order; ``threads`` uses threads instead of processes (GIL-free work)."""
+        """Yield ``fn(item)`` in input order; ``threads`` uses threads instead of processes (GIL-free work).
+
+        ``resources`` (CPUs, GPUs, memory a task needs) is honoured by cluster executors; here the
+        worker count already bounds what runs at once.
+        """
         items = list(items)
         bar = progress(total=total or len(items), desc=desc, unit=unit, disable=not self.show_progress)
         try:
@@ -113,6 +117,8 @@ def _read_and_apply(fn, reader, columns, keys, candidates, bad_embeddings, shard
     """Read one shard and apply ``fn``; returns (result, rows dropped for unusable embeddings)."""
     if isinstance(candidates, str):
         candidates = np.load(candidates, mmap_mode="r")
+    elif hasattr(candidates, "get"):  # an executor's shared handle (Ray's object store)
+        candidates = candidates.get()
     batch = reader.read(shard, columns=columns, keys=keys, candidates=candidates, bad_embeddings=bad_embeddings)
     return fn(batch), batch.dropped
 
@@ -143,7 +149,9 @@ def map_shards(
     shards = pool.shards if shards is None else shards
     tmpdir = None
     cand = candidates
-    if candidates is not None and executor.workers > 1 and not threads and len(candidates) > 65536:
+    if candidates is not None and hasattr(executor, "share") and not threads:
+        cand = executor.share(candidates)  # sent once, not inside every task
+    elif candidates is not None and executor.workers > 1 and not threads and len(candidates) > 65536:
         tmpdir = tempfile.TemporaryDirectory(prefix="clipsift-cand-")
         cand = os.path.join(tmpdir.name, "candidates.npy")
         np.save(cand, np.ascontiguousarray(candidates))
