@@ -9,6 +9,7 @@ plus ``mean_recall@1``; webdataset retrieval sets (the tiny suite) and DataComp'
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,11 +92,23 @@ def classification_logits(task, lm: LoadedModel, data_root, batch_size=64, num_w
     classnames, templates = getattr(dataset, "classes", None), getattr(dataset, "templates", None)
     if not classnames or not templates:
         raise ClipsiftError(f"{_wds_root(task, data_root)}: classnames.txt or zeroshot_classification_templates.txt missing or empty for {task.key}")
-    # built under autocast (fp16 on CUDA as in DataComp, bf16 on CPU with clip_benchmark 1.6); the
-    # image pass runs without autocast, so bring the weights to float32 as CUDA's autocast does
-    classifier = zsc.zero_shot_classifier(lm.model, lm.tokenizer, classnames, templates, lm.device).float()
+    classifier = zero_shot_classifier(lm, classnames, templates)
     logits, target = zsc.run_classification(lm.model, classifier, loader, lm.device, amp=False)
     return logits, target, dataset
+
+
+def amp(lm: LoadedModel) -> bool:
+    """Autocast as DataComp's pinned clip_benchmark 1.4.0 (``torch.cuda.amp.autocast``): fp16 on
+    CUDA, nothing on the CPU. clip_benchmark 1.6 autocasts on the CPU too (bf16), which changes
+    classifiers and retrieval embeddings, so it is always called with this flag."""
+    return lm.device == "cuda"
+
+
+def zero_shot_classifier(lm: LoadedModel, classnames, templates):
+    """Per class: every template filled, encoded, normalised, averaged, renormalised; [D, C], float32."""
+    from clip_benchmark.metrics import zeroshot_classification as zsc
+
+    return zsc.zero_shot_classifier(lm.model, lm.tokenizer, classnames, templates, lm.device, amp=amp(lm)).float()
 
 
 def classification_metrics(logits, target, num_classes: int) -> dict:
@@ -128,7 +141,7 @@ def evaluate_classification(task, lm: LoadedModel, data_root, batch_size=64, num
 def _retrieval_metrics(lm: LoadedModel, loader) -> dict:
     from clip_benchmark.metrics import zeroshot_retrieval as zsr
 
-    metrics = zsr.evaluate(lm.model, loader, lm.tokenizer, recall_k_list=[1, 5, 10], device=lm.device)
+    metrics = zsr.evaluate(lm.model, loader, lm.tokenizer, recall_k_list=[1, 5, 10], device=lm.device, amp=amp(lm))
     metrics["mean_recall@1"] = 0.5 * (metrics["text_retrieval_recall@1"] + metrics["image_retrieval_recall@1"])
     return metrics
 
@@ -150,18 +163,40 @@ def _collate_captions(samples):
     return images, [list(s[1]) for s in samples]
 
 
-def _hf_dataset(name: str, data_root: str | None):
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # read the local cache only (set before import)
+@contextlib.contextmanager
+def hf_offline():
+    """Hugging Face ``datasets``/hub in offline mode for the block (environment and the already
+    imported modules' flags): evaluation reads local caches only, never the network."""
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # for a first import inside the block
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         import datasets
     except ImportError as exc:
-        raise MissingDependencyError(f"{name}: DataComp reads this task with Hugging Face `datasets`; pip install datasets") from exc
-    cache = os.path.join(data_root, "hf_cache") if data_root is not None else None
+        raise MissingDependencyError("DataComp reads Flickr, MSCOCO and WinoGAViL with Hugging Face `datasets`; pip install datasets") from exc
+    import huggingface_hub.constants as hub_constants
+
+    saved = (datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE)
+    datasets.config.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
+    if hasattr(datasets.config, "HF_DATASETS_OFFLINE"):
+        datasets.config.HF_DATASETS_OFFLINE = True
     try:
-        return datasets.load_dataset(f"nlphuji/{name}", split="test", cache_dir=cache)
-    except Exception as exc:
-        where = cache or "the default Hugging Face cache"
-        raise ClipsiftError(f"{where}: cannot load nlphuji/{name} ({type(exc).__name__}); fetch it with `clipsift evalsets download`") from exc
+        yield datasets
+    finally:
+        datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
+        if hasattr(datasets.config, "HF_DATASETS_OFFLINE"):
+            datasets.config.HF_DATASETS_OFFLINE = saved[0]
+
+
+def _hf_dataset(name: str, data_root: str | None):
+    """DataComp's ``load_dataset("nlphuji/<name>", split="test", cache_dir=<data_dir>/hf_cache)``, offline."""
+    cache = os.path.join(data_root, "hf_cache") if data_root is not None else None
+    with hf_offline() as datasets:
+        try:
+            return datasets.load_dataset(f"nlphuji/{name}", split="test", cache_dir=cache)
+        except Exception as exc:
+            where = cache or "the default Hugging Face cache"
+            raise ClipsiftError(f"{where}: cannot load nlphuji/{name} offline ({type(exc).__name__}); fetch it with "
+                                "`clipsift evalsets download` or write a stand-in with `clipsift evalsets standin`") from exc
 
 
 class _HFRetrieval:

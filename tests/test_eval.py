@@ -114,11 +114,11 @@ def test_metric_rules():
 
 
 def test_datacomp_task_reads_local_webdataset(tmp_path, suite, checkpoint):
-    """A DataComp task runs from <data_dir>/wds_<key>_test exactly like the tiny ones (CIFAR-10 stand-in)."""
+    """A DataComp task runs from <data_dir>/wds_<key>_test exactly like the tiny ones (CIFAR-10 from a tiny task)."""
     import shutil
 
     data = tmp_path / "evalsets"
-    shutil.copytree(suite / "wds_tiny-colour_test", data / "wds_cifar10_test")
+    shutil.copytree(suite / "wds_tiny-shape_test", data / "wds_cifar10_test")
     out = tmp_path / "dc"
     recs = ev.evaluate(out, out, str(data), "datacomp38", batch_size=16, use_model=f"clipsift-tiny {checkpoint}", num_workers=0, tasks=["cifar10"])
     assert [(r["key"], r["dataset"]) for r in recs] == [("cifar10", "CIFAR-10")]
