@@ -22,7 +22,15 @@ BAD_EMBEDDINGS = ("error", "drop")
 
 
 def _add_exec_args(p) -> None:
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes, or Ray tasks at once (default: CPU count)")
+    p.add_argument(
+        "--executor", choices=("local", "ray"), default="local",
+        help="where map steps run: local processes (default) or a Ray cluster (pip install 'clipsift[ray]')",
+    )
+    p.add_argument(
+        "--ray-address", default=None, metavar="ADDR",
+        help="Ray cluster to join (auto, HOST:6379 or ray://HOST:10001); default: start Ray on this machine",
+    )
 
 
 def add_run_args(p, device_flag: str = "--device") -> None:
@@ -36,9 +44,12 @@ def add_run_args(p, device_flag: str = "--device") -> None:
 
 
 def _executor(args):
-    from clipsift.executor import LocalExecutor
+    from clipsift.executor import make_executor
 
-    return LocalExecutor(workers=args.workers, show_progress=not args.quiet)
+    return make_executor(
+        getattr(args, "executor", "local"), workers=args.workers, address=getattr(args, "ray_address", None),
+        show_progress=not args.quiet,
+    )
 
 
 # ---- pool --------------------------------------------------------------------------------------

@@ -68,6 +68,8 @@ def _worker_init() -> None:
 class LocalExecutor:
     """Run ``fn`` over items in worker processes on this machine."""
 
+    kind = "local"
+
     def __init__(self, workers: int | None = None, show_progress: bool = True):
         self.workers = default_workers() if workers is None else max(1, int(workers))
         self.show_progress = show_progress
@@ -111,6 +113,24 @@ class LocalExecutor:
 
 
 _END = object()
+
+
+def make_executor(kind: str = "local", *, workers: int | None = None, address: str | None = None, show_progress: bool = True):
+    """The executor the CLI and the Python API name: ``local`` (processes on this machine) or
+    ``ray`` (a Ray cluster at ``address``, or one started here)."""
+    if kind == "local":
+        if address:
+            from clipsift.errors import ParamError
+
+            raise ParamError("--ray-address needs --executor ray")
+        return LocalExecutor(workers, show_progress=show_progress)
+    if kind == "ray":
+        from clipsift.ray_executor import RayExecutor
+
+        return RayExecutor(address=address, workers=workers, show_progress=show_progress)
+    from clipsift.errors import ParamError
+
+    raise ParamError(f"unknown executor {kind!r}; use local or ray")
 
 
 def _read_and_apply(fn, reader, columns, keys, candidates, bad_embeddings, shard):

@@ -57,6 +57,7 @@ def build_manifest(
         "wall_time_s": round(wall, 3),
         "peak_memory_mb": peak_memory_mb(),
         "workers": ctx.executor.workers,
+        "executor": getattr(ctx.executor, "kind", type(ctx.executor).__name__),
         "command": sys.argv,
     }
 
