@@ -14,11 +14,14 @@ and exits 1. Usage errors exit 2 (argparse).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from importlib.metadata import entry_points
 
 from clipsift import __version__
@@ -50,6 +53,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's time limit): unwinds like Ctrl-C, so the run's work folder,
+    temporaries and output lock are removed instead of left behind."""
+
+
+def _sigterm_handler(owner: int):
+    def handler(signum, frame):
+        if os.getpid() != owner:  # a forked worker inherited this: die as before
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated()
+
+    return handler
+
+
+@contextlib.contextmanager
+def _terminate_cleanly():
+    installed = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        installed = signal.signal(signal.SIGTERM, _sigterm_handler(os.getpid()))
+    try:
+        yield
+    finally:
+        if installed is not None:
+            signal.signal(signal.SIGTERM, installed)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -58,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return int(args.func(args) or 0)
+        with _terminate_cleanly():
+            return int(args.func(args) or 0)
     except ClipsiftError as exc:
         log.debug("error", exc_info=True)
         print(f"clipsift: error: {exc}", file=sys.stderr)
@@ -70,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         log.debug("error", exc_info=True)
         print(f"clipsift: error: {line}", file=sys.stderr)
         return 1
+    except Terminated:
+        print("clipsift: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("clipsift: interrupted", file=sys.stderr)
         return 130

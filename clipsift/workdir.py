@@ -31,6 +31,7 @@ import weakref
 from pathlib import Path
 
 from clipsift.errors import ClipsiftError
+from clipsift.io import _name_write_error
 from clipsift.log import get_logger
 
 PREFIX = "clipsift-work-"
@@ -257,8 +258,9 @@ class WorkDir:
         try:
             with open(self.path / OWNER_FILE, "w") as fh:
                 json.dump(owner_record(), fh)
-        except BaseException:
+        except BaseException as exc:
             self.cleanup()
+            _name_write_error(exc, self.path / OWNER_FILE)
             raise
 
     def cleanup(self) -> None:

@@ -511,3 +511,30 @@ def test_bad_embeddings_flag_reaches_the_run_and_the_manifest(ws, monkeypatch):
     assert _filter(ws, "p.npy", "--set", "fraction=0.5") == 0
     man = json.loads(Path("p.npy.json").read_text())
     assert "bad_embeddings" not in man and "dropped_while_reading" not in man["counters"]
+
+
+def test_sigterm_mid_write_leaves_the_old_pair_and_nothing_else(ws):
+    """``kill PID`` while the new pair is being written: the run unwinds like Ctrl-C."""
+    assert _filter(ws, "o.npy", "--set", "fraction=0.5", "--set", "seed=1") == 0
+    before = snapshot(ws)
+    script = (
+        "import sys, time\n"
+        "import clipsift.runner as r\n"
+        "def slow(*a, **k):\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(60)\n"
+        "r.build_manifest = slow\n"
+        "from clipsift.cli import main\n"
+        "sys.exit(main(['-q', 'filter', 'random', '--pool', 'pool', '--out', 'o.npy', '--set', 'fraction=0.3', '--workers', '1']))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ws, env={**os.environ, "TMPDIR": str(ws / "tmp")},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        assert (ws / "o.npy.lock").exists() and any((ws / "tmp").iterdir())  # mid-run: locked, work folder in use
+        proc.terminate()
+        rc = proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert rc == 143 and proc.stderr.read().strip() == "clipsift: terminated"
+    assert snapshot(ws) == before
