@@ -166,6 +166,10 @@ def output_lock(path: str | os.PathLike, flag: str = "--out"):
         yield None
         return
     lock = Path(f"{path}.lock")
+    made, anc = [], lock.parent  # folders this run creates: removed again if it writes nothing
+    while not anc.exists() and anc != anc.parent:
+        made.append(anc)
+        anc = anc.parent
     lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666 & ~_umask())
@@ -196,6 +200,10 @@ def output_lock(path: str | os.PathLike, flag: str = "--out"):
         with contextlib.suppress(OSError):
             os.unlink(lock)
         os.close(fd)
+        if made and not path.exists():
+            for d in made:
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)  # only while empty
 
 
 @contextlib.contextmanager

@@ -199,6 +199,16 @@ def test_unwritable_out_folder(ws, capsys):
         ro.chmod(0o755)
 
 
+def test_unwritable_out_folder_as_reported_by_access(ws, capsys, monkeypatch):
+    """The same check where the tests run as root (root passes permission bits)."""
+    before = snapshot(ws)
+    monkeypatch.setattr(cio.os, "access", lambda path, mode: Path(path).name != "adir")
+    assert main(["-q", *shlex.split(f"{RUN} --set fraction=0.5"), "--out", "adir/o.npy"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("adir is not writable; choose a writable output folder"), err
+    assert snapshot(ws) == before
+
+
 def test_check_output_path_accepts_new_nested_folders(tmp_path):
     assert check_output_path(tmp_path / "a" / "b" / "o.npy") == tmp_path / "a" / "b" / "o.npy"
     (tmp_path / "o.npy").write_bytes(b"old")
@@ -378,6 +388,21 @@ def test_two_processes_writing_one_output(ws):
     assert check_subset("o.npy").manifest_status == "verified"
     assert man["file_sha256"] == hashlib.sha256(Path("o.npy").read_bytes()).hexdigest()
     assert not Path("o.npy.lock").exists()
+
+
+def test_failed_run_removes_the_output_folders_it_created(ws, capsys, monkeypatch):
+    before = snapshot(ws)
+
+    def fail(*a, **kw):
+        raise ParamError("boom")
+
+    monkeypatch.setattr(runner, "build_manifest", fail)
+    assert _filter(ws, "new/deeper/o.npy", "--set", "fraction=0.5") == 1
+    assert capsys.readouterr().err.strip() == "clipsift: error: boom"
+    assert snapshot(ws) == before
+    monkeypatch.undo()
+    monkeypatch.chdir(ws)
+    assert _filter(ws, "new/deeper/o.npy", "--set", "fraction=0.5") == 0
 
 
 def test_stale_temporaries_of_killed_writers_are_removed(ws):
