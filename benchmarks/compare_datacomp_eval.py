@@ -139,6 +139,20 @@ def make_checkpoint(path: Path, seed: int, arch: str) -> None:
     torch.save({"epoch": 1, "name": "standin", "state_dict": model.state_dict()}, path)
 
 
+def to_ctx77(src: Path, dst: Path) -> None:
+    """A clipsift-tiny checkpoint (24-token context) as clipsift-tiny-ctx77: positional embedding
+    zero-padded to 77 rows. Text features are read at the end token under a causal mask, so every
+    text of at most 24 tokens encodes exactly as before."""
+    import torch
+
+    ck = torch.load(src, map_location="cpu", weights_only=True)
+    sd = {k.removeprefix("module."): v for k, v in ck.get("state_dict", ck).items()}
+    pe = sd["positional_embedding"]
+    if pe.shape[0] < 77:
+        sd["positional_embedding"] = torch.cat([pe, pe.new_zeros(77 - pe.shape[0], pe.shape[1])])
+    torch.save({"epoch": ck.get("epoch", 1), "name": "ctx77", "state_dict": sd}, dst)
+
+
 def reference_data(work: Path, data: Path, ref_python: str) -> tuple[Path, dict]:
     """<work>/refdata: the stand-in's webdataset folders (links) + a datasets-2.8.0 cache of its HF sets."""
     from clipsift.eval.standin import hf_cache_dir
@@ -231,7 +245,8 @@ def main() -> int:
     ap.add_argument("--datacomp-dir", default="/tmp/dcref/datacomp", help="checkout of mlfoundations/datacomp")
     ap.add_argument("--work", default="/tmp/dcref/run", help="scratch folder (outside the repository)")
     ap.add_argument("--data-dir", default=None, help="stand-in sets (default: <work>/standin-<seed>, generated)")
-    ap.add_argument("--checkpoint", default=None, help="clipsift-tiny checkpoint (default: random init, seed --seed)")
+    ap.add_argument("--checkpoint", default=None, help="a trained clipsift-tiny checkpoint, converted to the 77-token arch (default: random init, seed --seed)")
+    ap.add_argument("--pool", default=None, help="render the stand-ins from this synthetic pool's world (the checkpoint's training pool)")
     ap.add_argument("--arch", default="clipsift-tiny-ctx77", help="open_clip model name (default: clipsift-tiny with a 77-token context)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n", type=int, default=16, help="images per stand-in task")
@@ -246,13 +261,21 @@ def main() -> int:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    data = Path(args.data_dir) if args.data_dir else work / f"standin-{args.seed}"
-    make_standin(data, seed=args.seed, n=args.n)
+    world = None
+    if args.pool:
+        from clipsift.eval.tiny_suite import _world_of
+
+        world = _world_of(args.pool)
+    tag = f"{args.seed}" + ("-pool" if args.pool else "")
+    data = Path(args.data_dir) if args.data_dir else work / f"standin-{tag}"
+    make_standin(data, seed=args.seed, n=args.n, world=world)
     configs = model_configs(work)
-    ckpt = Path(args.checkpoint) if args.checkpoint else work / f"tiny-{args.seed}.pt"
-    if not args.checkpoint:
+    ckpt = work / f"tiny-{tag}.pt"
+    if args.checkpoint:
+        to_ctx77(Path(args.checkpoint), ckpt)
+    else:
         make_checkpoint(ckpt, args.seed, args.arch)
-    ours_dir, ref_out = work / f"clipsift-{args.seed}", work / f"datacomp-{args.seed}"
+    ours_dir, ref_out = work / f"clipsift-{tag}", work / f"datacomp-{tag}"
     for d in (ours_dir, ref_out):
         if d.exists():
             import shutil
@@ -266,13 +289,13 @@ def main() -> int:
     refdata, env = reference_data(work, data, args.ref_python)
     t_ref = sh([args.ref_python, "-W", "ignore", "-c", DRIVER, str(configs), args.datacomp_dir,
                 "--train_output_dir", str(ref_out), "--data_dir", str(refdata), "--batch_size", str(args.batch_size),
-                "--use_model", f"{args.arch} {ckpt}"], env=env, cwd=args.datacomp_dir, log=work / f"datacomp-{args.seed}.log")
+                "--use_model", f"{args.arch} {ckpt}"], env=env, cwd=args.datacomp_dir, log=work / f"datacomp-{tag}.log")
 
     tasks = load_tasks("datacomp38")
     rows, problems = compare(read_results(ours_dir / "eval_results.jsonl"), read_results(ref_out / "eval_results.jsonl"), tasks, args.tol)
     print(f"stand-ins {data} (seed {args.seed}, n {args.n}), checkpoint {ckpt}")
     print(f"clipsift evaluate {t_ours:.1f} s, DataComp evaluate.py {t_ref:.1f} s (40 tasks, CPU)")
-    print(f"| task | main metric | clipsift | DataComp | abs diff | max abs diff, all {{common}} metrics |")
+    print("| task | main metric | clipsift | DataComp | abs diff | max abs diff over common metrics (count) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         note = f" (clipsift main, Other excluded: {fmt(r['clipsift_main'])})" if r["task"] == "FMoW" else ""

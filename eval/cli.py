@@ -170,6 +170,7 @@ def _register_evalsets(sub) -> None:
                                   "metadata, Hugging Face caches for Flickr, MSCOCO and WinoGAViL), rendered from the synthetic world.")
     q.add_argument("--data-dir", required=True, help="output folder (an evaluation --data-dir)")
     q.add_argument("--seed", type=int, default=0, help="world and sampling seed")
+    q.add_argument("--pool", default=None, help="render from this synthetic pool's world (world.json), so a model trained on it scores above chance")
     q.add_argument("--n", type=int, default=32, help="images (retrieval: images, WinoGAViL: examples) per task")
     q.add_argument("--max-classes", type=int, default=20, help="cap on classes per task (real count when smaller)")
     q.add_argument("--task", action="append", default=None, help="only this task key (repeatable)")
@@ -199,8 +200,10 @@ def cmd_evalsets_tiny(args) -> int:
 
 def cmd_evalsets_standin(args) -> int:
     from clipsift.eval.standin import make_standin
+    from clipsift.eval.tiny_suite import _world_of
 
-    out = make_standin(args.data_dir, seed=args.seed, n=args.n, max_classes=args.max_classes, tasks=args.task, overwrite=args.overwrite)
+    world = _world_of(args.pool) if args.pool else None
+    out = make_standin(args.data_dir, seed=args.seed, n=args.n, max_classes=args.max_classes, world=world, tasks=args.task, overwrite=args.overwrite)
     print(f"{out}: stand-in evaluation sets ready")
     return 0
 

@@ -228,7 +228,7 @@ def evaluate_winogavil(task, lm: LoadedModel, data_root, batch_size=64, num_work
     from sklearn.metrics import jaccard_score
 
     ds = _hf_dataset("winogavil", data_root)
-    scores = {}
+    scores, groups = [], []
     autocast = torch.autocast("cuda") if lm.device == "cuda" else torch.autocast("cpu", enabled=False)
     for ex in ds:
         cue = ex["cue"].lower()
@@ -238,18 +238,23 @@ def evaluate_winogavil(task, lm: LoadedModel, data_root, batch_size=64, num_work
             tf = F.normalize(lm.model.encode_text(lm.tokenizer([prompt]).to(lm.device)), dim=-1)
             imf = F.normalize(lm.model.encode_image(images), dim=-1)
             sim = (tf @ imf.T).float().cpu().numpy()[0]
-        y_true = np.array([c in ex["associations"] for c in ex["candidates"]], dtype=int)
+        y_true = np.isin(ex["candidates"], ex["associations"])
         n = int(y_true.sum())
-        y_pred = np.isin(np.arange(len(sim)), np.argsort(sim)[-n:]).astype(int)  # [-0:] selects all, as upstream
-        scores.setdefault(len(y_true), []).append(jaccard_score(y_true, y_pred))
-    allv = [s for v in scores.values() for s in v]
-    metrics = {"avg_jaccard_score": float(np.mean(allv))}
+        y_pred = np.isin(np.arange(len(sim)), np.argsort(sim)[-n:])  # [-0:] selects all, as upstream
+        scores.append(jaccard_score(y_true, y_pred))
+        groups.append(len(y_true))
+    if not scores:
+        raise ClipsiftError("nlphuji/winogavil: the test split is empty")
+    scores, groups = np.array(scores), np.array(groups)
+
+    def mean(sel):  # wino_eval.py's means in example order; an empty group is null (NaN upstream)
+        return float(scores[sel].mean()) if sel.any() else None
+
+    metrics = {"avg_jaccard_score": float(scores.mean())}
     for k in (5, 6, 10, 12):
-        metrics[f"jaccard_score_{k}"] = float(np.mean(scores[k])) if k in scores else None
-    small = [s for k, v in scores.items() if k <= 6 for s in v]
-    large = [s for k, v in scores.items() if k >= 10 for s in v]
-    metrics["jaccard_score_5-6"] = float(np.mean(small)) if small else None
-    metrics["jaccard_score_10-12"] = float(np.mean(large)) if large else None
+        metrics[f"jaccard_score_{k}"] = mean(groups == k)
+    metrics["jaccard_score_5-6"] = mean(groups <= 6)
+    metrics["jaccard_score_10-12"] = mean(groups >= 10)
     return metrics
 
 
