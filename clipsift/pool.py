@@ -277,6 +277,12 @@ class ShardReader:
             raise PoolError(f"{shard.parquet}: cannot read columns {cols} ({_one_line(exc)}); re-download this shard") from exc
         if table.num_rows != shard.num_rows:
             raise PoolError(f"{shard.parquet}: changed while reading; re-run")
+        absent = [c for c in cols if c not in table.column_names]  # pyarrow skips unknown names silently
+        if absent:
+            raise PoolError(
+                f"{shard.parquet}: missing column(s) {', '.join(absent)} that the pool's first shard has; "
+                "re-download this shard (all shards share one schema)"
+            )
         table = self._conform(shard, table)
         try:
             uids = hex_to_records(table.column("uid"))
@@ -296,6 +302,9 @@ class ShardReader:
         refuse a column of another kind, and refuse text that is not UTF-8 (one line each)."""
         for i, name in enumerate(table.column_names):
             col = table.column(i)
+            if pa.types.is_dictionary(col.type):  # pandas categoricals: the values are what counts
+                col = col.cast(col.type.value_type)
+                table = table.set_column(i, name, col)
             want = self.schema.field(name).type if self.schema is not None and name in self.schema.names else col.type
             if col.type != want and (table.num_rows == 0 or pa.types.is_null(col.type)):
                 table = table.set_column(i, name, pa.nulls(table.num_rows, want) if table.num_rows else pa.array([], want))

@@ -117,6 +117,14 @@ CASES = {
     "npz_one_d": (lambda r: edit_npz(r, _one_d), ["negclip", "--set", "fraction=0.5"], "expected (rows, width)"),
     "npz_object_array": (lambda r: edit_npz(r, _objects), ["negclip", "--set", "fraction=0.5"], "unreadable npz"),
     "npz_integer_array": (lambda r: edit_npz(r, _ints), ["negclip", "--set", "fraction=0.5"], "expected float16/float32"),
+    "column_missing_in_one_shard": (
+        lambda r: pq.write_table(pq.read_table(sorted(r.glob("*.parquet"))[1]).drop(["text"]), sorted(r.glob("*.parquet"))[1]),
+        ["basic_filter"], "missing column(s) text that the pool's first shard has",
+    ),
+    "null_uid": (
+        lambda r: rewrite_column(r, "uid", lambda c, n: pa.array([None, *c.to_pylist()[1:]], pa.string()), only_first=True),
+        ["no_filter"], "row 0",
+    ),
     "npz_missing": (lambda r: first(r, ".npz").unlink(), ["negclip", "--set", "fraction=0.5"], "missing embeddings file"),
 }
 
@@ -208,7 +216,7 @@ def test_bad_embeddings_drop_leaves_rows_out_and_counts_them(tmp_path):
     out = tmp_path / "s.npy"
     assert main(["-q", "filter", "negclip", "--pool", str(pool), "--out", str(out), "--set", "fraction=1.0", "--bad-embeddings", "drop"]) == 0
     manifest = json.loads(Path(f"{out}.json").read_text())
-    assert manifest["counters"]["bad_embeddings"] == 1
+    assert manifest["counters"]["dropped_while_reading"] == {"bad_embeddings": 1}
     bad_uid = pq.read_table(first(pool, ".parquet")).column("uid")[3].as_py()
     from clipsift.uids import records_to_hex
 
@@ -243,3 +251,20 @@ def test_count_above_the_pool_warns_and_records_the_shortfall(tmp_path, caplog, 
     assert len(sel) == 50
     assert sel.details["shortfall"] == {"asked": 60, "available": 50, "kept": 50, "short": 10, "of": "candidates"}
     assert "count=60 asked, but only 50" in caplog.text
+
+
+def test_dictionary_encoded_captions_read_as_strings(tmp_path):
+    """pandas writes categoricals as dictionary columns: same subset as plain strings."""
+    from clipsift.executor import LocalExecutor
+    from clipsift.filter import RunContext
+    from clipsift.registry import create_filter
+
+    plain = write_pool(tmp_path / "plain", [30, 20], texts=[f"a dog number {i % 7} on grass" for i in range(50)])
+    coded = tmp_path / "coded"
+    shutil.copytree(plain, coded)
+    rewrite_column(coded, "text", lambda c, n: c.dictionary_encode())
+    out = []
+    for root in (plain, coded):
+        ctx = RunContext(Pool(str(root)), LocalExecutor(1, show_progress=False), workdir=tmp_path / f"w{root.name}")
+        out.append(create_filter("basic_filter", {}).select(ctx).uids)
+    np.testing.assert_array_equal(out[0], out[1])
