@@ -173,25 +173,24 @@ def check_embed(inputs, device, work):
     from clipsift.filters.scores.embed import embed_folder
 
     w = tiny_weights(work)
-    outs = {}
-    times = {}
-    for dev in ("cpu", device):
-        out = Path(tempfile.mkdtemp(dir=work, prefix=f"embed-{dev}-"))
+    outs, times = {}, {}
+    for side, dev in (("cpu", "cpu"), ("device", device)):
+        out = Path(tempfile.mkdtemp(dir=work, prefix=f"embed-{side}-"))
         s, t = timed(lambda out=out, dev=dev: embed_folder(inputs["shards"], out, arch="clipsift-tiny", pretrained=str(w), name="t", batch_size=256, device=dev))
-        outs[dev], times[dev] = (out, s["samples"]), t
+        outs[side], times[side] = (out, s["samples"]), t
     import pyarrow.parquet as pq
 
     fd = sd = 0.0
     for p in sorted(outs["cpu"][0].glob("*.npz")):
-        a, b = np.load(p), np.load(outs[device][0] / p.name)
+        a, b = np.load(p), np.load(outs["device"][0] / p.name)
         fd = max(fd, float(np.max(np.abs(a["t_img"].astype(np.float32) - b["t_img"].astype(np.float32)))),
                  float(np.max(np.abs(a["t_txt"].astype(np.float32) - b["t_txt"].astype(np.float32)))))
         qa = pq.read_table(p.with_suffix(".parquet")).column("clip_t_similarity_score").to_numpy()
-        qb = pq.read_table((outs[device][0] / p.name).with_suffix(".parquet")).column("clip_t_similarity_score").to_numpy()
+        qb = pq.read_table((outs["device"][0] / p.name).with_suffix(".parquet")).column("clip_t_similarity_score").to_numpy()
         sd = max(sd, float(np.max(np.abs(qa - qb))))
     ok = fd <= 2e-2 and sd <= 1e-2
     record("embed (clipsift-tiny)", ok, f"max |feature diff| {fd:.2e} (<= 2e-2), max |score diff| {sd:.2e} (<= 1e-2)",
-           times["cpu"], times[device], outs["cpu"][1])
+           times["cpu"], times["device"], outs["cpu"][1])
 
 
 # ------------------------------------------------------------------ training steps
@@ -219,7 +218,9 @@ def train_losses(arch: str, device: str, steps: int, batch: int, lr: float, seed
         images = torch.randn(batch, 3, size, size, generator=g).to(device)
         tokens = torch.randint(1, 49000, (batch, ctx_len), generator=g).to(device)
         out = model(images, tokens)
-        loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+        if isinstance(out, dict):
+            out = (out["image_features"], out["text_features"], out["logit_scale"])
+        loss = loss_fn(out[0], out[1], out[2])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -229,10 +230,10 @@ def train_losses(arch: str, device: str, steps: int, batch: int, lr: float, seed
 
 
 def check_training(device, quick):
-    from clipsift.eval.scales import SCALES
+    from clipsift.eval.scales import get_scale_config
 
     for scale in ("tiny", "debug"):
-        cfg = SCALES[scale]
+        cfg = get_scale_config(scale)
         steps = 2 if quick else 3
         batch = (16 if quick else 64) if scale == "debug" else (32 if quick else 128)
         lc, tc = train_losses(cfg["model"], "cpu", steps, batch, cfg["learning_rate"])
@@ -270,7 +271,7 @@ def check_evaluation(inputs, device, work):
             break
     classes = [f"a photo of a {c}" for c in ("cat", "dog", "car", "tree", "house", "bird", "boat", "cup", "shoe", "lamp")]
     res = {}
-    for dev in ("cpu", device):
+    for side, dev in (("cpu", "cpu"), ("device", device)):
         model, _, pre = open_clip.create_model_and_transforms("clipsift-tiny", pretrained=str(w), device=dev)
         model.eval()
         tok = open_clip.get_tokenizer("clipsift-tiny")
@@ -281,12 +282,12 @@ def check_evaluation(inputs, device, work):
             f = torch.nn.functional.normalize(model.encode_image(x).float(), dim=-1)
             logits = (100.0 * f @ wt.T).cpu().numpy()
         sync()
-        res[dev] = (logits, time.perf_counter() - t)
-    a, b = res["cpu"][0], res[device][0]
+        res[side] = (logits, time.perf_counter() - t)
+    a, b = res["cpu"][0], res["device"][0]
     diff = float(np.max(np.abs(a - b)))
     agree = float(np.mean(a.argmax(1) == b.argmax(1)))
     record("evaluation (zero-shot logits)", diff <= 5e-2 and agree >= 0.99, f"max |logit diff| {diff:.2e} (<= 5e-2), top-1 agreement {agree:.4f}",
-           res["cpu"][1], res[device][1], len(imgs))
+           res["cpu"][1], res["device"][1], len(imgs))
 
 
 # ------------------------------------------------------------------ main

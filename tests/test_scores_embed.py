@@ -122,3 +122,32 @@ def test_embed_errors(shards, weights, tmp_path):
     with pytest.raises(ParamError, match="--name"):
         embed_mod.embed_folder(shards, tmp_path / "o", arch="clipsift-tiny", pretrained=str(weights), name="Bad-Name")
     assert run_embed(shards, tmp_path / "o2", weights, extra=["--model-config", str(tmp_path / "nope.json")]) == 1
+
+
+def test_embed_skips_samples_without_json_or_image(shards, weights, tmp_path):
+    import io
+    import tarfile
+
+    src = sorted(shards.glob("*.tar"))[0]
+    with tarfile.open(src) as tf:
+        names = [m.name for m in tf.getmembers()]
+        key = names[0].split(".")[0]
+        good = {n.split(".", 1)[1]: tf.extractfile(n).read() for n in names if n.startswith(key + ".")}
+    meta = json.loads(good["json"])
+    d = tmp_path / "byod"
+    d.mkdir()
+
+    def add(tf, name, data):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+
+    bad_meta = dict(meta, uid="f" * 32)
+    with tarfile.open(d / "00000000.tar", "w") as tf:
+        add(tf, "a.jpg", good["jpg"]), add(tf, "a.json", good["json"]), add(tf, "a.txt", good["txt"])
+        add(tf, "b.jpg", b"not a jpeg"), add(tf, "b.json", json.dumps(bad_meta).encode())
+        add(tf, "c.jpg", good["jpg"]), add(tf, "c.txt", b"no json")
+    s = embed_mod.embed_folder(d, tmp_path / "o", arch="clipsift-tiny", pretrained=str(weights), name="t", device="cpu", decode_threads=2)
+    assert (s["samples"], s["bad_image"], s["no_json"]) == (1, 1, 1)
+    t = pq.read_table(tmp_path / "o" / "00000000.parquet")
+    assert t.column("uid").to_pylist() == [meta["uid"]] and t.column("text").to_pylist() == [good["txt"].decode()]

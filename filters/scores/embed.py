@@ -29,7 +29,9 @@ import os
 import re
 import tarfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -209,24 +211,43 @@ def metadata_table(rows: list[dict], img: np.ndarray, txt: np.ndarray, name: str
 # ---------------------------------------------------------------- shards
 
 
-def embed_shard(em: EmbedModel, tar_path: Path, out_dir: Path, name: str, batch_size: int, dtype) -> dict:
-    """Write ``<stem>.npz`` then ``<stem>.parquet`` for one tar; returns counters."""
-    import torch
+def prepare_image(preprocess, data: bytes):
+    """Decode and preprocess one image (None when it does not decode); runs in decode threads."""
     from PIL import Image
 
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return preprocess(im.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def embed_shard(em: EmbedModel, tar_path: Path, out_dir: Path, name: str, batch_size: int, dtype, pool=None) -> dict:
+    """Write ``<stem>.npz`` then ``<stem>.parquet`` for one tar; returns counters.
+
+    ``pool`` (a thread pool) decodes and preprocesses a batch's images in parallel; order is kept.
+    """
+    import torch
+
     rows, imgs, txts = [], [], []
-    pending_imgs, pending_rows = [], []
+    pending: list[tuple[dict, bytes]] = []
     counts = {"samples": 0, "no_json": 0, "bad_image": 0, "no_image": 0}
+    prep = partial(prepare_image, em.preprocess)
 
     def flush():
-        if not pending_rows:
+        if not pending:
             return
-        a, b = encode_batch(em, torch.stack(pending_imgs), [r["text"] for r in pending_rows])
-        imgs.append(a.astype(dtype))
-        txts.append(b.astype(dtype))
-        rows.extend(pending_rows)
-        pending_imgs.clear()
-        pending_rows.clear()
+        datas = [d for _, d in pending]
+        tensors = list(pool.map(prep, datas)) if pool is not None else [prep(d) for d in datas]
+        ok = [i for i, t in enumerate(tensors) if t is not None]
+        counts["bad_image"] += len(tensors) - len(ok)
+        if ok:
+            recs = [pending[i][0] for i in ok]
+            a, b = encode_batch(em, torch.stack([tensors[i] for i in ok]), [r["text"] for r in recs])
+            imgs.append(a.astype(dtype))
+            txts.append(b.astype(dtype))
+            rows.extend(recs)
+        pending.clear()
 
     for key, members in iter_samples(tar_path):
         rec = sample_record(tar_path, key, members)
@@ -237,14 +258,8 @@ def embed_shard(em: EmbedModel, tar_path: Path, out_dir: Path, name: str, batch_
         if ext is None:
             counts["no_image"] += 1
             continue
-        try:
-            with Image.open(io.BytesIO(members[ext])) as im:
-                pending_imgs.append(em.preprocess(im.convert("RGB")))
-        except (OSError, ValueError, Image.DecompressionBombError):
-            counts["bad_image"] += 1
-            continue
-        pending_rows.append(rec)
-        if len(pending_rows) >= batch_size:
+        pending.append((rec, members[ext]))
+        if len(pending) >= batch_size:
             flush()
     flush()
     counts["samples"] = len(rows)
@@ -263,7 +278,7 @@ def embed_shard(em: EmbedModel, tar_path: Path, out_dir: Path, name: str, batch_
 
 def embed_folder(
     shards_dir, out_dir, *, arch: str, pretrained: str, name: str, batch_size: int = 256, device: str = "auto",
-    dtype: str = "float16", model_config: str | None = None, em: EmbedModel | None = None,
+    dtype: str = "float16", model_config: str | None = None, em: EmbedModel | None = None, decode_threads: int | None = None,
 ) -> dict:
     """Embed every shard of ``shards_dir`` into ``out_dir`` (resumable); returns a summary."""
     if not NAME_RE.match(name or ""):
@@ -299,15 +314,19 @@ def embed_folder(
         em = em or load_model(arch, pretrained, device, model_config)
         np_dtype = np.float16 if dtype == "float16" else np.float32
         bar = progress(total=len(todo), desc=f"embed {name}", unit="shard")
+        threads = decode_threads if decode_threads is not None else min(8, os.cpu_count() or 1)
+        pool = ThreadPoolExecutor(threads) if threads > 1 else None
         try:
             for t in todo:
-                c = embed_shard(em, t, out, name, batch_size, np_dtype)
+                c = embed_shard(em, t, out, name, batch_size, np_dtype, pool)
                 for k, v in c.items():
                     total[k] += v
                 bar.update(1)
                 bar.set_postfix(samples=total["samples"])
         finally:
             bar.close()
+            if pool is not None:
+                pool.shutdown()
         total["device"] = em.device
     total["seconds"] = round(time.perf_counter() - t0, 3)
     total["samples_per_s"] = round(total["samples"] / total["seconds"], 1) if total["seconds"] and total["samples"] else None

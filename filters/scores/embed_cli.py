@@ -21,6 +21,7 @@ def register(sub) -> None:
     p.add_argument("--model-config", default=None, help="JSON model config to register first (its file stem becomes a model name)")
     p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass (default 256)")
     p.add_argument("--device", default="auto", help="auto (CUDA with fp16 autocast when present), cpu or cuda")
+    p.add_argument("--decode-threads", type=int, default=None, help="threads decoding and preprocessing images (default: cores, at most 8)")
     p.add_argument("--dtype", default="float16", choices=("float16", "float32"), help="npz feature dtype (the pools use float16)")
     p.set_defaults(func=cmd_embed)
 
@@ -30,7 +31,7 @@ def cmd_embed(args) -> int:
 
     summary = embed_folder(
         args.shards, args.out, arch=args.model, pretrained=args.pretrained, name=args.name, batch_size=args.batch_size,
-        device=args.device, dtype=args.dtype, model_config=args.model_config,
+        device=args.device, dtype=args.dtype, model_config=args.model_config, decode_threads=args.decode_threads,
     )
     print(json.dumps(summary), file=sys.stdout)
     return 0
