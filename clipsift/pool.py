@@ -42,6 +42,8 @@ def column_kind(name: str) -> str | None:
 
 
 def type_kind(t: pa.DataType) -> str:
+    if pa.types.is_dictionary(t):
+        return type_kind(t.value_type)
     if pa.types.is_string(t) or pa.types.is_large_string(t) or getattr(pa.types, "is_string_view", lambda _: False)(t):
         return "string"
     if pa.types.is_integer(t) or pa.types.is_floating(t):
