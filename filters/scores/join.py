@@ -264,7 +264,10 @@ def lookup(sorted_ref: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.nd
     if not n or not len(query):
         return np.zeros(len(query), dtype=np.int64), np.zeros(len(query), dtype=bool)
     hi = np.ascontiguousarray(sorted_ref["f0"])
-    pos = np.searchsorted(hi, query["f0"])
+    qhi = np.ascontiguousarray(query["f0"])
+    order = np.argsort(qhi)  # sorted needles: searchsorted walks forward instead of missing the cache
+    pos = np.empty(len(qhi), dtype=np.intp)
+    pos[order] = np.searchsorted(hi, qhi[order])
     pos_c = np.minimum(pos, n - 1)
     same_hi = (pos < n) & (hi[pos_c] == query["f0"])
     found = same_hi & (sorted_ref["f1"][pos_c] == query["f1"])
