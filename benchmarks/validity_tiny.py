@@ -116,12 +116,12 @@ def report(out: Path, plan: list[dict], tables: list[str], seeds: list[int]) -> 
         labels = [e["label"] for e in plan if tab in e["tables"]]
         lines += ["", f"### {titles[tab]}", "",
                   "| run | seeds | size | seen | " + " | ".join(c.replace("tiny/", "") for c in cols)
-                  + " | mismatched % | repeats % | concepts | tail % |",
-                  "|---|---|---|---|" + "---|" * (len(cols) + 4)]
+                  + " | mismatched % | repeats % | non-English % | concepts | tail % |",
+                  "|---|---|---|---|" + "---|" * (len(cols) + 5)]
         for lab in labels:
             rs = runs[lab]
             q = quality.get(lab, {})
-            qcells = [str(q.get("mismatched", "—")), str(q.get("duplicated", "—")),
+            qcells = [str(q.get("mismatched", "—")), str(q.get("duplicated", "—")), str(q.get("non_english", "—")),
                       f"{q.get('concepts', '—')}/{q.get('concepts_of', '—')}", str(q.get("tail", "—"))]
             if not rs:
                 lines.append(f"| {lab} | 0 | | | " + " | ".join("—" for _ in cols) + " | " + " | ".join(qcells) + " |")
@@ -160,6 +160,8 @@ def main() -> None:
     ap.add_argument("--train-num-samples", type=int, default=DEFAULT_DEMO_SAMPLES)
     ap.add_argument("--tables", nargs="+", default=["oracle", "a", "b", "c"], choices=["oracle", "a", "b", "c"])
     ap.add_argument("--jobs", type=int, default=2, help="track runs at once (one torch thread each)")
+    ap.add_argument("--labels", nargs="+", default=None,
+                    help="train only these run labels (e.g. dbp_seen30); a second process can then take other labels")
     ap.add_argument("--report-only", action="store_true", help="print the tables from finished runs")
     args = ap.parse_args()
     configure_logging(-1)
@@ -194,12 +196,12 @@ def main() -> None:
         def order(item):
             i, (seed, sp) = item
             r = rank.get(sp.method, 4)
-            return (r, seed if r == 4 else 0, i)
+            return (r, seed if r >= 3 else 0, i)
 
         specs = [sp for _, (_, sp) in sorted(enumerate(specs), key=order)]
-        todo = [sp for sp in specs if _read(Path(sp.out)) is None]
+        todo = [sp for sp in specs if _read(Path(sp.out)) is None and (args.labels is None or sp.method in args.labels)]
         t0 = time.perf_counter()
-        print(f"validity: {len(todo)} runs to do ({len(specs) - len(todo)} done), {args.jobs} at a time", file=sys.stderr, flush=True)
+        print(f"validity: {len(todo)} runs to do here ({len(specs) - len(todo)} done or left to another process), {args.jobs} at a time", file=sys.stderr, flush=True)
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 

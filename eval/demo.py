@@ -133,7 +133,12 @@ def summary_table(runs: list[dict], quality: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, rs, avg, groups in rows:
         q = quality.get(method, {})
-        vs = "best" if avg is best else ("tied" if tied(avg, best) else f"{avg[0] - best[0]:+.3f}")
+        if avg is best:
+            vs = "best"
+        elif avg[0] is None or best[0] is None or len(rs) < 2:
+            vs = "—"  # no score, or one seed: no std to judge a tie by
+        else:
+            vs = "tied" if tied(avg, best) else f"{avg[0] - best[0]:+.3f}"
         cells = [method, str(len(rs)), str(rs[0]["dataset_size"]), f(avg), f(groups["concepts"]), f(groups["tail"]), vs,
                  *(("—" if q.get(k) is None else f"{q[k]:.1f}") for k in ("mismatched", "duplicated", "non_english")),
                  f"{q.get('concepts', '—')}/{q.get('concepts_of', '—')}", "—" if q.get("tail") is None else f"{q['tail']:.1f}"]
