@@ -223,6 +223,11 @@ def _register_filter(sub) -> None:
     p.add_argument("--recipe", help="TOML recipe instead of NAME")
     p.add_argument("--candidates", help="subset file: run only on these uids (chain on another result)")
     p.add_argument("--workdir", help="folder for this run's scratch folder (default: TMPDIR); removed after the run")
+    p.add_argument(
+        "--run-dir", metavar="URL",
+        help="keep each map step's per-shard results here (path or fsspec URL every worker can reach): "
+        "a rerun after a crash or kill reuses what was finished; kept after the run",
+    )
     add_run_args(p)
     _add_exec_args(p)
     p.set_defaults(func=cmd_filter)
@@ -262,7 +267,12 @@ def cmd_filter(args) -> int:
     if args.candidates:
         candidates = unique_sorted(sort_records(np.asarray(read_subset(args.candidates))))
     with run_workdir(args.workdir) as workdir:
-        ctx = RunContext(pool, _executor(args), candidates, workdir, device, bad_embeddings=args.bad_embeddings)
+        run_dir = None
+        if args.run_dir:
+            from clipsift.stagecache import RunFolder
+
+            run_dir = RunFolder(args.run_dir)
+        ctx = RunContext(pool, _executor(args), candidates, workdir, device, bad_embeddings=args.bad_embeddings, run_dir=run_dir)
         path, manifest = run_to_subset(step, ctx, args.out, recipe_text)
     print(f"{path}: kept {manifest['output_count']} of {manifest['input_count']} in {manifest['wall_time_s']} s")
     return 0

@@ -19,7 +19,9 @@ from functools import partial
 
 import numpy as np
 
-from clipsift.log import progress
+from clipsift.log import get_logger, progress
+
+log = get_logger("executor")
 
 
 def default_workers() -> int:
@@ -143,6 +145,40 @@ def _read_and_apply(fn, reader, columns, keys, candidates, bad_embeddings, shard
     return fn(batch), batch.dropped
 
 
+def _staged(stage, task, shard):
+    """Run ``task`` on one shard unless the run folder holds its result; store what it computes.
+    Returns (result, reused)."""
+    stored = stage.load(shard)
+    if stored is not None:
+        return stored, True
+    result = task(shard)
+    stage.store(shard, result)
+    return result, False
+
+
+def _pool_identity(pool) -> str:
+    """Shard names, rows, sizes and modification times: a changed file gives another identity."""
+    ident = getattr(pool, "_identity", None)
+    if ident is None:
+        import hashlib
+
+        h = hashlib.sha256(repr(pool.fingerprint()["shards"]).encode())
+        if getattr(pool, "fs", None) is None:
+            for s in pool.shards:
+                for path in (s.parquet, s.npz):
+                    try:
+                        st = os.stat(path)
+                        h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
+                    except OSError:
+                        h.update(f"{path}:absent".encode())
+        ident = h.hexdigest()[:32]
+        try:
+            pool._identity = ident
+        except AttributeError:
+            pass
+    return ident
+
+
 def map_shards(
     pool,
     fn: Callable,
@@ -156,12 +192,17 @@ def map_shards(
     threads: bool = False,
     bad_embeddings: str = "error",
     dropped: dict | None = None,
+    stages=None,
 ) -> Iterator:
     """Apply ``fn(ShardBatch)`` to every shard (restricted to sorted ``candidates``), in shard order.
 
     ``fn`` must be picklable (a module-level function, a ``functools.partial`` or a method of a
     picklable object) because it may run in another process. Rows with unusable embeddings are an
     error, or with ``bad_embeddings="drop"`` left out and counted in ``dropped["bad_embeddings"]``.
+
+    With ``stages`` (a :class:`~clipsift.stagecache.RunFolder`), each shard's result is kept in the
+    run folder and reused by a later run of the same step on the same inputs (a killed run resumes).
+    Steps with ``threads=True`` act on driver objects and are never kept.
     """
     executor = executor or LocalExecutor()
     columns, keys = tuple(columns), tuple(keys)
@@ -178,10 +219,29 @@ def map_shards(
     try:
         reader = getattr(pool, "reader", pool)  # tasks carry the small reader, not the shard list
         task = partial(_read_and_apply, fn, reader, columns, keys, cand, bad_embeddings)
-        for result, n_dropped in executor.map(task, shards, desc=desc or "shards", threads=threads):
+        stage = None
+        if stages is not None and not threads:
+            from clipsift.stagecache import candidates_digest
+
+            key = {"columns": columns, "keys": keys, "candidates": candidates_digest(candidates),
+                   "bad_embeddings": bad_embeddings, "pool": _pool_identity(pool)}
+            stage = stages.stage(desc, key, fn)
+        if stage is None:
+            for result, n_dropped in executor.map(task, shards, desc=desc or "shards", threads=threads):
+                if n_dropped and dropped is not None:
+                    dropped["bad_embeddings"] = dropped.get("bad_embeddings", 0) + n_dropped
+                yield result
+            return
+        reused = done = 0
+        for (result, n_dropped), was_stored in executor.map(partial(_staged, stage, task), shards, desc=desc or "shards"):
             if n_dropped and dropped is not None:
                 dropped["bad_embeddings"] = dropped.get("bad_embeddings", 0) + n_dropped
+            reused += was_stored
+            done += 1
             yield result
+        if reused:
+            log.info("stage %s: %d of %d shards reused from the run folder (%s)", stage.name, reused, done, stage.url)
+        stage.mark_done({"desc": desc, "shards": done, "reused": reused})
     finally:
         if tmpdir is not None:
             tmpdir.cleanup()

@@ -83,6 +83,7 @@ class RunContext:
     device: str = "auto"
     bad_embeddings: str = "error"  # rows with non-finite or zero-norm embeddings: "error" | "drop"
     dropped: dict = field(default_factory=dict)  # rows left out while reading, by reason (manifest)
+    run_dir: Any = None  # a RunFolder (clipsift.stagecache): per-shard results kept, a killed run resumes
 
     def __post_init__(self):
         if self.workdir is None:
@@ -103,12 +104,13 @@ class RunContext:
         """
         return map_shards(
             self.pool, fn, columns=columns, keys=keys, candidates=self.candidates, executor=self.executor, desc=desc,
-            threads=threads, bad_embeddings=self.bad_embeddings, dropped=self.dropped,
+            threads=threads, bad_embeddings=self.bad_embeddings, dropped=self.dropped, stages=self.run_dir,
         )
 
     def with_candidates(self, candidates: np.ndarray | None) -> RunContext:
         return RunContext(
-            self.pool, self.executor, candidates, self.workdir, self.device, self.bad_embeddings, self.dropped
+            self.pool, self.executor, candidates, self.workdir, self.device, self.bad_embeddings, self.dropped,
+            self.run_dir,
         )
 
     def torch_device(self) -> str:

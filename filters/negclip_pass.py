@@ -82,7 +82,7 @@ def score_pool(ctx, scorer: NegClipScorer, all_rows: bool = True, desc: str = "n
     uids, scores, css = [], [], []
     moment, moment_rows, rows_read = None, 0, 0
     parts = map_shards(ctx.pool, scorer, columns=scorer.columns(), keys=scorer.keys(), candidates=read_cands, executor=ctx.executor, desc=desc,
-                       bad_embeddings=ctx.bad_embeddings, dropped=ctx.dropped)
+                       bad_embeddings=ctx.bad_embeddings, dropped=ctx.dropped, stages=ctx.run_dir)
     for part in parts:
         u, s, c = part["uids"], part["score"], part.get("css")
         rows_read += len(u)

@@ -139,3 +139,47 @@ def test_filter_contract_and_same_bytes_everywhere(name, assets, ray_executor, t
     assert local1 == local2, f"{name}: 1 and 2 local workers differ"
     assert local1 == on_ray, f"{name}: the Ray cluster differs from the local executor"
     assert len(np.load(tmp_path / "l1.npy")) > 0
+
+
+class CrashOnceFilter(RowFilter):
+    """Kills its own worker process the first time it sees shard 2 (a node or worker lost mid-run)."""
+
+    name = "crash_once"
+    params = (Param("marker", str, None, "file created just before the crash"),)
+
+    def keep(self, batch):
+        import os
+
+        if batch.shard.rank == 2 and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os._exit(1)
+        return batch.uids["f1"] % 3 != 0
+
+
+def test_a_killed_ray_worker_gives_the_same_output(assets, ray_executor, tmp_path):
+    done = tmp_path / "already-crashed"
+    done.touch()
+    expected = run_bytes(CrashOnceFilter(marker=str(done)), assets / "pool", LocalExecutor(1, show_progress=False), tmp_path / "l.npy")
+    marker = tmp_path / "crashed"
+    got = run_bytes(CrashOnceFilter(marker=str(marker)), assets / "pool", ray_executor, tmp_path / "r.npy")
+    assert marker.exists()  # the worker really died once
+    assert got == expected
+
+
+def test_ray_workers_write_the_run_folder_and_a_local_rerun_reuses_it(assets, ray_executor, tmp_path, caplog):
+    import logging
+
+    from clipsift.stagecache import RunFolder
+
+    def run(executor, name):
+        ctx = RunContext(Pool(str(assets / "pool")), executor, workdir=tmp_path / f"w-{name}", run_dir=RunFolder(str(tmp_path / "run")))
+        path, _ = create_filter("negclip", {"fraction": 0.5, "batch_size": 16, "repeats": 2}).select(ctx).write(tmp_path / f"{name}.npy")
+        return Path(path).read_bytes()
+
+    on_ray = run(ray_executor, "ray")
+    stored = sorted((tmp_path / "run").glob("*/*.npz"))
+    assert len(stored) == 4  # one result per shard (the empty shard included), written by Ray workers
+    with caplog.at_level(logging.INFO, logger="clipsift"):
+        local = run(LocalExecutor(1, show_progress=False), "local")
+    assert local == on_ray
+    assert "4 of 4 shards reused from the run folder" in caplog.text
