@@ -25,8 +25,43 @@ def synthetic_pool(rows: int, seed: int = 0, images: bool = False) -> Path:
 def uid_only_pool(rows: int, shard_rows: int = 10_000, seed: int = 0) -> Path:
     """Generate (once) a pool of parquet shards holding only a ``uid`` column: enough for
     ``no_filter``/``random`` at sizes where a full synthetic pool (with npz) would fill the disk."""
-    out = CACHE / f"uids-{rows}-s{seed}"
-    if not (out / "done").exists():
+    return _columnar_pool(CACHE / f"uids-{rows}-s{seed}", rows, shard_rows, seed, score=False)
+
+
+SCORE_COLUMN = "clip_l14_similarity_score"
+
+
+def uid_score_pool(rows: int, shard_rows: int = 100_000, seed: int = 0, workers: int = 2) -> Path:
+    """Generate (once) a pool holding only ``uid`` and ``clip_l14_similarity_score`` (float64,
+    uniform in [0.05, 0.45)): enough for ``no_filter``, ``random`` and ``clip_score`` at 100M rows
+    (about 4.5 GB of parquet). Shards are written by ``workers`` processes."""
+    return _columnar_pool(CACHE / f"uidscore-{rows}-r{shard_rows}-s{seed}", rows, shard_rows, seed, score=True, workers=workers)
+
+
+def _write_columnar_shard(out: str, rows: int, shard_rows: int, seed: int, score: bool, i: int) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from clipsift.uids import UID_DTYPE, records_to_hex
+
+    n = min(shard_rows, rows - i * shard_rows)
+    rng = np.random.default_rng([seed, i])  # per shard: the same bytes whatever the worker count
+    rec = np.empty(n, UID_DTYPE)
+    rec["f0"] = rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True)
+    rec["f1"] = rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True)
+    cols = {"uid": records_to_hex(rec)}
+    if score:
+        cols[SCORE_COLUMN] = 0.05 + 0.4 * rng.random(n)
+    tmp = Path(out) / f".{i:08d}.parquet.tmp"
+    pq.write_table(pa.table(cols), tmp)
+    tmp.rename(Path(out) / f"{i:08d}.parquet")
+
+
+def _columnar_pool(out: Path, rows: int, shard_rows: int, seed: int, score: bool, workers: int = 1) -> Path:
+    if (out / "done").exists():
+        return out
+    if not score:  # the uid-only layout bench_core has always used (one generator over the shards)
         import numpy as np
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -42,7 +77,53 @@ def uid_only_pool(rows: int, shard_rows: int = 10_000, seed: int = 0) -> Path:
             rec["f1"] = rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True)
             pq.write_table(pa.table({"uid": records_to_hex(rec)}), out / f"{i:08d}.parquet")
         (out / "done").touch()
+        return out
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [i for i in range((rows + shard_rows - 1) // shard_rows) if not (out / f"{i:08d}.parquet").exists()]
+    write = partial(_write_columnar_shard, str(out), rows, shard_rows, seed, score)
+    if workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(workers) as ex:
+            list(ex.map(write, todo, chunksize=4))
+    else:
+        for i in todo:
+            write(i)
+    (out / "done").touch()
     return out
+
+
+def proc_tree(root: int) -> list[int]:
+    """``root`` and every process below it (from /proc/PID/task/*/children)."""
+    seen, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        seen.append(pid)
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                    todo += [int(p) for p in fh.read().split()]
+        except OSError:
+            pass
+    return seen
+
+
+def proc_stats(pid: int) -> dict | None:
+    """Name (``ray::...`` for Ray workers), peak RSS (VmHWM), current RSS and CPU seconds of one process."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmd = fh.read().split(b"\0")[0].decode(errors="replace")
+        with open(f"/proc/{pid}/status") as fh:
+            status = {ln.split(":")[0]: ln.split()[1] for ln in fh if ln.startswith(("VmHWM:", "VmRSS:"))}
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        return {"pid": pid, "name": os.path.basename(cmd), "hwm_mb": round(int(status.get("VmHWM", 0)) / 1024, 1),
+                "rss_mb": round(int(status.get("VmRSS", 0)) / 1024, 1),
+                "cpu_s": round((int(fields[11]) + int(fields[12])) / tick, 2)}
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def isolated(code: str, timeout: float = 3600) -> dict:
