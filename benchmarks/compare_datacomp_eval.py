@@ -153,16 +153,21 @@ def to_ctx77(src: Path, dst: Path) -> None:
     torch.save({"epoch": ck.get("epoch", 1), "name": "ctx77", "state_dict": sd}, dst)
 
 
-def reference_data(work: Path, data: Path, ref_python: str) -> tuple[Path, dict]:
-    """<work>/refdata: the stand-in's webdataset folders (links) + a datasets-2.8.0 cache of its HF sets."""
+def reference_data(work: Path, data: Path, ref_python: str, tag: str) -> tuple[Path, dict]:
+    """<work>/refdata-<tag>: links to the stand-in's webdataset folders + a datasets-2.8.0 cache of
+    its HF sets (made afresh: a stale link or cache would compare different data)."""
+    import shutil
+
     from clipsift.eval.standin import hf_cache_dir
 
-    ref = work / "refdata"
-    ref.mkdir(parents=True, exist_ok=True)
+    ref, modules = work / f"refdata-{tag}", work / f"hf_modules-{tag}"
+    for d in (ref, modules):
+        if d.exists():
+            shutil.rmtree(d)
+    ref.mkdir(parents=True)
     for p in data.iterdir():
-        if p.name.startswith("wds_") and not (ref / p.name).exists():
+        if p.name.startswith("wds_"):
             (ref / p.name).symlink_to(p.resolve())
-    modules = work / "hf_modules"
     for name, kind in HF_SETS.items():
         arrow = hf_cache_dir(data / "hf_cache", name) / f"{name}-test.arrow"
         d = modules / "datasets_modules" / "datasets" / f"nlphuji--{name}" / ("0" * 64)
@@ -173,11 +178,7 @@ def reference_data(work: Path, data: Path, ref_python: str) -> tuple[Path, dict]
     env = {**os.environ, "HF_MODULES_CACHE": str(modules), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
            "PYTHONNOUSERSITE": "1", "TQDM_DISABLE": "1"}
     env.pop("PYTHONPATH", None)
-    if (ref / "hf_cache").exists():
-        import shutil
-
-        shutil.rmtree(ref / "hf_cache")
-    sh([ref_python, "-c", PREPARE, json.dumps(list(HF_SETS)), str(ref / "hf_cache")], env=env, log=work / "prepare_hf.log")
+    sh([ref_python, "-c", PREPARE, json.dumps(list(HF_SETS)), str(ref / "hf_cache")], env=env, log=work / f"prepare_hf-{tag}.log")
     return ref, env
 
 
@@ -268,7 +269,7 @@ def main() -> int:
         world = _world_of(args.pool)
     tag = f"{args.seed}" + ("-pool" if args.pool else "")
     data = Path(args.data_dir) if args.data_dir else work / f"standin-{tag}"
-    make_standin(data, seed=args.seed, n=args.n, world=world)
+    make_standin(data, seed=args.seed, n=args.n, world=world, overwrite=not args.data_dir)
     configs = model_configs(work)
     ckpt = work / f"tiny-{tag}.pt"
     if args.checkpoint:
@@ -286,7 +287,7 @@ def main() -> int:
     evaluate(ours_dir, ours_dir, str(data), "datacomp38", batch_size=args.batch_size, use_model=f"{args.arch} {ckpt}", num_workers=0)
     t_ours = time.perf_counter() - t0
 
-    refdata, env = reference_data(work, data, args.ref_python)
+    refdata, env = reference_data(work, data, args.ref_python, tag)
     t_ref = sh([args.ref_python, "-W", "ignore", "-c", DRIVER, str(configs), args.datacomp_dir,
                 "--train_output_dir", str(ref_out), "--data_dir", str(refdata), "--batch_size", str(args.batch_size),
                 "--use_model", f"{args.arch} {ckpt}"], env=env, cwd=args.datacomp_dir, log=work / f"datacomp-{tag}.log")

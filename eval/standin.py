@@ -44,8 +44,9 @@ log = get_logger("eval.standin")
 
 IMAGE_SIDE = 64
 RETRIEVAL_MIN = 10
+N_TEMPLATES = 8  # prompts per classification task (of the tiny suite's 16)
 MARKER = "standin.json"
-VERSION = 1
+VERSION = 2  # 2: the world's caption frames as templates
 
 # attribute of the synthetic world that plays the classes of each classification task
 ATTRIBUTE = {
@@ -80,14 +81,7 @@ WORDS = {  # printed-word classes (the class name is drawn on the image)
     "vtab/svhn": ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
     "renderedsst2": ("negative", "positive"),
 }
-TEMPLATES = {
-    "concept": ("a photo of a {c}.", "{c} clipart", "a {c} icon", "an illustration of a {c}."),
-    "shape": ("a photo of {c}.", "{c} on a background"),
-    "colour": ("a {c} picture.", "something {c}."),
-    "texture": ("a {c} background.", "a {c} texture."),
-    "count": ("{c} objects.", "a photo of {c} things."),
-    "word": ("a photo of the word {c}.", "the text {c}."),
-}
+TEMPLATES = {"word": ("a photo of the word {c}.", "the text {c}.", "a sign that says {c}")}
 
 
 def _world(world=None, seed: int = 0):
@@ -197,7 +191,17 @@ def _classification_task(world, task: EvalTask, n: int, max_classes: int, rng):
     rng.shuffle(labels)
     texts = [names[c] for c in labels] if attr == "word" else None
     images = _render(world, attr, value_ids[labels], rng, texts=texts)
-    return images, labels, names, list(TEMPLATES[attr])
+    return images, labels, names, _templates(world, attr, rng)
+
+
+def _templates(world, attr: str, rng) -> list[str]:
+    """The tiny suite's prompt ensembles (the world's own caption frames, which a model trained on
+    a synthetic pool has seen) for world attributes; fixed prompts for printed words."""
+    if attr == "word":
+        return list(TEMPLATES["word"])
+    from clipsift.eval.tiny_suite import templates
+
+    return templates(world, attr, rng)[:N_TEMPLATES]
 
 
 def _write_wds(out: Path, world, task: EvalTask, n: int, max_classes: int, rng) -> None:

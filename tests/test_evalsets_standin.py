@@ -210,3 +210,14 @@ def test_group_rules_match_wilds():
     assert m["toxicity_crime_race:1"] == 1.0 and m["toxicity_nonhuman_race:4"] == 1.0 and m["toxicity_crime_avg"] == float(np.float32(1 / 3))
     assert math.isnan(m["toxicity_crime_race:2"]) and m["count_race:2"] == 0.0
     assert re.fullmatch(r"acc_gender_x_race:\d_gender:\d", next(k for k in m if k.startswith("acc_gender_x_race")))
+
+
+def test_standin_cli_subset_of_tasks(tmp_path, capsys):
+    from clipsift.cli import main
+
+    out = tmp_path / "sets"
+    assert main(["evalsets", "standin", "--data-dir", str(out), "--task", "cifar10", "--task", "misc/winogavil", "--n", "2"]) == 0
+    assert sorted(dict(missing_tasks(out, "datacomp38"))) == sorted(t.key for t in load_tasks("datacomp38") if t.key not in ("cifar10", "misc/winogavil"))
+    assert json.loads((out / "standin.json").read_text())["tasks"] == ["cifar10", "misc/winogavil"]
+    assert main(["evalsets", "standin", "--data-dir", str(out), "--n", "2", "--seed", "5"]) == 1  # other parameters
+    assert "--overwrite" in capsys.readouterr().err
