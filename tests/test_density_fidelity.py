@@ -24,7 +24,13 @@ from clipsift.errors import ParamError
 from clipsift.executor import LocalExecutor
 from clipsift.filter import RunContext
 from clipsift.filters import density
-from clipsift.filters.clustering import EmbeddingSource, assign, fit_centroids, normalize, training_sample
+from clipsift.filters.clustering import (
+    EmbeddingSource,
+    assign,
+    fit_centroids,
+    normalize,
+    training_sample,
+)
 from clipsift.filters.dbp import DBPFilter, clip_threshold, intra_distance, run_clip_stage
 from clipsift.filters.ssp import SSPFilter, ssp_floor, uniform_budgets
 from clipsift.pool import Pool
