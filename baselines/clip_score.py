@@ -8,9 +8,10 @@ from collections import Counter
 import numpy as np
 
 from clipsift.baselines.common import BaselineFilter, float_column
-from clipsift.baselines.scores import SCORE_COLUMNS, at_least, fraction_threshold
+from clipsift.baselines.scores import SCORE_COLUMNS, at_least
 from clipsift.errors import ParamError
 from clipsift.filter import RunContext, Selection
+from clipsift.kth import fraction_cut
 from clipsift.params import Param
 from clipsift.uids import UID_DTYPE
 
@@ -33,10 +34,8 @@ def resolve_threshold(owner, ctx: RunContext, key: str) -> tuple[object, dict]:
     """T for ``owner.threshold``/``owner.fraction`` over the candidate rows (the whole pool in DataComp)."""
     if owner.fraction is None:
         return owner.threshold, {"threshold": owner.threshold}
-    parts = list(ctx.map_shards(_FractionReader(key), columns=(key,), desc=f"{owner.name}: scores"))
-    values = np.concatenate(parts) if parts else np.empty(0)
-    t = fraction_threshold(values, owner.fraction)
-    return t, {"threshold": float(t), "threshold_dtype": str(np.asarray(t).dtype), "fraction": owner.fraction, "score_rows": len(values)}
+    # exact distributed selection: no process holds every score (clipsift.kth)
+    return fraction_cut(ctx, _FractionReader(key), owner.fraction, (key,), f"{owner.name}: threshold")
 
 
 class _FractionReader:

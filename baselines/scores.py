@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clipsift.errors import ParamError
+from clipsift.kth import fraction_index  # noqa: F401 - one home for DataComp's index rule
 
 SCORE_COLUMNS = {"b32": "clip_b32_similarity_score", "l14": "clip_l14_similarity_score"}
 
@@ -31,18 +31,6 @@ def at_least(values: np.ndarray, threshold) -> np.ndarray:
     dtype = comparison_dtype(values.dtype, threshold)
     with np.errstate(over="ignore", invalid="ignore"):
         return values.astype(dtype, copy=False) >= np.asarray(threshold, dtype=dtype)
-
-
-def fraction_index(num_rows: int, fraction: float) -> int:
-    """Non-negative index into the descending scores that DataComp's ``[int(len * fraction)]`` hits."""
-    n = int(num_rows * fraction)
-    idx = n + num_rows if n < 0 else n
-    if not 0 <= idx < num_rows:
-        raise ParamError(
-            f"fraction={fraction!r} over {num_rows} rows indexes position {n} of the sorted scores, "
-            f"which DataComp's rule cannot take (IndexError there); use a fraction below 1"
-        )
-    return idx
 
 
 def fraction_threshold(values: np.ndarray, fraction: float):

@@ -135,13 +135,13 @@ def make_executor(kind: str = "local", *, workers: int | None = None, address: s
     raise ParamError(f"unknown executor {kind!r}; use local or ray")
 
 
-def _read_and_apply(fn, reader, columns, keys, candidates, bad_embeddings, shard):
+def _read_and_apply(fn, reader, columns, keys, candidates, bad_embeddings, uids, shard):
     """Read one shard and apply ``fn``; returns (result, rows dropped for unusable embeddings)."""
     if isinstance(candidates, str):
         candidates = np.load(candidates, mmap_mode="r")
     elif hasattr(candidates, "get"):  # an executor's shared handle (Ray's object store)
         candidates = candidates.get()
-    batch = reader.read(shard, columns=columns, keys=keys, candidates=candidates, bad_embeddings=bad_embeddings)
+    batch = reader.read(shard, columns=columns, keys=keys, candidates=candidates, bad_embeddings=bad_embeddings, uids=uids)
     return fn(batch), batch.dropped
 
 
@@ -193,6 +193,7 @@ def map_shards(
     bad_embeddings: str = "error",
     dropped: dict | None = None,
     stages=None,
+    uids: bool = True,
 ) -> Iterator:
     """Apply ``fn(ShardBatch)`` to every shard (restricted to sorted ``candidates``), in shard order.
 
@@ -218,12 +219,12 @@ def map_shards(
         np.save(cand, np.ascontiguousarray(candidates))
     try:
         reader = getattr(pool, "reader", pool)  # tasks carry the small reader, not the shard list
-        task = partial(_read_and_apply, fn, reader, columns, keys, cand, bad_embeddings)
+        task = partial(_read_and_apply, fn, reader, columns, keys, cand, bad_embeddings, uids)
         stage = None
         if stages is not None and not threads:
             from clipsift.stagecache import candidates_digest
 
-            key = {"columns": columns, "keys": keys, "candidates": candidates_digest(candidates),
+            key = {"columns": columns, "keys": keys, "uids": uids, "candidates": candidates_digest(candidates),
                    "bad_embeddings": bad_embeddings, "pool": _pool_identity(pool)}
             stage = stages.stage(desc, key, fn)
         if stage is None:

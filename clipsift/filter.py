@@ -96,15 +96,16 @@ class RunContext:
     def num_candidates(self) -> int:
         return self.pool.num_rows if self.candidates is None else len(self.candidates)
 
-    def map_shards(self, fn, *, columns=(), keys=(), desc: str = "", threads: bool = False):
+    def map_shards(self, fn, *, columns=(), keys=(), desc: str = "", threads: bool = False, uids: bool = True):
         """Run ``fn(ShardBatch)`` on every shard (restricted to the candidates), in shard order.
 
         ``threads=True`` runs it in worker threads: cheaper than processes when ``fn`` is numpy or
-        pyarrow work that releases the GIL.
+        pyarrow work that releases the GIL. ``uids=False``: ``fn`` does not look at uids (a pass
+        over a score column), so they are not read unless candidates restrict the rows.
         """
         return map_shards(
             self.pool, fn, columns=columns, keys=keys, candidates=self.candidates, executor=self.executor, desc=desc,
-            threads=threads, bad_embeddings=self.bad_embeddings, dropped=self.dropped, stages=self.run_dir,
+            threads=threads, bad_embeddings=self.bad_embeddings, dropped=self.dropped, stages=self.run_dir, uids=uids,
         )
 
     def with_candidates(self, candidates: np.ndarray | None) -> RunContext:

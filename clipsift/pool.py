@@ -75,14 +75,14 @@ class ShardBatch:
     """Rows of one shard (optionally restricted to candidate uids), with the requested inputs."""
 
     shard: ShardInfo
-    uids: np.ndarray  # u8,u8 records
+    uids: np.ndarray | None  # u8,u8 records (None when the step asked not to read them)
     row_mask: np.ndarray | None  # which shard rows these are (None: all of them, in order)
     table: pa.Table  # requested parquet columns, row-aligned with ``uids``
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
     dropped: int = 0  # rows left out for unusable embeddings (bad_embeddings="drop")
 
     def __len__(self) -> int:
-        return len(self.uids)
+        return self.table.num_rows
 
     @property
     def rows(self) -> np.ndarray:
@@ -245,10 +245,11 @@ class Pool:
 
     # ---- reading -----------------------------------------------------------------------------
     def read(
-        self, shard: ShardInfo, columns=(), keys=(), candidates: np.ndarray | None = None, bad_embeddings: str = "error"
+        self, shard: ShardInfo, columns=(), keys=(), candidates: np.ndarray | None = None, bad_embeddings: str = "error",
+        uids: bool = True,
     ) -> ShardBatch:
         """Read one shard's ``uid`` plus ``columns`` and npz ``keys``, restricted to ``candidates``."""
-        return self.reader.read(shard, columns, keys, candidates, bad_embeddings)
+        return self.reader.read(shard, columns, keys, candidates, bad_embeddings, uids)
 
 
 class ShardReader:
@@ -261,14 +262,18 @@ class ShardReader:
         self.schema = schema
 
     def read(
-        self, shard: ShardInfo, columns=(), keys=(), candidates: np.ndarray | None = None, bad_embeddings: str = "error"
+        self, shard: ShardInfo, columns=(), keys=(), candidates: np.ndarray | None = None, bad_embeddings: str = "error",
+        uids: bool = True,
     ) -> ShardBatch:
         """Read one shard's ``uid`` plus ``columns`` and npz ``keys``, restricted to ``candidates``.
 
+        ``uids=False`` skips the uid column when no candidates restrict the rows (``batch.uids``
+        is then None): a pass that only needs a score column reads a quarter of the bytes.
         Rows whose embeddings are non-finite or zero are an error, or left out and counted in
         ``batch.dropped`` with ``bad_embeddings="drop"`` (:mod:`clipsift.embcheck`).
         """
-        cols = ["uid"] + [c for c in columns if c != "uid"]
+        with_uids = uids or candidates is not None or not columns or "uid" in columns
+        cols = (["uid"] if with_uids else []) + [c for c in columns if c != "uid"]
         try:
             if self._local:  # pyarrow's native reader is ~2x faster than a Python file object
                 table = pq.ParquetFile(shard.parquet, pre_buffer=False).read(columns=cols, use_threads=False)
@@ -287,7 +292,7 @@ class ShardReader:
             )
         table = self._conform(shard, table)
         try:
-            uids = hex_to_records(table.column("uid"))
+            uids = hex_to_records(table.column("uid")) if with_uids else None
         except UidFormatError as exc:
             raise PoolError(f"{shard.parquet}: {exc}; uids must be 32 hex characters") from exc
         mask = None
@@ -371,7 +376,7 @@ def _screen(batch: ShardBatch, policy: str) -> ShardBatch:
     shard_mask = np.zeros(batch.shard.num_rows, dtype=bool)
     shard_mask[batch.rows[keep]] = True
     return ShardBatch(
-        batch.shard, batch.uids[keep], shard_mask, batch.table.filter(_arrow_mask(keep)),
+        batch.shard, batch.uids[keep] if batch.uids is not None else None, shard_mask, batch.table.filter(_arrow_mask(keep)),
         {k: v[keep] for k, v in batch.embeddings.items()}, int((~keep).sum()),
     )
 
