@@ -18,8 +18,10 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from clipsift.errors import ClipsiftError, MissingDependencyError
+from clipsift.executor import in_order
 from clipsift.log import get_logger, progress
 
 log = get_logger("ray")
@@ -99,16 +101,8 @@ class RayExecutor:
         fn_ref = ray.put(fn)
         pending: deque = deque()
         try:
-            it = iter(items)
-            for item in it:
-                pending.append(remote.remote(fn_ref, item))
-                if len(pending) >= 2 * self.workers:
-                    break
-            while pending:
-                result = _get(ray, pending.popleft())
-                nxt = next(it, _END)
-                if nxt is not _END:
-                    pending.append(remote.remote(fn_ref, nxt))
+            submit = lambda item: remote.remote(fn_ref, item)  # noqa: E731
+            for result in in_order(submit, partial(_get, ray), items, 2 * self.workers, pending):
                 bar.update(1)
                 yield result
         finally:
@@ -142,9 +136,6 @@ class _RayShared:
         return _import_ray().get(self.ref)
 
 
-_END = object()
-
-
 def _get(ray, ref):
     """``ray.get`` that gives back the task's own ClipsiftError (one line for the user)."""
     try:
@@ -154,5 +145,5 @@ def _get(ray, ref):
         if isinstance(cause, ClipsiftError | KeyboardInterrupt):
             raise cause from None
         if isinstance(cause, BaseException):
-            raise cause
+            raise cause from exc
         raise

@@ -111,11 +111,11 @@ def test_killed_driver_resumes_with_the_same_bytes(tmp_path):
     pool = write_pool(tmp_path / "pool", [10] * 12)
     clean = _run(pool, tmp_path / "clean.npy", None, name="slow_even")
     script = (
-        "import sys, logging; sys.path.insert(0, %r)\n"
+        "import sys, logging; sys.path.insert(0, {!r})\n"
         "from clipsift.log import configure_logging; configure_logging(0)\n"
         "from test_stage_resume import _run; from pathlib import Path\n"
-        "_run(Path(%r), Path(%r), Path(%r), name='slow_even')\n"
-    ) % (str(TESTS), str(pool), str(tmp_path / "out.npy"), str(tmp_path / "run"))
+        "_run(Path({!r}), Path({!r}), Path({!r}), name='slow_even')\n"
+    ).format(str(TESTS), str(pool), str(tmp_path / "out.npy"), str(tmp_path / "run"))
     proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL, env={**os.environ, "SLOW_EVEN_DELAY": "0.4"})
     deadline = time.time() + 120
     while time.time() < deadline and len(list((tmp_path / "run").glob("*/*.npz"))) < 4:
