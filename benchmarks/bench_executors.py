@@ -7,8 +7,9 @@ and ``clip_score`` (l14, fraction 0.3), both executors side by side in one invoc
 Pools (``uid`` + ``clip_l14_similarity_score`` float64, ``--shard-rows`` rows per shard) are
 generated once under $CLIPSIFT_BENCH_DIR (default /tmp/clipsift-bench); delete them afterwards.
 Every run is a fresh interpreter; Ray is started in it (``make_executor("ray", workers=W)``, a
-local instance with W CPUs, as ``clipsift filter --executor ray`` does) and its start-up is timed
-apart from the filter. For each run:
+local instance with W CPUs, as ``clipsift filter --executor ray`` does, but started with
+``address="local"`` so that it never joins another Ray cluster running on the machine) and its
+start-up is timed apart from the filter. For each run:
 
 * ``select s`` / ``write s``: the filter's ``select`` and the sorted ``.npy`` write (the two
   parts of ``run_to_subset``); ``map s``: time spent inside ``map_shards`` generators (includes the
@@ -79,6 +80,11 @@ class TimedContext(RunContext):
         return timed()
 
 t0 = time.perf_counter()
+if {kind!r} == "ray":
+    # the init RayExecutor does for a local instance, but with address="local": ray.init() with no
+    # address joins a cluster another process on this machine started (a Ray test's Cluster, say)
+    import ray
+    ray.init(address="local", num_cpus={workers}, include_dashboard=False, log_to_driver=False, configure_logging=False)
 ex = make_executor({kind!r}, workers={workers}, show_progress=False)
 start_s = time.perf_counter() - t0
 base = {{"driver_base_mb": hwm_mb()}}
