@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import abc
 import importlib.util
-import tempfile
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -86,8 +85,10 @@ class RunContext:
     run_dir: Any = None  # a RunFolder (clipsift.stagecache): per-shard results kept, a killed run resumes
 
     def __post_init__(self):
-        if self.workdir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="clipsift-work-")
+        if self.workdir is None:  # a scratch folder with an owner file: a killed run's is reclaimed later
+            from clipsift.workdir import WorkDir
+
+            self._tmp = WorkDir()
             self.workdir = Path(self._tmp.name)
         self.workdir = Path(self.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -115,15 +116,10 @@ class RunContext:
         )
 
     def torch_device(self) -> str:
-        """Resolve ``auto`` to ``cuda`` when a GPU is present, else ``cpu``."""
-        if self.device != "auto":
-            return self.device
-        try:
-            import torch
+        """Resolve ``auto`` to ``cuda`` when a GPU is present, else ``cpu``; an unusable device is one line."""
+        from clipsift.devices import resolve_device
 
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        except ImportError:
-            return "cpu"
+        return resolve_device(self.device)
 
 
 class Filter(abc.ABC):
