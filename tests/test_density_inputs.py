@@ -187,3 +187,29 @@ def test_clipcov_resume_folder_keyed_by_bad_embeddings_policy(pool_dir, tmp_path
     f = create_filter("clipcov", {"fraction": 0.5, "partition": "kmeans"})
     strict, lenient = ctx_for(pool_dir, tmp_path), ctx_for(pool_dir, tmp_path, bad="drop")
     assert f._run_dir(strict) == f._run_dir(ctx_for(pool_dir, tmp_path)) != f._run_dir(lenient)
+
+
+# ---- bad pool rows (screened by the pool reader) are counted once per filter ---------------------------
+@pytest.fixture(scope="module")
+def nan_pool(tmp_path_factory):
+    root = planted_pool(tmp_path_factory.mktemp("nanpool") / "pool", n=600, shard_sizes=(300, 300), seed=1)
+    with np.load(root / "00000.npz") as z:
+        arrays = {k: z[k].copy() for k in z.files}
+    arrays["l14_img"][5] = np.nan
+    arrays["l14_img"][6] = 0
+    np.savez(root / "00000.npz", **arrays)
+    return root
+
+
+@pytest.mark.parametrize("make", [
+    lambda: SSPFilter(k=4, niter=5, fraction=0.5),
+    lambda: SemDeDupFilter(k=3, niter=5),
+    lambda: DBPFilter(k=4, niter=5, fraction=0.5, dedup_k=3, clip_filter=False),
+])
+def test_bad_pool_rows_counted_once_across_passes_and_stages(nan_pool, tmp_path, make):
+    ctx = ctx_for(nan_pool, tmp_path, bad="drop")
+    sel = make().select(ctx)
+    assert ctx.dropped == {"bad_embeddings": 2}  # sample pass and assignment pass read the same rows
+    with pytest.raises(PoolError, match="row 5"):
+        make().select(ctx_for(nan_pool, tmp_path))
+    assert len(sel) > 0
