@@ -47,7 +47,7 @@ def keep_target(n: int, fraction: float | None, count: int | None, desc: str) ->
     n_keep = keep_count(n, fraction, count)
     if fraction is None and n_keep < int(count):
         short = int(count) - n_keep
-        log.warning("%s: count=%d asked for, but only %d row(s) reach this stage; keeping all of them (%d short, "
+        get_logger(f"filters.{desc.split()[0]}").warning("%s: count=%d asked for, but only %d row(s) reach this stage; keeping all of them (%d short, "
                     "recorded as counters.shortfall)", desc, int(count), n, short)
         return n_keep, {"requested": int(count), "shortfall": short}
     return n_keep, {}
