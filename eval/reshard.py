@@ -29,6 +29,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import tarfile
 import tempfile
 import time
@@ -218,9 +219,30 @@ def split_work(ids: list[int], sizes: list[int], workers: int) -> list[list[int]
 _COUNTER = None  # shared output-shard counter (set in each worker)
 
 
-def _init_worker(counter) -> None:
+def _init_worker(counter, forked: bool = False) -> None:
     global _COUNTER
     _COUNTER = counter
+    if forked and hasattr(signal, "pthread_sigmask"):  # see _start_pool
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+def _start_pool(ctx, n: int, counter):
+    """A worker pool whose workers always die on ``Pool.terminate()``.
+
+    The CLI turns SIGTERM into a Python-level handler, and CPython drops a signal that a child
+    receives between fork and its after-fork reinit: a worker just forked when another worker's
+    error makes the pool terminate ignored its SIGTERM and the run hung in join() forever. SIGTERM
+    is blocked while the workers are forked (they inherit the mask) and each worker restores the
+    default action before unblocking it, so a SIGTERM sent early stays pending until then.
+    """
+    if not hasattr(signal, "pthread_sigmask"):
+        return ctx.Pool(n, initializer=_init_worker, initargs=(counter,))
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        return ctx.Pool(n, initializer=_init_worker, initargs=(counter, True))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _next_shard_id() -> int:
@@ -511,15 +533,13 @@ def _swap_in(build: Path, out: Path, args: ReshardArgs) -> None:
         log.warning("%s: left in place: files appeared in the old output during the run", old)
 
 
-def _make_parents(folder: Path) -> list[Path]:
-    """mkdir -p; returns the folders it created, deepest first (removed again on failure)."""
-    created = []
-    p = folder
-    while not os.path.lexists(p):
-        created.append(p)
-        p = p.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    return created
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its parents that do not exist yet, deepest first (a failed run removes them)."""
+    missing = []
+    while not os.path.lexists(folder):
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def _umask() -> int:
@@ -568,13 +588,21 @@ def reshard(args: ReshardArgs) -> ReshardResult:
     workers = max(1, min(workers, len(ids) or 1))
     ranges = split_work(ids, sizes, workers)
     created: list[Path] = []
-    if out is None:
-        build, scratch = None, Path(tempfile.mkdtemp(prefix="clipsift-reshard-"))
-    else:
-        created = _make_parents(out.parent)
-        build = Path(tempfile.mkdtemp(prefix=f".{out.name}.reshard-", suffix=".tmp", dir=out.parent))
-        scratch = build / ".scratch"
-        scratch.mkdir()
+    build = None
+    try:
+        if out is None:
+            scratch = Path(tempfile.mkdtemp(prefix="clipsift-reshard-"))
+        else:
+            created = _missing_folders(out.parent)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            build = Path(tempfile.mkdtemp(prefix=f".{out.name}.reshard-", suffix=".tmp", dir=out.parent))
+            scratch = build / ".scratch"
+            scratch.mkdir()
+    except OSError as exc:
+        for folder in created:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        raise _write_error(args.output_dir, "its temporary folder", exc) from None
     writing = "the output"
     try:
         if build is not None:
@@ -594,7 +622,7 @@ def reshard(args: ReshardArgs) -> ReshardResult:
                 _init_worker(counter)
                 results = [_process(t) for t in tasks]
             else:
-                with ctx.Pool(len(tasks), initializer=_init_worker, initargs=(counter,)) as pool:
+                with _start_pool(ctx, len(tasks), counter) as pool:
                     for res in pool.imap(_process, tasks):
                         results.append(res)
                         bar.update(1)

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 from pathlib import Path
 
@@ -206,11 +207,23 @@ def test_pre_existing_empty_output_stays_after_failure(work, capsys):
     assert run_cli(capsys, tmp_path, out, subset)[0] == 0
 
 
-def test_output_parents_created_and_removed_on_failure(work, capsys):
+def test_output_parents_created_and_removed_on_failure(work, capsys, monkeypatch):
     tmp_path, _, subset = work
+    good = (tmp_path / "in" / "00000000.tar").read_bytes()
     _garbage(tmp_path / "in" / "00000000.tar")
     rc, err = run_cli(capsys, tmp_path, tmp_path / "a" / "b" / "out", subset)
     assert rc == 1 and not (tmp_path / "a").exists()
+    (tmp_path / "in" / "00000000.tar").write_bytes(good)
+
+    def denied(*a, **k):  # a parent folder this user cannot write in
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr("clipsift.eval.reshard.tempfile.mkdtemp", denied)
+    rc, err = run_cli(capsys, tmp_path, tmp_path / "a" / "b" / "out", subset)
+    line = one_line(err)
+    assert rc == 1 and "Permission denied" in line and "writable" in line and not (tmp_path / "a").exists()
+    monkeypatch.undo()
+    assert run_cli(capsys, tmp_path, tmp_path / "a" / "b" / "out", subset)[0] == 0
 
 
 def test_unreadable_input_folder(work, capsys, monkeypatch):
@@ -255,7 +268,7 @@ def test_disk_full(work, capsys, monkeypatch, where, workers):
     rc, err = run_cli(capsys, tmp_path, out, subset, "-j", workers)
     line = one_line(err)
     assert rc == 1 and "No space left on device" in line and "free space" in line
-    assert ("00000000.tar" if where == "shard" else "meta.json") in line
+    assert re.search(r"writing 0000000[01]\.tar;" if where == "shard" else r"writing meta\.json;", line)  # -j 2: either worker
     assert not out.exists() and leftovers(tmp_path) == [] and checksums(tmp_path / "in", Path(subset)) == before
     monkeypatch.undo()
     assert run_cli(capsys, tmp_path, out, subset, "-j", workers)[0] == 0
@@ -304,3 +317,49 @@ def test_train_refuses_data_without_samples(tmp_path):
     cfg = TrainConfig(scale="tiny", data_dir=str(tmp_path / "nested"), output_dir=str(tmp_path / "run")).resolved(False)
     with pytest.raises(ClipsiftError, match="0 samples"):
         build_open_clip_args(cfg)
+
+
+# ---- worker pool under the CLI's SIGTERM handler -------------------------------------------------
+def _signal_state(_):
+    import signal
+
+    return signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+
+
+def test_workers_keep_default_sigterm(work):
+    """A worker that ignored SIGTERM (a Python handler inherited over fork loses a signal that
+    arrives before CPython's after-fork reinit) left Pool.terminate() waiting forever."""
+    import multiprocessing as mp
+    import signal
+
+    from clipsift.eval.reshard import _start_pool
+
+    prev = signal.signal(signal.SIGTERM, lambda *a: None)  # as clipsift.cli installs one
+    try:
+        ctx = mp.get_context("fork")
+        with _start_pool(ctx, 2, ctx.Value("q", 0)) as pool:
+            assert pool.map(_signal_state, range(4)) == [(True, False)] * 4  # default action, not blocked
+        assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, set())  # parent's mask restored
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, prev)
+
+
+_RACE = """
+import multiprocessing as mp, signal
+from clipsift.eval.reshard import _start_pool
+signal.signal(signal.SIGTERM, lambda *a: None)
+ctx = mp.get_context("fork")
+for _ in range(30):
+    _start_pool(ctx, 4, ctx.Value("q", 0)).terminate()  # terminate right after the forks
+print("ok")
+"""
+
+
+def test_terminate_right_after_start_does_not_hang():
+    """With a plain ctx.Pool this hung within a few rounds (a worker lost its SIGTERM)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _RACE], capture_output=True, text=True, timeout=120, start_new_session=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
