@@ -23,7 +23,8 @@ start-up is timed apart from the filter. For each run:
   VmHWM and CPU time from /proc; ``worker base MB`` is the same read right after ``ray.init``
   (an idle Ray worker). Other Ray processes (gcs_server, raylet, agents) are reported as
   ``ray sys MB`` (sum of their current RSS).
-* ``worker cpu s``: CPU seconds of the workers (Ray: minus their idle CPU at start), used for the
+* ``worker cpu s``: CPU seconds the workers spent during the reported pass (Ray: live ``ray::``
+  processes read before and after; local: ``RUSAGE_CHILDREN`` before and after), used for the
   per-shard cost. ``no_filter`` and ``random`` map with ``threads=True``, which both executors
   run as threads in the driver (their per-shard work is in ``cpu s`` of the driver).
 * ``sha256``: of the written ``.npy``: local and Ray must give the same bytes.
@@ -95,7 +96,6 @@ if {kind!r} == "ray":
             break
         time.sleep(0.1)
     base["worker_base_mb"] = max((p["hwm_mb"] for p in idle), default=0)
-    idle_cpu = {{p["pid"]: p["cpu_s"] for p in idle}}
 def stage_seconds(details, prefix=""):
     # every "seconds" dict a filter puts in its details (StageClock: wall seconds per stage)
     out = {{}}
@@ -109,9 +109,17 @@ def stage_seconds(details, prefix=""):
 pool = Pool({pool!r})
 filt = create_filter({name!r}, {params!r})
 passes = []
+def worker_cpu():
+    # CPU seconds of the workers so far: Ray's live ray:: processes below this driver, or the
+    # local executor's finished process workers (each map's pool exits before the map returns)
+    if {kind!r} == "ray":
+        return sum(p["cpu_s"] for p in ray_procs() if p["name"].startswith("ray::"))
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
 for p in range({passes}):
     TimedContext.map_s = 0.0
-    c0 = cpu_self()
+    c0, w0 = cpu_self(), worker_cpu()
     with tempfile.TemporaryDirectory(dir={tmp!r}) as tmp:
         ctx = TimedContext(pool, ex, workdir=os.path.join(tmp, "work"))
         t1 = time.perf_counter()
@@ -124,7 +132,7 @@ for p in range({passes}):
             for block in iter(lambda: fh.read(1 << 24), b""):
                 h.update(block)
     passes.append({{"kept": len(sel), "select_s": round(t2 - t1, 3), "map_s": round(TimedContext.map_s, 3), "write_s": round(t3 - t2, 3),
-                   "total_s": round(t3 - t1, 3), "driver_cpu_s": round(cpu_self() - c0, 2), "sha256": h.hexdigest()[:16],
+                   "total_s": round(t3 - t1, 3), "driver_cpu_s": round(cpu_self() - c0, 2), "worker_cpu_s": round(worker_cpu() - w0, 2), "sha256": h.hexdigest()[:16],
                    "stages": stage_seconds(sel.details)}})
     del sel
 result = {{"rows": pool.num_rows, "shards": len(pool.shards), "start_s": round(start_s, 3),
@@ -136,7 +144,6 @@ if {kind!r} == "ray":
     if not workers:
         raise SystemExit("no ray:: workers below this driver: ray.init joined another cluster (unset RAY_ADDRESS)")
     result["worker_mb"] = max((p["hwm_mb"] for p in workers), default=0)
-    result["worker_cpu_s"] = round(sum(p["cpu_s"] - idle_cpu.get(p["pid"], 0) for p in workers), 2)
     result["ray_workers"] = len(workers)
     result["ray_sys_mb"] = round(sum(p["rss_mb"] for p in procs if not p["name"].startswith("ray::")), 1)
     import ray
@@ -144,7 +151,6 @@ if {kind!r} == "ray":
 else:
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     result["worker_mb"] = round(ru.ru_maxrss / 1024, 1)
-    result["worker_cpu_s"] = round(ru.ru_utime + ru.ru_stime, 2)
 """
 
 
