@@ -70,3 +70,19 @@ def screen_embeddings(
         f"{source}: key {key!r} row {row} has {what} ({int(bad.sum())} such row(s)); "
         "fix or re-download the file, or pass --bad-embeddings drop to leave such rows out (counted in the manifest)"
     )
+
+
+class DropCounts(dict):
+    """Rows left out while reading, by reason: a plain dict for the manifest, which counts each
+    shard row once however many passes read it (k-means sample, then assignment, say)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._rows: dict = {}
+
+    def add_rows(self, reason: str, shard_rank: int, rows: np.ndarray) -> None:
+        seen = self._rows.setdefault((reason, shard_rank), set())
+        before = len(seen)
+        seen.update(int(r) for r in rows)
+        if len(seen) > before:
+            self[reason] = self.get(reason, 0) + len(seen) - before

@@ -146,13 +146,25 @@ def make_executor(kind: str = "local", *, workers: int | None = None, address: s
 
 
 def _read_and_apply(fn, reader, columns, keys, candidates, bad_embeddings, uids, shard):
-    """Read one shard and apply ``fn``; returns (result, rows dropped for unusable embeddings)."""
+    """Read one shard and apply ``fn``; returns (result, (shard rank, rows dropped for unusable
+    embeddings) or None)."""
     if isinstance(candidates, str):
         candidates = np.load(candidates, mmap_mode="r")
     elif hasattr(candidates, "get"):  # an executor's shared handle (Ray's object store)
         candidates = candidates.get()
     batch = reader.read(shard, columns=columns, keys=keys, candidates=candidates, bad_embeddings=bad_embeddings, uids=uids)
-    return fn(batch), batch.dropped
+    return fn(batch), (shard.rank, batch.dropped) if batch.dropped is not None and len(batch.dropped) else None
+
+
+def _count_dropped(dropped, info) -> None:
+    """Add a shard's dropped rows: each row once (DropCounts), or a plain count for a plain dict."""
+    if info is None or dropped is None:
+        return
+    rank, rows = info
+    if hasattr(dropped, "add_rows"):
+        dropped.add_rows("bad_embeddings", rank, rows)
+    else:
+        dropped["bad_embeddings"] = dropped.get("bad_embeddings", 0) + len(rows)
 
 
 def _staged(stage, task, shard):
@@ -238,15 +250,13 @@ def map_shards(
                    "bad_embeddings": bad_embeddings, "pool": _pool_identity(pool)}
             stage = stages.stage(desc, key, fn)
         if stage is None:
-            for result, n_dropped in executor.map(task, shards, desc=desc or "shards", threads=threads):
-                if n_dropped and dropped is not None:
-                    dropped["bad_embeddings"] = dropped.get("bad_embeddings", 0) + n_dropped
+            for result, info in executor.map(task, shards, desc=desc or "shards", threads=threads):
+                _count_dropped(dropped, info)
                 yield result
             return
         reused = done = 0
-        for (result, n_dropped), was_stored in executor.map(partial(_staged, stage, task), shards, desc=desc or "shards"):
-            if n_dropped and dropped is not None:
-                dropped["bad_embeddings"] = dropped.get("bad_embeddings", 0) + n_dropped
+        for (result, info), was_stored in executor.map(partial(_staged, stage, task), shards, desc=desc or "shards"):
+            _count_dropped(dropped, info)
             reused += was_stored
             done += 1
             yield result

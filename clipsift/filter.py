@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from clipsift.embcheck import DropCounts
 from clipsift.errors import MissingDependencyError
 from clipsift.executor import LocalExecutor, map_shards
 from clipsift.log import get_logger
@@ -81,7 +82,7 @@ class RunContext:
     workdir: Path | None = None
     device: str = "auto"
     bad_embeddings: str = "error"  # rows with non-finite or zero-norm embeddings: "error" | "drop"
-    dropped: dict = field(default_factory=dict)  # rows left out while reading, by reason (manifest)
+    dropped: dict = field(default_factory=DropCounts)  # rows left out while reading, by reason (manifest)
     run_dir: Any = None  # a RunFolder (clipsift.stagecache): per-shard results kept, a killed run resumes
 
     def __post_init__(self):

@@ -79,7 +79,7 @@ class ShardBatch:
     row_mask: np.ndarray | None  # which shard rows these are (None: all of them, in order)
     table: pa.Table  # requested parquet columns, row-aligned with ``uids``
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
-    dropped: int = 0  # rows left out for unusable embeddings (bad_embeddings="drop")
+    dropped: np.ndarray | None = None  # shard rows left out for unusable embeddings (bad_embeddings="drop")
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -377,7 +377,7 @@ def _screen(batch: ShardBatch, policy: str) -> ShardBatch:
     shard_mask[batch.rows[keep]] = True
     return ShardBatch(
         batch.shard, batch.uids[keep] if batch.uids is not None else None, shard_mask, batch.table.filter(_arrow_mask(keep)),
-        {k: v[keep] for k, v in batch.embeddings.items()}, int((~keep).sum()),
+        {k: v[keep] for k, v in batch.embeddings.items()}, batch.rows[~keep],
     )
 
 

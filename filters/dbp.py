@@ -142,13 +142,13 @@ class DBPFilter(Filter):
     description = ("Density-Based Pruning: SemDeDup, CLIP-score filter, then per-cluster budgets softmax(d_intra·d_inter/τ) "
                    "water-filled to N, keeping each cluster's hardest items.")
     params = EMBEDDING_PARAMS + (
-        Param("k", int, 500, "clusters of the density stage (DataComp-medium recipe: 100)", min=1),
+        Param("k", int, 500, "clusters of the density stage (DataComp-medium recipe: 100)", min=1, max=2**31 - 1),
     ) + KMEANS_PARAMS + (
         Param("fraction", float, None, "share of the density stage's input to keep: N = int(fraction·n)", min=0.0, max=1.0),
         Param("count", int, None, "N, the number of rows to keep", min=0),
         Param("tau", float, 0.1, "softmax temperature τ", min=1e-12),
-        Param("num_nn", int, 20, "l, nearest other centroids averaged in d_inter", min=1),
-        Param("balance", float, 0.0, "r: lower bound int(N/k·r) per cluster (0: at least 1 in clusters of ≥ 2 items)", min=0.0),
+        Param("num_nn", int, 20, "l, nearest other centroids averaged in d_inter", min=1, max=2**31 - 1),
+        Param("balance", float, 0.0, "r: lower bound int(N/k·r) per cluster (0: at least 1 in clusters of ≥ 2 items)", min=0.0, max=1e6),
         Param("density", str, "dintra*dinter", "cluster complexity: dintra*dinter, uniform or clustersize",
               choices=("dintra*dinter", "uniform", "clustersize")),
         Param("keep", str, "hard", "which items a cluster keeps: hard (farthest from centroid), easy, random", choices=KEEP_MODES),

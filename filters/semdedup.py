@@ -200,9 +200,9 @@ EMBEDDING_PARAMS = (
     Param("missing", str, "error", "pool rows absent from the external embeddings: error or drop", choices=("error", "drop")),
 )
 KMEANS_PARAMS = (
-    Param("niter", int, 100, "k-means iterations (faiss)", min=1),
-    Param("kmeans_seed", int, 1234, "faiss k-means seed (reference 1234)"),
-    Param("train_rows", int, None, "cap on k-means training rows (default 256·k, faiss' own cap)", min=1),
+    Param("niter", int, 100, "k-means iterations (faiss)", min=1, max=2**31 - 1),
+    Param("kmeans_seed", int, 1234, "faiss k-means seed (reference 1234)", min=-(2**31), max=2**31 - 1),
+    Param("train_rows", int, None, "cap on k-means training rows (default 256·k, faiss' own cap)", min=1, max=2**62),
 )
 
 
@@ -210,7 +210,7 @@ class SemDeDupFilter(Filter):
     name = "semdedup"
     description = "SemDeDup: drop semantic near-duplicates (cosine > 1 − eps to an earlier item) inside spherical k-means clusters."
     params = EMBEDDING_PARAMS + (
-        Param("k", int, None, "number of clusters (default ceil(n/2500))", min=1),
+        Param("k", int, None, "number of clusters (default ceil(n/2500))", min=1, max=2**31 - 1),
     ) + KMEANS_PARAMS + (
         Param("eps", float, None, f"drop items with max cosine to an earlier item > 1 − eps (default {DEFAULT_EPS})", min=0.0, max=1.0),
         Param("target", float, None, "kept fraction instead of eps: eps is chosen so at least ceil(target·n) items stay", min=0.0, max=1.0),

@@ -136,12 +136,12 @@ class SSPFilter(Filter):
     name = "ssp"
     description = "SSP prototypes: keep the items farthest from their spherical k-means centroid (globally or per cluster)."
     params = EMBEDDING_PARAMS + (
-        Param("k", int, 500, "number of clusters", min=1),
+        Param("k", int, 500, "number of clusters", min=1, max=2**31 - 1),
     ) + KMEANS_PARAMS + (
         Param("fraction", float, None, "share of the input to keep: int(fraction·n)", min=0.0, max=1.0),
         Param("count", int, None, "number of rows to keep", min=0),
         Param("mode", str, "global", "global: hardest N overall; uniform: same kept fraction in every cluster", choices=("global", "uniform")),
-        Param("balance", float, 0.5, "cluster balancing r: each cluster keeps at least min(int(N/k·r), size) (0 = plain Sorscher)", min=0.0),
+        Param("balance", float, 0.5, "cluster balancing r: each cluster keeps at least min(int(N/k·r), size) (0 = plain Sorscher)", min=0.0, max=1e6),
     )
     requires = ("faiss",)
 

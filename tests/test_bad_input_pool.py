@@ -268,3 +268,13 @@ def test_dictionary_encoded_captions_read_as_strings(tmp_path):
         ctx = RunContext(Pool(str(root)), LocalExecutor(1, show_progress=False), workdir=tmp_path / f"w{root.name}")
         out.append(create_filter("basic_filter", {}).select(ctx).uids)
     np.testing.assert_array_equal(out[0], out[1])
+
+
+def test_a_bad_row_read_by_several_passes_is_counted_once():
+    from clipsift.embcheck import DropCounts
+
+    d = DropCounts()
+    d.add_rows("bad_embeddings", 0, np.array([3, 4]))
+    d.add_rows("bad_embeddings", 0, np.array([4, 3]))  # the same rows in a second pass
+    d.add_rows("bad_embeddings", 1, np.array([3]))  # row 3 of another shard is another row
+    assert d == {"bad_embeddings": 3}
