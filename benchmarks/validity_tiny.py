@@ -40,6 +40,7 @@ from clipsift.eval.demo import (
 from clipsift.eval.tasks import load_tasks
 from clipsift.eval.track import TrackSpec
 from clipsift.eval.train import TrainConfig
+from clipsift.io import write_json
 from clipsift.log import configure_logging
 
 PARAMS = dict(DEMO_FILTERS)
@@ -101,6 +102,19 @@ def verdict(a: list[float], b: list[float]) -> str:
     d, bound = ma - mb, 2 * max(sa or 0.0, sb or 0.0)
     word = "wins" if d > bound else "loses" if d < -bound else "tied"
     return f"{word} ({d:+.3f}, 2σ {bound:.3f})"
+
+
+def backfill_quality(out: Path) -> None:
+    """Add the subset's seedless figures to run.json files written without them (older runs)."""
+    if not (out / "quality.json").exists() or not (out / "runs").is_dir():
+        return
+    quality = json.loads((out / "quality.json").read_text())
+    for run_json in (out / "runs").glob("*/run.json"):
+        run = json.loads(run_json.read_text())
+        q = quality.get(run.get("method"))
+        if q and "data_quality" not in run:
+            run["data_quality"] = q
+            write_json(run_json, run)
 
 
 def report(out: Path, plan: list[dict], tables: list[str], seeds: list[int]) -> str:
@@ -187,7 +201,8 @@ def main() -> None:
                 cfg = TrainConfig(scale="tiny", data_dir="", output_dir="", seed=s,
                                   train_num_samples=int(args.train_num_samples * e["seen"]))
                 specs.append((s, TrackSpec(subset=str(subset), shards=str(pool / "shards"), out=str(out / "runs" / f"{e['label']}_s{s}"),
-                                           train=cfg, suite="tiny", eval_data_dir=str(suite), method=e["label"], reshard_workers=1)))
+                                           train=cfg, suite="tiny", eval_data_dir=str(suite), pool=str(pool),
+                                           method=e["label"], reshard_workers=1)))
         (out / "quality.json").write_text(json.dumps(quality, indent=1))
         # table order first (oracle, then a, ...), all seeds of a label before the next seed round
         # priority: the oracle table, then the runs that complete tables (b) and (c), then (a), seed by seed
@@ -214,6 +229,7 @@ def main() -> None:
                     print(f"[{time.perf_counter() - t0:6.0f} s] {Path(sp.out).name}: average {run['average']:.4f} ({dt:.0f} s)", file=sys.stderr, flush=True)
                 except Exception as exc:  # report and go on: one failed run must not stop the others
                     print(f"{Path(sp.out).name}: failed ({exc})", file=sys.stderr, flush=True)
+    backfill_quality(out)
     text = (f"tiny track validity: pool {args.rows} rows (track world), budget {args.fraction:.0%}, "
             f"seeds {args.seeds}, {args.train_num_samples} samples seen" + report(out, plan, args.tables, args.seeds))
     (out / "validity.md").write_text(text + "\n")
