@@ -215,7 +215,7 @@ class _Stages:
 def _log_to(path: Path):
     """clipsift's log records and inner progress bars go to ``path`` while the demo runs."""
     root = logging.getLogger("clipsift")
-    saved = root.handlers[:]
+    saved, level = root.handlers[:], root.level
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     handler._clipsift = True  # type: ignore[attr-defined]
@@ -228,6 +228,7 @@ def _log_to(path: Path):
     finally:
         handler.close()
         root.handlers[:] = saved
+        root.setLevel(level)
         if old_progress is None:
             os.environ.pop("CLIPSIFT_PROGRESS", None)
         else:
