@@ -167,13 +167,14 @@ def _collate_captions(samples):
 def hf_offline():
     """Hugging Face ``datasets``/hub in offline mode for the block (environment and the already
     imported modules' flags): evaluation reads local caches only, never the network."""
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # for a first import inside the block
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    env = {k: os.environ.get(k) for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")}
+    os.environ.update({k: "1" for k in env})  # for a first import inside the block
     try:
         import datasets
+        import huggingface_hub.constants as hub_constants
     except ImportError as exc:
+        _restore_env(env)
         raise MissingDependencyError("DataComp reads Flickr, MSCOCO and WinoGAViL with Hugging Face `datasets`; pip install datasets") from exc
-    import huggingface_hub.constants as hub_constants
 
     saved = (datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE)
     datasets.config.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
@@ -185,6 +186,15 @@ def hf_offline():
         datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
         if hasattr(datasets.config, "HF_DATASETS_OFFLINE"):
             datasets.config.HF_DATASETS_OFFLINE = saved[0]
+        _restore_env(env)
+
+
+def _restore_env(env: dict) -> None:
+    for k, v in env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def _hf_dataset(name: str, data_root: str | None):

@@ -221,3 +221,17 @@ def test_standin_cli_subset_of_tasks(tmp_path, capsys):
     assert json.loads((out / "standin.json").read_text())["tasks"] == ["cifar10", "misc/winogavil"]
     assert main(["evalsets", "standin", "--data-dir", str(out), "--n", "2", "--seed", "5"]) == 1  # other parameters
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_hf_offline_block_restores_state(monkeypatch):
+    import datasets
+    import huggingface_hub.constants as hub
+
+    from clipsift.eval.zeroshot import hf_offline
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    with hf_offline():
+        assert datasets.config.HF_HUB_OFFLINE and hub.HF_HUB_OFFLINE and __import__("os").environ["HF_HUB_OFFLINE"] == "1"
+    assert not datasets.config.HF_HUB_OFFLINE and not hub.HF_HUB_OFFLINE and "HF_HUB_OFFLINE" not in __import__("os").environ
