@@ -11,6 +11,7 @@ Usage: python benchmarks/bench_embed.py [--rows 2000] [--b32-rows 500] [--batch-
 from __future__ import annotations
 
 import argparse
+import sys
 
 from _harness import CACHE, isolated, synthetic_pool, table
 
@@ -79,6 +80,7 @@ def main() -> None:
                      "samples/s": f"{floor['samples'] / floor['seconds']:.0f}", "peak MB": floor["peak_rss_mb"]})
         rows.append({"model": arch, "job": f"embed ({run['device']}, batch {args.batch_size})", "samples": run["samples"], "s": f"{run['seconds']:.2f}",
                      "samples/s": f"{run['samples'] / run['seconds']:.0f}", "peak MB": run["peak_rss_mb"]})
+        print(f"{arch}: floor {rows[-2]['samples/s']} samples/s, embed {rows[-1]['samples/s']} samples/s", file=sys.stderr, flush=True)
     print(table(rows, ["model", "job", "samples", "s", "samples/s", "peak MB"]))
 
 
