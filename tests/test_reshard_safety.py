@@ -283,6 +283,29 @@ def test_empty_subset_refused(work, capsys):
     assert rc == 1 and "0 uids" in one_line(err) and not (tmp_path / "out").exists()
 
 
+def test_zero_byte_subset_refused(work, capsys):
+    tmp_path, _, _ = work
+    (tmp_path / "zero.bin").write_bytes(b"")
+    rc, err = run_cli(capsys, tmp_path, tmp_path / "out", tmp_path / "zero.bin")
+    assert rc == 1 and "zero.bin" in one_line(err) and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name,content,expect", [
+    ("00000001_stats.json", b"{not json", "unreadable stats file"),
+    ("00000001_stats.json", b'{"count": 7}', 'no whole-number "successes"'),
+    ("sizes.json", b"[1, 2]", "not a JSON object"),
+    ("sizes.json", b'{"00000000.tar": "many"}', "not a whole number"),
+])
+def test_bad_stats_or_shard_table(work, capsys, name, content, expect):
+    tmp_path, _, subset = work
+    (tmp_path / "in" / name).write_bytes(content)
+    before = checksums(tmp_path / "in")
+    rc, err = run_cli(capsys, tmp_path, tmp_path / "out", subset)
+    line = one_line(err)
+    assert rc == 1 and name in line and expect in line
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == [] and checksums(tmp_path / "in") == before
+
+
 def test_subset_selecting_nothing_refused(work, capsys):
     tmp_path, _, _ = work
     other = write_subset(tmp_path / "other.npy", hex_to_records([_uid(1000 + i) for i in range(5)]))
