@@ -171,7 +171,14 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="best of N (by total s), local and Ray alternating")
     ap.add_argument("--passes", type=int, default=2, help="filter runs per interpreter (first Ray pass starts workers)")
     ap.add_argument("--timeout", type=float, default=3600)
+    ap.add_argument("--project", nargs="+", metavar="LOG", help="print the 128M / 12.8B projection from these logs' JSON lines instead")
+    ap.add_argument("--cores", type=int, default=32, help="cores per machine in the projection")
+    ap.add_argument("--machines", type=int, nargs="+", default=[1, 8, 64])
+    ap.add_argument("--project-shard-rows", type=int, default=10_000, help="rows per shard of the projected pools")
     args = ap.parse_args()
+    if args.project:
+        project(args.project, args.cores, args.machines, args.project_shard_rows)
+        return
     rows_out = []
     for rows in args.rows:
         pool = uid_score_pool(rows, args.shard_rows)
@@ -195,6 +202,101 @@ def main() -> None:
                     "same bytes": "yes" if loc["sha256"] == ray["sha256"] else f"NO {loc['sha256']} {ray['sha256']}",
                 })
     print(table(rows_out, list(rows_out[0])))
+
+
+def _load(paths: list[str]) -> list[dict]:
+    out = []
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith("{"):
+                out.append(json.loads(line))
+    return out
+
+
+def _pick(runs: list[dict], job: str, kind: str, shard_rows: int | None = None) -> dict | None:
+    cand = [r for r in runs if r["job"] == job and r["executor"] == kind and (shard_rows is None or r["rows"] // r["shards"] == shard_rows)]
+    return max(cand, key=lambda r: r["rows"]) if cand else None
+
+
+FLOPS_PER_CORE = 50e9  # assumed fp32 rate of one core in a matrix product (AVX2 FMA); not measured here
+
+
+def _fmt_s(x: float) -> str:
+    return f"{x:.2g} s" if x < 10 else f"{x:.0f} s" if x < 120 else f"{x / 60:.0f} min" if x < 7200 else f"{x / 3600:.1f} h"
+
+
+def project(paths: list[str], cores: int, machines: list[int], shard_rows: int = 10_000) -> None:
+    """Wall time and driver memory at 128M and 12.8B rows on N machines, from measured costs.
+
+    CPU seconds are used where they were measured (steady on a shared machine); wall-only figures
+    (the sorted write, semdedup's stages) are turned into CPU seconds with the run's own
+    CPU/wall ratio. Serial stages run on the driver (its ``cores`` threads at best), parallel
+    ones on N x ``cores``. ``shard_rows``: rows per shard of the projected pool (DataComp: about
+    10k), which sets the number of Ray tasks; "fixed" assumes 8 shards per task.
+    """
+    runs = _load(paths)
+    cs, nf = _pick(runs, "clip_score", "local"), _pick(runs, "no_filter", "local")
+    csr = _pick(runs, "clip_score", "ray")
+    sd = _pick(runs, "semdedup", "local")
+    if not (cs and nf):
+        raise SystemExit("need clip_score and no_filter local runs in the logs")
+    unit = {
+        "clip_score map CPU s/row (2 passes, workers)": cs["worker_cpu_s"] / cs["rows"],
+        "clip_score map CPU s/row on Ray workers": csr["worker_cpu_s"] / csr["rows"] if csr else float("nan"),
+        "clip_score driver CPU s/row (ingest, concat, partition, sort kept)": cs["driver_cpu_s"] / cs["rows"],
+        "clip_score driver bytes/row (peak - base)": (cs["peak_rss_mb"] - cs["driver_base_mb"]) * 2**20 / cs["rows"],
+        "no_filter driver CPU s/row (read, decode, spill; threads)": nf["driver_cpu_s"] / nf["rows"],
+        "sorted write s/row (bucket sort + write, wall)": nf["write_s"] / nf["rows"],
+        "no_filter driver MB (peak)": nf["peak_rss_mb"],
+    }
+    if csr and csr["rows"] == cs["rows"]:  # driver CPU per Ray task: submit, get, deserialise (2 passes)
+        unit["Ray driver CPU s/task"] = max(csr["driver_cpu_s"] - cs["driver_cpu_s"], 0) / (2 * cs["shards"])
+    else:
+        unit["Ray driver CPU s/task"] = float("nan")
+    print(f"measured at {cs['rows']:,} rows ({cs['shards']} shards):")
+    for k, v in unit.items():
+        print(f"  {k}: {v:.3g}")
+    sd_unit = None
+    if sd:
+        cpu = sd["driver_cpu_s"] + sd["worker_cpu_s"]
+        scale = cpu / sd["total_s"]  # CPU seconds per wall second in that run
+        k0 = -(-sd["rows"] // 2500)
+        st = sd["stages"]
+        flop = 2 * 768 / FLOPS_PER_CORE  # CPU s per row-centroid of the assignment's dot products (assumed rate)
+        assign_cpu = st.get("assign", 0) * scale
+        sd_unit = {"kmeans_cpu_s": st.get("kmeans", 0) * scale, "assign_io_cpu_per_row": max(assign_cpu - sd["rows"] * k0 * flop, 0) / sd["rows"],
+                   "assign_dot_cpu_per_row_centroid": flop, "pairwise_cpu_per_row": st.get("pairwise", 0) * scale / sd["rows"], "k": k0,
+                   "pairwise_cpu_per_cluster": st.get("pairwise", 0) * scale / k0}
+        print(f"semdedup at {sd['rows']:,} rows, k={k0}: CPU/wall {scale:.2f}; " + ", ".join(f"{k}={v:.3g}" for k, v in sd_unit.items()))
+    out = []
+    for rows in (128_000_000, 12_800_000_000):
+        for n in machines:
+            par, ser = n * cores, cores
+            kept = 0.3 * rows
+            cs_map = unit["clip_score map CPU s/row (2 passes, workers)"] * rows / par
+            cs_drv = unit["clip_score driver CPU s/row (ingest, concat, partition, sort kept)"] * rows
+            write = unit["sorted write s/row (bucket sort + write, wall)"]
+            nf_drv = unit["no_filter driver CPU s/row (read, decode, spill; threads)"] * rows / ser
+            tasks = 2 * rows / shard_rows * unit["Ray driver CPU s/task"]  # one driver submits every task
+            row = {"rows": f"{rows / 1e6:,.0f}M", "machines": n, "cores": par,
+                   "clip_score today": _fmt_s(cs_map + cs_drv + write * kept + tasks),
+                   "of which Ray tasks": _fmt_s(tasks),
+                   "clip_score driver GB": f"{unit['clip_score driver bytes/row (peak - base)'] * rows / 2**30:,.1f}",
+                   "clip_score fixed": _fmt_s((cs_map * par + cs_drv + write * kept) / par + tasks / 8),
+                   "no_filter today": _fmt_s(nf_drv + write * rows),
+                   "no_filter fixed": _fmt_s((nf_drv * ser + write * rows) / par + tasks / 16)}
+            if sd_unit:
+                def semdedup(k, spread, rows=rows, par=par, ser=ser):
+                    kmeans = sd_unit["kmeans_cpu_s"] * k / sd_unit["k"] / ser  # on the driver (faiss threads)
+                    assign = (sd_unit["assign_io_cpu_per_row"] + sd_unit["assign_dot_cpu_per_row_centroid"] * k) * rows / par
+                    pair = sd_unit["pairwise_cpu_per_row"] * rows / (par if spread else ser)
+                    return _fmt_s(kmeans + assign + pair)
+                k = -(-rows // 2500)
+                row["semdedup today (k=n/2500)"] = semdedup(k, False)
+                row["semdedup fixed (k=50k, clusters as tasks)"] = semdedup(50_000, True)
+                row["semdedup driver GB"] = f"{(rows / 100_000 * k * 8 + 0.96 * rows * 16) / 2**30:,.1f}"
+            out.append(row)
+    print(table(out, list(out[0])))
 
 
 if __name__ == "__main__":
