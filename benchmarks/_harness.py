@@ -110,17 +110,21 @@ def proc_tree(root: int) -> list[int]:
 
 
 def proc_stats(pid: int) -> dict | None:
-    """Name (``ray::...`` for Ray workers), peak RSS (VmHWM), current RSS and CPU seconds of one process."""
+    """Name (``ray::...`` for Ray workers), peak RSS (VmHWM, which counts the shared-memory pages of
+    Ray's object store a worker has written), current RSS split into anonymous and shared memory,
+    and CPU seconds of one process."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             cmd = fh.read().split(b"\0")[0].decode(errors="replace")
         with open(f"/proc/{pid}/status") as fh:
-            status = {ln.split(":")[0]: ln.split()[1] for ln in fh if ln.startswith(("VmHWM:", "VmRSS:"))}
+            status = {ln.split(":")[0]: ln.split()[1] for ln in fh if ln.startswith(("VmHWM:", "VmRSS:", "RssAnon:", "RssShmem:"))}
         with open(f"/proc/{pid}/stat") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
         tick = os.sysconf("SC_CLK_TCK")
         return {"pid": pid, "name": os.path.basename(cmd), "hwm_mb": round(int(status.get("VmHWM", 0)) / 1024, 1),
                 "rss_mb": round(int(status.get("VmRSS", 0)) / 1024, 1),
+                "anon_mb": round(int(status.get("RssAnon", 0)) / 1024, 1),  # now: heap, arrays
+                "shmem_mb": round(int(status.get("RssShmem", 0)) / 1024, 1),  # now: shared memory (Ray's object store)
                 "cpu_s": round((int(fields[11]) + int(fields[12])) / tick, 2)}
     except (OSError, IndexError, ValueError):
         return None

@@ -144,6 +144,8 @@ if {kind!r} == "ray":
     if not workers:
         raise SystemExit("no ray:: workers below this driver: ray.init joined another cluster (unset RAY_ADDRESS)")
     result["worker_mb"] = max((p["hwm_mb"] for p in workers), default=0)
+    result["worker_anon_mb"] = max((p["anon_mb"] for p in workers), default=0)  # at the end, not the peak
+    result["worker_shmem_mb"] = max((p["shmem_mb"] for p in workers), default=0)
     result["ray_workers"] = len(workers)
     result["ray_sys_mb"] = round(sum(p["rss_mb"] for p in procs if not p["name"].startswith("ray::")), 1)
     import ray
@@ -198,7 +200,8 @@ def main() -> None:
                     "total s": r["total_s"], "ray/local": f"{ray['total_s'] / loc['total_s']:.2f}" if kind == "ray" else "",
                     "driver cpu s": r["driver_cpu_s"], "worker cpu s": r["worker_cpu_s"],
                     "driver MB": r["peak_rss_mb"], "driver base MB": r["driver_base_mb"], "worker MB": r["worker_mb"],
-                    "worker base MB": r.get("worker_base_mb", ""), "ray sys MB": r.get("ray_sys_mb", ""),
+                    "worker base MB": r.get("worker_base_mb", ""),
+                    "worker anon/shm MB at end": f"{r['worker_anon_mb']}/{r['worker_shmem_mb']}" if "worker_anon_mb" in r else "", "ray sys MB": r.get("ray_sys_mb", ""),
                     "same bytes": "yes" if loc["sha256"] == ray["sha256"] else f"NO {loc['sha256']} {ray['sha256']}",
                 })
     print(table(rows_out, list(rows_out[0])))
