@@ -225,7 +225,9 @@ FLOPS_PER_CORE = 50e9  # assumed fp32 rate of one core in a matrix product (AVX2
 
 
 def _fmt_s(x: float) -> str:
-    return f"{x:.2g} s" if x < 10 else f"{x:.0f} s" if x < 120 else f"{x / 60:.0f} min" if x < 7200 else f"{x / 3600:.1f} h"
+    if x < 10:
+        return f"{x:.2g} s"
+    return f"{x:.0f} s" if x < 120 else f"{x / 60:.0f} min" if x < 7200 else f"{x / 3600:.1f} h" if x < 172800 else f"{x / 86400:,.0f} days"
 
 
 def project(paths: list[str], cores: int, machines: list[int], shard_rows: int = 10_000) -> None:
@@ -297,7 +299,8 @@ def project(paths: list[str], cores: int, machines: list[int], shard_rows: int =
                 k = -(-rows // 2500)
                 row["semdedup today (k=n/2500)"] = semdedup(k, False)
                 row["semdedup fixed (k=50k, clusters as tasks)"] = semdedup(50_000, True)
-                row["semdedup driver GB"] = f"{(rows / 100_000 * k * 8 + 0.96 * rows * 16) / 2**30:,.1f}"
+                # per-shard cluster counts (shards x k int64) and the kept uids (96 % of 16 B/row), both in the driver
+                row["semdedup driver GB"] = f"{(rows / shard_rows * k * 8 + 0.96 * rows * 16) / 2**30:,.1f}"
             out.append(row)
     print(table(out, list(out[0])))
 
