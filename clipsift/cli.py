@@ -69,10 +69,24 @@ def _sigterm_handler(owner: int):
     return handler
 
 
+def _default_sigterm_in_child() -> None:
+    """A forked worker must die on SIGTERM at once: a Python-level handler runs only between
+    bytecodes, so a child blocked in C (a lock, a pipe) would ignore ``Pool.terminate()`` and
+    the parent would wait for it forever."""
+    if getattr(signal.getsignal(signal.SIGTERM), "__name__", "") == "handler":
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+_AT_FORK = []
+
+
 @contextlib.contextmanager
 def _terminate_cleanly():
     installed = None
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        if not _AT_FORK and hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_default_sigterm_in_child)
+            _AT_FORK.append(True)
         installed = signal.signal(signal.SIGTERM, _sigterm_handler(os.getpid()))
     try:
         yield
