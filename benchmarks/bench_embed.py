@@ -5,7 +5,7 @@ as img2dataset lays them out). Models: ``clipsift-tiny`` (the tiny track's model
 ``--no-b32``, open_clip's ViT-B-32 (224 px), both with random weights saved to a file. Each run is
 a fresh interpreter writing a new metadata folder; "decode floor" streams the tars, decodes and
 preprocesses the images without the model. samples/s counts embedded samples.
-Usage: python benchmarks/bench_embed.py [--rows 2000] [--b32-rows 500] [--batch-size 256] [--device cpu]
+Usage: python benchmarks/bench_embed.py [--rows 2000] [--b32-rows 300] [--no-b32] [--batch-size 256] [--device cpu]
 """
 
 from __future__ import annotations
@@ -63,15 +63,15 @@ shutil.rmtree(tmp)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rows", type=int, default=2000, help="synthetic pool rows (shards of 10k rows; failed downloads excluded)")
-    ap.add_argument("--b32-shards", type=int, default=1, help="shards embedded with ViT-B-32")
+    ap.add_argument("--b32-rows", type=int, default=300, help="rows of the (separate) pool embedded with ViT-B-32")
     ap.add_argument("--no-b32", action="store_true")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    shards = str(synthetic_pool(args.rows, images=True).parent / "shards")
     rows = []
-    models = [("clipsift-tiny", 10**6)] + ([] if args.no_b32 else [("ViT-B-32", args.b32_shards)])
-    for arch, max_shards in models:
+    models = [("clipsift-tiny", args.rows)] + ([] if args.no_b32 else [("ViT-B-32", args.b32_rows)])
+    for arch, pool_rows in models:
+        shards, max_shards = str(synthetic_pool(pool_rows, images=True).parent / "shards"), 10**6
         path = str(CACHE / f"random-{arch}.pt")
         isolated(WEIGHTS.format(arch=arch, path=path))
         floor = isolated(FLOOR.format(arch=arch, shards=shards, max_shards=max_shards, batch=args.batch_size))
