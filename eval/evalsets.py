@@ -3,7 +3,9 @@
 Layout as DataComp's ``download_evalsets.py``: webdataset tasks in ``<dir>/wds_<key>_test/``
 (from the ``djghosh/wds_<key>_test`` dataset repos), retrieval and WinoGAViL through Hugging Face
 ``datasets`` with ``cache_dir=<dir>/hf_cache``. Nothing is fetched at evaluation time when a
-data dir is given; a missing task fails with a message naming this command.
+data dir is given; a missing task fails with a message naming this command. Small generated
+stand-ins of all 40 sets in the same layouts come from ``clipsift evalsets standin``
+(:mod:`clipsift.eval.standin`).
 """
 
 from __future__ import annotations
