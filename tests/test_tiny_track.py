@@ -178,3 +178,21 @@ def test_track_world_images_carry_the_concept_badge():
     assert World(0).badges is None and not all(np.abs(plain[i, 3, 3] - img[i, 3, 3]).max() <= 1 for i in range(6))
     with pytest.raises(ParamError, match="concept_mark"):
         World(0, concept_mark="logo")
+
+
+def test_concept_and_tail_groups_are_in_the_task_list_and_the_aggregation():
+    from clipsift.leaderboards.aggregate import ResultRow, aggregate_rows
+    from clipsift.leaderboards.tasks import tiny_tasks
+
+    tl = tiny_tasks()
+    assert tl.group_order[:2] == ("Classification", "Retrieval")
+    assert {"Concepts", "Tail concepts"} <= set(tl.group_order)
+    assert [t.key for t in tl.members("Concepts")] == ["tiny/concept"]
+    assert [t.key for t in tl.members("Tail concepts")] == ["tiny/concept_tail"]
+    values = {"tiny/concept": 0.3, "tiny/concept_tail": 0.1, "tiny/shape": 0.2, "tiny/texture": 0.4,
+              "tiny/count": 0.6, "tiny/retrieval": 0.05}
+    rows = [ResultRow(k, tl.task(k).name, {"acc1": v, "main_metric": v}, v) for k, v in values.items()]
+    agg = aggregate_rows(rows, tl)
+    lines = agg.lines()
+    assert "Concepts: 0.300" in lines and "Tail concepts: 0.100" in lines
+    assert "Classification: 0.400" in lines and f"Average: {sum(values.values()) / 6:.3f}" in lines
