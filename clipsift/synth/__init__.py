@@ -18,7 +18,11 @@ Public API::
 
     from clipsift.synth import make_pool, World
 
-    make_pool(out_dir, rows, *, seed=0, images=False, shard_rows=10_000, workers=None) -> dict
+    make_pool(out_dir, rows, *, seed=0, images=False, shard_rows=10_000, workers=None, world=None) -> dict
+
+``world="track"`` builds the tiny track's world (``world.TRACK_WORLD``: 32 Zipf(1.0) concepts,
+web-like heavy-tailed duplicates, a concept badge on every image); a dict sets any World parameter.
+``clipsift.synth.quality`` scores subsets against the truth file (seedless figures, oracle subset).
 
 writes ``out_dir/metadata/<stem>.parquet|.npz`` (DataComp layout; scores equal the cosine of the
 stored float16 embeddings), ``out_dir/truth.parquet`` (one row per sample in pool order: uid,
