@@ -5,15 +5,12 @@ from __future__ import annotations
 
 from collections import Counter
 
-import numpy as np
-
 from clipsift.baselines.common import BaselineFilter, float_column
 from clipsift.baselines.scores import SCORE_COLUMNS, at_least
 from clipsift.errors import ParamError
 from clipsift.filter import RunContext, Selection
 from clipsift.kth import fraction_cut
 from clipsift.params import Param
-from clipsift.uids import UID_DTYPE
 
 ARCH_PARAM = Param("arch", str, None, "which CLIP score: b32 (clip_b32_similarity_score) or l14", choices=("b32", "l14"))
 THRESHOLD_PARAM = Param("threshold", float, None, "keep score >= threshold (compared in the column's dtype)")
@@ -74,10 +71,4 @@ class ClipScoreFilter(BaselineFilter):
 
     def select(self, ctx: RunContext) -> Selection:
         threshold, details = resolve_threshold(self, ctx, self.key)
-        parts, counters = [], Counter()
-        for uids, c in ctx.map_shards(_ThresholdShard(self.key, threshold), columns=self.input_columns(), desc=self.name):
-            parts.append(uids)
-            counters.update(c)
-        uids = np.concatenate(parts) if parts else np.empty(0, dtype=UID_DTYPE)
-        counters["kept"] = len(uids)
-        return Selection(uids, counters=dict(counters), details={"score_column": self.key, **details})
+        return self.collect(ctx, _ThresholdShard(self.key, threshold), {"score_column": self.key, **details})

@@ -12,7 +12,7 @@ from clipsift.baselines.langid import FastTextLID
 from clipsift.errors import PoolError
 from clipsift.filter import Filter, RunContext, Selection
 from clipsift.params import Param
-from clipsift.uids import UID_DTYPE
+from clipsift.uidsort import UidSorter
 
 LID_PARAM = Param(
     "lid_model",
@@ -117,11 +117,15 @@ class BaselineFilter(Filter):
         raise TypeError(f"{type(self).__name__} must implement shard() or override select()")
 
     def select(self, ctx: RunContext) -> Selection:
-        details = self.prepare(ctx)
-        parts, counters = [], Counter()
-        for uids, c in ctx.map_shards(self.shard, columns=self.input_columns(), keys=self.input_keys(), desc=self.name):
-            parts.append(uids)
+        return self.collect(ctx, self.shard, self.prepare(ctx))
+
+    def collect(self, ctx: RunContext, step, details: dict) -> Selection:
+        """Map ``step`` (batch -> kept uids, counters) over the shards; the kept uids stream into a
+        sorter on disk, so the driver's memory does not grow with the pool."""
+        sorter = UidSorter(ctx.num_candidates, ctx.workdir, threads=ctx.executor.workers)
+        counters = Counter()
+        for uids, c in ctx.map_shards(step, columns=self.input_columns(), keys=self.input_keys(), desc=self.name):
+            sorter.add(uids)
             counters.update(c)
-        uids = np.concatenate(parts) if parts else np.empty(0, dtype=UID_DTYPE)
-        counters["kept"] = len(uids)
-        return Selection(uids, counters=dict(counters), details=details)
+        counters["kept"] = sorter.count
+        return Selection(sorter=sorter, counters=dict(counters), details=details)

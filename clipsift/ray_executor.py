@@ -47,8 +47,9 @@ def _call(fn, item):
 class RayExecutor:
     """Run ``fn`` over items as Ray tasks.
 
-    ``address``: an existing cluster (``auto``, ``ray://host:10001`` or ``host:6379``); None starts
-    a local Ray instance with ``workers`` CPUs (default: this machine's). ``workers`` is the number
+    ``address``: an existing cluster (``auto``, ``ray://host:10001`` or ``host:6379``); None uses
+    ``RAY_ADDRESS`` when set, else starts a new Ray instance here with ``workers`` CPUs (default:
+    this machine's), never joining another cluster by accident. ``workers`` is the number
     of tasks that run at once: the cluster's CPUs unless given.
     """
 
@@ -68,10 +69,13 @@ class RayExecutor:
             if address is None:
                 kwargs.setdefault("include_dashboard", False)
             kwargs.setdefault("configure_logging", False)
-            if address is None and workers is not None:
+            # no address: RAY_ADDRESS when the user set it, else a new instance here ("local"), never
+            # whatever cluster happens to be running on this machine
+            target = address or os.environ.get("RAY_ADDRESS") or "local"
+            if target == "local" and workers is not None:
                 kwargs.setdefault("num_cpus", int(workers))
             try:
-                ray.init(address=address, **kwargs)
+                ray.init(address=target, **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 where = address or "a local instance"
                 raise ClipsiftError(f"ray: cannot start or reach {where} ({exc}); check --ray-address") from exc
