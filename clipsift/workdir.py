@@ -119,6 +119,7 @@ def reclaim_stale(base: str | os.PathLike) -> dict:
         entries = [e for e in os.scandir(base) if e.name.startswith(REPORT_PREFIXES) and e.is_dir(follow_symlinks=False)]
     except OSError:
         return out
+    orphans = []
     for entry in entries:
         path = Path(entry.path)
         try:
@@ -143,11 +144,15 @@ def reclaim_stale(base: str | os.PathLike) -> dict:
         except OSError:
             continue
         if age > REPORT_AGE_S:
-            out["reported"] += 1
-            log.warning(
-                "%s: work folder without an owner, %s, last changed %.0f h ago; remove it if no clipsift run is using it",
-                path, _mb(folder_size(path)), age / 3600,
-            )
+            orphans.append((age, path))
+    if orphans:  # one line for all of them: a run should not open with a page of warnings
+        out["reported"] = len(orphans)
+        oldest, example = max(orphans)
+        log.warning(
+            "%d work folder(s) without an owner under %s (%s in all, oldest changed %.0f h ago, e.g. %s); "
+            "remove them if no clipsift run is using them",
+            len(orphans), base, _mb(sum(folder_size(p) for _, p in orphans)), oldest / 3600, example.name,
+        )
     return out
 
 

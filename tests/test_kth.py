@@ -12,7 +12,7 @@ from clipsift.baselines.clip_score import _FractionReader
 from clipsift.baselines.scores import fraction_threshold
 from clipsift.executor import LocalExecutor
 from clipsift.filter import RunContext
-from clipsift.kth import fraction_cut, key_value, order_keys
+from clipsift.kth import desc_keys, fraction_cut, key_value, kth_desc_key
 from clipsift.pool import Pool
 
 COL = "clip_l14_similarity_score"
@@ -56,8 +56,18 @@ def test_fraction_cut_equals_the_sort(tmp_path, kind, gather_max):
             assert details["selection_passes"] == 5  # four 16-bit digits, then the value is fixed
 
 
-def test_order_keys_sort_like_the_values():
-    v = np.array([-np.inf, -1e300, -1.0, -1e-300, -0.0, 0.0, 1e-300, 0.5, 1.0, np.inf])
-    k = order_keys(v)
+def test_desc_keys_sort_descending_with_nan_last():
+    v = np.array([np.inf, 1.0, 0.5, 1e-300, 0.0, -0.0, -1e-300, -1.0, -1e300, -np.inf, np.nan])
+    k = desc_keys(v)
     assert (np.diff(k.astype(object)) >= 0).all() and k[4] == k[5]
-    assert [key_value(int(x)) for x in k] == [*v[:4], 0.0, 0.0, *v[6:]]
+    back = [key_value(x) for x in k]
+    assert back[:4] == list(v[:4]) and back[4:6] == [0.0, 0.0] and back[6:10] == list(v[6:10]) and np.isnan(back[10])
+
+
+def test_kth_over_parts_in_one_process_matches_the_sort():
+    rng = np.random.default_rng(5)
+    parts = [rng.choice([0.1, 0.2, np.nan, -3.0], 50), rng.standard_normal(70), np.empty(0)]
+    every = np.sort(desc_keys(np.concatenate(parts)))
+    for k in (0, 13, 64, 119):
+        for gather_max in (0, 10, 1 << 20):
+            assert kth_desc_key(lambda: (desc_keys(p) for p in parts), k, 120, gather_max) == every[k]
