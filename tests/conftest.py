@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +61,18 @@ def write_pool(root: Path, shard_sizes, seed: int = 0, texts=None, extra_columns
 @pytest.fixture
 def small_pool(tmp_path) -> Path:
     return write_pool(tmp_path / "pool", [40, 0, 25, 35])
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_tmpdir(tmp_path_factory):
+    """Runs under test get a TMPDIR of their own: scratch folders other programs (or killed runs)
+    left in the machine's TMPDIR must not change what a test sees on stderr."""
+    tmp = str(tmp_path_factory.mktemp("TMPDIR"))
+    old_env, old_dir = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = tmp, tmp
+    yield tmp
+    tempfile.tempdir = old_dir
+    if old_env is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = old_env
