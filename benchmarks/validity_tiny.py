@@ -96,9 +96,10 @@ def _ms(vals):
 
 def verdict(a: list[float], b: list[float]) -> str:
     """'wins' / 'loses' when mean(a) - mean(b) exceeds 2 × the larger seed std, else 'tied'."""
+    a, b = [v for v in a if v is not None], [v for v in b if v is not None]
+    if len(a) < 2 or len(b) < 2:
+        return "n/a (a side has fewer than 2 seeds)"
     (ma, sa), (mb, sb) = _ms(a), _ms(b)
-    if ma is None or mb is None:
-        return "—"
     d, bound = ma - mb, 2 * max(sa or 0.0, sb or 0.0)
     word = "wins" if d > bound else "loses" if d < -bound else "tied"
     return f"{word} ({d:+.3f}, 2σ {bound:.3f})"
