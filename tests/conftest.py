@@ -67,6 +67,9 @@ def small_pool(tmp_path) -> Path:
 def private_tmpdir(tmp_path_factory):
     """Runs under test get a TMPDIR of their own: scratch folders other programs (or killed runs)
     left in the machine's TMPDIR must not change what a test sees on stderr."""
+    import multiprocessing.util
+
+    multiprocessing.util.get_temp_dir()  # made (and removed at exit) in the real TMPDIR, as usual
     tmp = str(tmp_path_factory.mktemp("TMPDIR"))
     old_env, old_dir = os.environ.get("TMPDIR"), tempfile.tempdir
     os.environ["TMPDIR"], tempfile.tempdir = tmp, tmp
