@@ -28,7 +28,7 @@ QUALITY_LABELS = {
 }
 
 
-def read_truth(pool_dir) -> "pa.Table":  # noqa: F821
+def read_truth(pool_dir) -> pa.Table:  # noqa: F821
     """The truth table of a synthetic pool folder (or a truth.parquet path)."""
     p = Path(pool_dir)
     if p.is_dir():
