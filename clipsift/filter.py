@@ -41,6 +41,7 @@ class Selection:
         self.counters: dict[str, Any] = counters if counters is not None else {}
         self.details: dict[str, Any] = details if details is not None else {}
         self.scores = None  # optional, aligned with ``uids``
+        self.file_sha256: str | None = None  # sha256 of the written .npy, when computed while writing
         self._sorter = sorter
         self._uids = None
         if uids is None:
@@ -66,7 +67,9 @@ class Selection:
     def write(self, path) -> tuple[Path, str]:
         """Write the sorted records as a DataComp ``.npy`` (atomically); returns (path, sha256 of records)."""
         if self._uids is None:
-            return self._sorter.write_npy(path)
+            written = self._sorter.write_npy(path)
+            self.file_sha256 = getattr(self._sorter, "file_sha256", None)  # hashed while writing
+            return written
         from clipsift.subset import write_subset
 
         return write_subset(path, self._uids), uids_digest(self._uids)

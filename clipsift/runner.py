@@ -81,7 +81,7 @@ def run_to_subset(step, ctx: RunContext, out: str | Path, recipe: str | None = N
             raise
         with atomic_pair(path, manifest_path(path), suffix=".npy") as (tmp, mtmp):
             _, digest = sel.write(tmp)
-            file_digest = file_sha256(tmp)
+            file_digest = getattr(sel, "file_sha256", None) or file_sha256(tmp)
             wall = time.perf_counter() - t0
             manifest = build_manifest(step, ctx, sel, wall, digest, recipe, file_digest)
             write_manifest_file(mtmp, manifest)

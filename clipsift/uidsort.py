@@ -13,6 +13,7 @@ Skewed uids only make some buckets larger, never wrong.
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import os
 import tempfile
@@ -179,19 +180,28 @@ class UidSorter:
         Returns the path and the sha256 of the record bytes (the manifest's ``uids_sha256``).
         """
         path = subset_path(path)
-        digest = hashlib.sha256()
+        digest, file_digest = hashlib.sha256(), hashlib.sha256()
         header = {"descr": np.lib.format.dtype_to_descr(UID_DTYPE), "fortran_order": False, "shape": (self.count,)}
+        head = io.BytesIO()
+        np.lib.format.write_array_header_1_0(head, header)
+        file_digest.update(head.getvalue())
+
+        def both(data):
+            digest.update(data)
+            file_digest.update(data)
+
         with atomic_write(path) as fh, ThreadPoolExecutor(1) as hasher:
-            np.lib.format.write_array_header_1_0(fh, header)
+            fh.write(head.getvalue())
             hashed = None
             for chunk in self.sorted_chunks():
                 data = chunk.view(np.uint8)
                 if hashed is not None:
                     hashed.result()
-                hashed = hasher.submit(digest.update, data)  # hashlib releases the GIL: hash while writing
+                hashed = hasher.submit(both, data)  # hashlib releases the GIL: hash while writing
                 fh.write(data)
             if hashed is not None:
                 hashed.result()
+        self.file_sha256 = file_digest.hexdigest()  # of the exact bytes written (the manifest's file_sha256)
         return path, digest.hexdigest()
 
     def close(self) -> None:
