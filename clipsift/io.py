@@ -121,14 +121,19 @@ def check_output_path(path: str | os.PathLike, flag: str = "--out") -> Path:
         raise OutputError(f"{flag} {out}: is a folder; give a file name inside it, such as {out / 'subset.npy'}")
     if out.exists() and not out.is_file():
         raise OutputError(f"{flag} {out}: exists and is not a regular file; choose another output path")
-    anc = out.absolute().parent
+    _check_nearest_folder(out.absolute().parent, out, flag, "output path")
+    return out
+
+
+def _check_nearest_folder(start: Path, out: Path, flag: str, what: str) -> None:
+    """The nearest existing ancestor of ``out`` (from ``start`` up) must be a writable folder."""
+    anc = start
     while not anc.exists() and anc != anc.parent:
         anc = anc.parent
     if not anc.is_dir():
-        raise OutputError(f"{flag} {out}: {anc} is a file, not a folder; choose another output path")
+        raise OutputError(f"{flag} {out}: {anc} is a file, not a folder; choose another {what}")
     if not os.access(anc, os.W_OK | os.X_OK):
         raise OutputError(f"{flag} {out}: folder {anc} is not writable; choose a writable output folder")
-    return out
 
 
 def _temp_pattern(name: str) -> re.Pattern:
@@ -254,11 +259,5 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
     out = Path(text)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{flag} {out}: is a file, not a folder; choose another output folder")
-    anc = out.absolute()
-    while not anc.exists() and anc != anc.parent:
-        anc = anc.parent
-    if not anc.is_dir():
-        raise OutputError(f"{flag} {out}: {anc} is a file, not a folder; choose another output folder")
-    if not os.access(anc, os.W_OK | os.X_OK):
-        raise OutputError(f"{flag} {out}: folder {anc} is not writable; choose a writable output folder")
+    _check_nearest_folder(out.absolute(), out, flag, "output folder")
     return out

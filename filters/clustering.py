@@ -20,7 +20,6 @@ external uid-aligned set (:class:`ExternalEmbeddings`). Rows are cast to float32
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -481,30 +480,20 @@ class _AssignShard:
         return labels, arrays
 
 
-def not_counting(ctx):
-    """``ctx`` whose passes do not add to ``ctx.dropped``: for a second pass over rows whose unusable
-    embeddings the first pass (the k-means sample) already counted."""
-    if getattr(ctx, "dropped", None) is None:
-        return ctx
-    quiet = copy.copy(ctx)
-    quiet.dropped = {}
-    return quiet
-
-
 def assign_to_store(ctx, source: EmbeddingSource, centroids: np.ndarray, path: Path, *, store_embeddings: bool = False,
-                    columns: tuple[str, ...] = (), desc: str = "assign", counted: bool = False):
+                    columns: tuple[str, ...] = (), desc: str = "assign"):
     """One streaming pass: rows grouped by nearest centroid into a GroupedStore at ``path``.
 
     Each group holds ``gidx`` (int64), ``uid_hi``/``uid_lo`` (uint64), ``sim`` (float32 cosine to
     the centroid), the requested numeric ``columns`` (float64) and, with ``store_embeddings``, the
-    raw vectors ``emb`` as stored in the pool, all in ascending global index. ``counted``: the
-    rows' unusable embeddings were counted already (by :func:`fit_centroids`' sample pass), so this
-    pass does not count them again.
+    raw vectors ``emb`` as stored in the pool, all in ascending global index. Rows with unusable
+    embeddings that the k-means sample pass already counted are not counted again (``ctx.dropped``
+    counts each shard row once).
     """
     from clipsift.grouped import GroupedStore
 
     fn = _AssignShard(source, np.ascontiguousarray(centroids, dtype=np.float32), tuple(columns), store_embeddings)
-    return GroupedStore.build(not_counting(ctx) if counted else ctx, fn, columns=tuple(columns), keys=source.keys(),
+    return GroupedStore.build(ctx, fn, columns=tuple(columns), keys=source.keys(),
                               num_groups=len(centroids), path=Path(path), desc=desc)
 
 

@@ -102,7 +102,7 @@ def run_density(ctx: RunContext, *, source: EmbeddingSource, k: int = 500, niter
         centroids, info = fit_centroids(ctx, source, k, niter=niter, seed=kmeans_seed, train_rows=train_rows, desc=f"{desc} k-means")
     clock.lap("kmeans")
     try:
-        store = assign_to_store(ctx, source, centroids, work / "store", desc=f"{desc}: assign", counted=bool(info))
+        store = assign_to_store(ctx, source, centroids, work / "store", desc=f"{desc}: assign")
         clock.lap("assign")
         sizes = store.sizes
         n_in = store.num_rows

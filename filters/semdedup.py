@@ -157,7 +157,7 @@ def run_semdedup(ctx: RunContext, *, source: EmbeddingSource, k: int | None = No
                                         train_rows=train_rows, desc=f"{desc} k-means")
     lap("kmeans")
     try:
-        store = assign_to_store(ctx, source, centroids, work / "store", store_embeddings=True, desc=f"{desc}: assign", counted=bool(info))
+        store = assign_to_store(ctx, source, centroids, work / "store", store_embeddings=True, desc=f"{desc}: assign")
         lap("assign")
         device = ctx.torch_device()
         m_all = np.lib.format.open_memmap(work / "m.npy", mode="w+", dtype=np.float32, shape=(store.num_rows,))

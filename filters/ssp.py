@@ -84,7 +84,7 @@ def run_ssp(ctx: RunContext, *, source: EmbeddingSource, k: int = 500, niter: in
     if centroids is None:
         centroids, info = fit_centroids(ctx, source, k, niter=niter, seed=kmeans_seed, train_rows=train_rows, desc=f"{desc} k-means")
     try:
-        store = assign_to_store(ctx, source, centroids, work / "store", desc=f"{desc}: assign", counted=bool(info))
+        store = assign_to_store(ctx, source, centroids, work / "store", desc=f"{desc}: assign")
         sizes = store.sizes
         n_in = store.num_rows
         n_keep, short = keep_target(n_in, fraction, count, desc)
