@@ -221,17 +221,11 @@ def _check_base(base: Path, where: str) -> None:
         raise ClipsiftError(f"{where}: folder is not writable; give a writable folder for scratch data")
 
 
-class UserWorkDir:
-    """A user's --workdir: kept after the run (resumable caches), marked while a run uses it."""
+class _Finalized:
+    """A folder with a finalizer: ``cleanup()``, or leaving the ``with`` block, runs it once."""
 
-    def __init__(self, base: str | os.PathLike, flag: str = "--workdir"):
-        self.path = Path(base)
-        _check_base(self.path, f"{flag} {base}")
-        reclaim_stale(self.path)
-        reclaim_user_workdir(self.path)
-        self._marker = self.path / f"{RUN_MARKER}{os.getpid()}-{os.urandom(4).hex()}.json"
-        self._marker.write_text(json.dumps(owner_record()))
-        self._finalizer = weakref.finalize(self, _unlink_quiet, str(self._marker))
+    path: Path
+    _finalizer: weakref.finalize
 
     def cleanup(self) -> None:
         self._finalizer()
@@ -243,12 +237,25 @@ class UserWorkDir:
         self.cleanup()
 
 
+class UserWorkDir(_Finalized):
+    """A user's --workdir: kept after the run (resumable caches), marked while a run uses it."""
+
+    def __init__(self, base: str | os.PathLike, flag: str = "--workdir"):
+        self.path = Path(base)
+        _check_base(self.path, f"{flag} {base}")
+        reclaim_stale(self.path)
+        reclaim_user_workdir(self.path)
+        self._marker = self.path / f"{RUN_MARKER}{os.getpid()}-{os.urandom(4).hex()}.json"
+        self._marker.write_text(json.dumps(owner_record()))
+        self._finalizer = weakref.finalize(self, _unlink_quiet, str(self._marker))
+
+
 def _unlink_quiet(path: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
 
 
-class WorkDir:
+class WorkDir(_Finalized):
     """A run's scratch folder with its owner file; removed by ``cleanup()``, at garbage collection
     or at interpreter exit, whichever comes first (a drop-in for ``tempfile.TemporaryDirectory``)."""
 
@@ -267,15 +274,6 @@ class WorkDir:
             self.cleanup()
             _name_write_error(exc, self.path / OWNER_FILE)
             raise
-
-    def cleanup(self) -> None:
-        self._finalizer()
-
-    def __enter__(self) -> Path:
-        return self.path
-
-    def __exit__(self, *exc) -> None:
-        self.cleanup()
 
 
 @contextlib.contextmanager
