@@ -79,3 +79,19 @@ def private_tmpdir(tmp_path_factory):
         os.environ.pop("TMPDIR", None)
     else:
         os.environ["TMPDIR"] = old_env
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """A clipsift-tiny checkpoint with seeded random weights, in open_clip's training format."""
+    import open_clip
+    import torch
+
+    from clipsift.eval.train import register_model_configs
+
+    register_model_configs()
+    torch.manual_seed(0)
+    model = open_clip.create_model("clipsift-tiny")
+    path = tmp_path_factory.mktemp("ckpt") / "epoch_latest.pt"
+    torch.save({"epoch": 1, "name": "t", "state_dict": model.state_dict()}, path)
+    return path

@@ -25,20 +25,6 @@ def suite(tmp_path_factory):
     return make_tiny_suite(tmp_path_factory.mktemp("suite"), World(0), size=24)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    import open_clip
-
-    from clipsift.eval.train import register_model_configs
-
-    register_model_configs()
-    torch.manual_seed(0)
-    model = open_clip.create_model("clipsift-tiny")
-    path = tmp_path_factory.mktemp("ckpt") / "epoch_latest.pt"
-    torch.save({"epoch": 1, "name": "t", "state_dict": model.state_dict()}, path)
-    return path
-
-
 def read_records(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 

@@ -31,20 +31,6 @@ def standin(tmp_path_factory):
     return make_standin(tmp_path_factory.mktemp("standin"), seed=3, n=N, max_classes=8, world=World(3, n_concepts=40))
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    import open_clip
-
-    from clipsift.eval.train import register_model_configs
-
-    register_model_configs()
-    torch.manual_seed(0)
-    model = open_clip.create_model("clipsift-tiny")
-    path = tmp_path_factory.mktemp("ckpt") / "epoch_latest.pt"
-    torch.save({"epoch": 1, "name": "t", "state_dict": model.state_dict()}, path)
-    return path
-
-
 def members(tar_path):
     with tarfile.open(tar_path) as tar:
         return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
