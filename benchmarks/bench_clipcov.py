@@ -32,7 +32,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 # ---- synthetic class prompts ------------------------------------------------------------------
 def synthetic_class_embeddings(world, k: int, arch: str = "b32") -> tuple[np.ndarray, list[str]]:
     """k class vectors from the synthetic teacher's text tower: all concepts, then concept+colour."""
-    from clipsift.filters.clipcov_numeric import canonical
+    from clipsift.filters.clipcov.numeric import canonical
 
     nc = len(world.concept_names)
     pairs = [(c, None) for c in range(min(k, nc))]
@@ -115,8 +115,8 @@ def cmd_phase(args) -> None:
     """One phase in this process: ``group`` (label + group by class) or ``select`` (the rest)."""
     import resource
 
-    from clipsift.filters.clipcov_filter import ClipCovFilter
-    from clipsift.filters.clipcov_pipeline import build_partition, group_rows
+    from clipsift.filters.clipcov.filter import ClipCovFilter
+    from clipsift.filters.clipcov.pipeline import build_partition, group_rows
 
     filt = ClipCovFilter(mode=args.mode, class_embeddings=args.ce, fraction=args.fraction, batch=args.batch)
     ctx = _ctx(args.pool, args.workdir, args.workers)
@@ -186,7 +186,7 @@ def _projection(rows, n_target: int, k: int) -> None:
 
 # ---- ground truth -------------------------------------------------------------------------------
 def cmd_truth(args) -> None:
-    from clipsift.filters.clipcov_filter import ClipCovFilter
+    from clipsift.filters.clipcov.filter import ClipCovFilter
     from clipsift.filters.random_subset import RandomFilter
     from clipsift.synth import World
     from clipsift.uids import hex_to_records

@@ -36,7 +36,7 @@ result = {{"seconds": time.perf_counter() - t, "cpu_s": cpu, "kept": len(sel), "
 
 LSE = """
 import time, numpy as np, torch
-from clipsift.filters.negclip_loss import batch_gaps
+from clipsift.filters.negclip.loss import batch_gaps
 rng = np.random.default_rng(0)
 x = torch.from_numpy(rng.standard_normal(({b}, 64)).astype(np.float32))
 y = torch.from_numpy(rng.standard_normal(({b}, 64)).astype(np.float32))

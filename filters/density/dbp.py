@@ -1,0 +1,234 @@
+"""Density-Based Pruning (Abbas, Rusak et al., ICLR 2024), spec §4.
+
+Pipeline, each stage optional and each stage's parameters exposed:
+
+1. SemDeDup (:mod:`clipsift.filters.density.semdedup`) — the paper's "crucial precursor";
+2. CLIP-score filter on the survivors (DataComp rule: threshold, or the top ``clip_fraction``);
+3. a fresh spherical k-means (k = 500; 100 in the DataComp-medium recipe) on the survivors;
+4. per cluster d_intra (mean distance to the centroid) and d_inter (mean distance to the l
+   nearest other centroids), complexity C = d_intra·d_inter;
+5. budgets P = softmax(C/τ), targets N·P water-filled so no cluster gets more than it holds or less
+   than its lower bound, rounded to integers summing to N exactly;
+6. the hardest (farthest from the centroid) items of each cluster are kept.
+
+Stages 3–6 need no embeddings after the assignment pass: rows are grouped by cluster on disk with
+(uid, global index, cosine) only, and selection reads one cluster at a time.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from clipsift.clustering import (
+    EmbeddingSource,
+    StageClock,
+    assign_to_store,
+    cosine_distance,
+    fit_centroids,
+    records,
+)
+from clipsift.errors import ParamError
+from clipsift.filter import Filter, RunContext, Selection
+from clipsift.filters.density import allocation as density
+from clipsift.filters.density.semdedup import (
+    DEFAULT_EPS,
+    EMBEDDING_PARAMS,
+    KEEP_MODES,
+    KMEANS_PARAMS,
+    run_semdedup,
+)
+from clipsift.filters.density.ssp import keep_target
+from clipsift.log import get_logger, progress
+from clipsift.params import Param
+from clipsift.uids import UID_DTYPE, sort_records, unique_sorted
+
+log = get_logger("filters.dbp")
+
+
+# ---- stage 2: CLIP score -----------------------------------------------------------------------
+def clip_threshold(scores: np.ndarray, fraction: float) -> float:
+    """DataComp's fraction rule on the stage input (spec §7.5): T = sorted_desc(V)[int(len·fraction)]
+    with NaN sorted last; rows with score ≥ T pass (n + 1 rows plus ties; NaN never). An index
+    past the non-NaN scores gives T = NaN, which keeps nothing, as in DataComp; an index past the
+    end (fraction 1) is the error DataComp's IndexError is."""
+    from clipsift.baselines.scores import fraction_threshold
+
+    return float(fraction_threshold(np.asarray(scores, dtype=np.float64), fraction))
+
+
+def _scores(column: str, batch):
+    return batch.uids, batch.numpy(column, np.float64)
+
+
+def run_clip_stage(ctx: RunContext, column: str, fraction: float | None, threshold: float | None) -> tuple[np.ndarray, dict]:
+    """(uids with score ≥ T, details) over ``ctx``'s candidates."""
+    parts = list(ctx.map_shards(partial(_scores, column), columns=(column,), desc="dbp: clip score"))
+    uids = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, UID_DTYPE)
+    scores = np.concatenate([p[1] for p in parts]) if parts else np.empty(0)
+    if threshold is not None:
+        thr = float(threshold)
+    else:
+        thr = clip_threshold(scores, fraction) if len(scores) else float("inf")
+    if np.isnan(thr):
+        log.warning("dbp: clip_fraction=%g reaches past the %d non-NaN %s scores: DataComp's rule keeps no row",
+                    fraction, int((~np.isnan(scores)).sum()), column)
+    with np.errstate(invalid="ignore"):
+        keep = scores >= thr
+    return uids[keep], {"column": column, "threshold": thr, "fraction": fraction, "input": int(len(uids)), "kept": int(keep.sum())}
+
+
+# ---- stages 3-6: density-based budgets ---------------------------------------------------------
+def intra_distance(sim: np.ndarray) -> float:
+    """d_intra of one cluster: mean of 1 − s over its members, every term and the sum in float64
+    (spec §4.2, §7.6); s is the stored float32 cosine, so each term 1 − float64(s) is exact."""
+    s = np.asarray(sim, dtype=np.float64)
+    return float(np.sum(1.0 - s) / len(s)) if len(s) else float("nan")
+
+
+def run_density(ctx: RunContext, *, source: EmbeddingSource, k: int = 500, niter: int = 100, kmeans_seed: int = 1234,
+                train_rows: int | None = None, fraction: float | None = None, count: int | None = None, tau: float = 0.1,
+                num_nn: int = 20, balance: float = 0.0, density_rule: str = "dintra*dinter", keep: str = "hard",
+                seed: int = 0, centroids: np.ndarray | None = None, desc: str = "dbp") -> tuple[np.ndarray, dict, dict]:
+    """Density-based pruning of ``ctx``'s candidates to N rows: (kept uid records, counters, details)."""
+    work = Path(ctx.workdir) / f"{desc}-{uuid.uuid4().hex[:8]}"
+    info: dict = {}
+    clock = StageClock()
+    if centroids is None:
+        centroids, info = fit_centroids(ctx, source, k, niter=niter, seed=kmeans_seed, train_rows=train_rows, desc=f"{desc} k-means")
+    clock.lap("kmeans")
+    try:
+        store = assign_to_store(ctx, source, centroids, work / "store", desc=f"{desc}: assign")
+        clock.lap("assign")
+        sizes = store.sizes
+        n_in = store.num_rows
+        n_keep, short = keep_target(n_in, fraction, count, desc)
+        d_intra = np.full(len(sizes), np.nan)
+        for g in np.flatnonzero(sizes):
+            d_intra[g] = intra_distance(store.read(int(g), ["sim"])["sim"])
+        d_inter = density.inter_distances(centroids, num_nn)
+        c = density.complexity(d_intra, d_inter, density_rule, sizes)
+        b = density.budgets(sizes, c, n_keep, tau=tau, ratio=balance)
+        parts = []
+        for g in progress(np.flatnonzero(b["x"]), total=int((b["x"] > 0).sum()), desc=f"{desc}: select", unit="cluster"):
+            grp = {n: np.asarray(a) for n, a in store.read(int(g), ["gidx", "uid_hi", "uid_lo", "sim"]).items()}
+            pos = density.take(cosine_distance(grp["sim"]), grp["gidx"], b["x"][g], keep, seed, int(g))
+            parts.append(records(grp["uid_hi"][pos], grp["uid_lo"][pos]))
+        kept = np.concatenate(parts) if parts else np.empty(0, UID_DTYPE)
+        del store
+        clock.lap("budgets_select")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    counters = {"input": int(n_in), "kept": int(len(kept)), "dropped": int(n_in - len(kept)), **short}
+    details = {
+        "kmeans": info or {"k": int(len(centroids)), "centroids": "given"},
+        "seconds": clock.wall, "cpu_seconds": clock.cpu,
+        "tau": tau, "num_nn": num_nn, "balance": balance, "density": density_rule, "keep": keep, "nu": float(b["nu"]),
+        "cluster_sizes": sizes.tolist(), "budgets": b["x"].tolist(),
+        "complexity": np.round(c, 8).tolist(), "probabilities": np.round(b["p"], 8).tolist(),
+        "d_intra": [None if np.isnan(v) else round(float(v), 8) for v in d_intra], "d_inter": np.round(d_inter, 8).tolist(),
+    }
+    log.info("%s: kept %d of %d in %d clusters (nu=%.4g)", desc, len(kept), n_in, len(sizes), b["nu"])
+    return kept, counters, details
+
+
+# ---- plugin ------------------------------------------------------------------------------------
+class DBPFilter(Filter):
+    name = "dbp"
+    description = ("Density-Based Pruning: SemDeDup, CLIP-score filter, then per-cluster budgets softmax(d_intra·d_inter/τ) "
+                   "water-filled to N, keeping each cluster's hardest items.")
+    params = EMBEDDING_PARAMS + (
+        Param("k", int, 500, "clusters of the density stage (DataComp-medium recipe: 100)", min=1, max=2**31 - 1),
+    ) + KMEANS_PARAMS + (
+        Param("fraction", float, None, "share of the density stage's input to keep: N = int(fraction·n)", min=0.0, max=1.0),
+        Param("count", int, None, "N, the number of rows to keep", min=0),
+        Param("tau", float, 0.1, "softmax temperature τ", min=1e-12),
+        Param("num_nn", int, 20, "l, nearest other centroids averaged in d_inter", min=1, max=2**31 - 1),
+        Param("balance", float, 0.0, "r: lower bound int(N/k·r) per cluster (0: at least 1 in clusters of ≥ 2 items)", min=0.0, max=1e6),
+        Param("density", str, "dintra*dinter", "cluster complexity: dintra*dinter, uniform or clustersize",
+              choices=("dintra*dinter", "uniform", "clustersize")),
+        Param("keep", str, "hard", "which items a cluster keeps: hard (farthest from centroid), easy, random", choices=KEEP_MODES),
+        Param("seed", int, 0, "seed of keep=random and dedup_keep=random"),
+        Param("dedup", bool, True, "stage 1: SemDeDup before everything else"),
+        Param("dedup_key", str, None, "embedding key of the SemDeDup stage (default: key)"),
+        Param("dedup_embeddings", str, None, "external embeddings of the SemDeDup stage (default: embeddings)"),
+        Param("dedup_k", int, None, "SemDeDup clusters (default ceil(n/2500))", min=1),
+        Param("dedup_eps", float, None, f"SemDeDup eps (default {DEFAULT_EPS})", min=0.0, max=1.0),
+        Param("dedup_target", float, None, "SemDeDup kept fraction instead of eps", min=0.0, max=1.0),
+        Param("dedup_keep", str, "hard", "SemDeDup survivor of a duplicate group", choices=KEEP_MODES),
+        Param("block", int, 8192, "SemDeDup rows per block of the pairwise products", min=1),
+        Param("cap", int, 32768, "SemDeDup largest cluster held in memory", min=1),
+        Param("clip_filter", bool, True, "stage 2: CLIP-score filter on the SemDeDup survivors"),
+        Param("clip_column", str, "clip_l14_similarity_score", "score column of the CLIP-score stage"),
+        Param("clip_fraction", float, 0.3, "keep the top share of the stage input (DataComp fraction rule: int(n·f) + 1 rows plus ties; below 1)", min=0.0, max=1.0),
+        Param("clip_threshold", float, None, "keep rows with score ≥ threshold (overrides clip_fraction)"),
+        Param("prune", bool, True, "stages 3-6: density-based pruning (false: stop after the enabled earlier stages)"),
+    )
+    requires = ("faiss", "torch")
+
+    def validate(self) -> None:
+        if self.prune and (self.fraction is None) == (self.count is None):
+            raise ParamError("dbp: give exactly one of fraction or count")
+        if not (self.dedup or self.clip_filter or self.prune):
+            raise ParamError("dbp: every stage is off; enable dedup, clip_filter or prune")
+        if self.dedup_eps is not None and self.dedup_target is not None:
+            raise ParamError("dbp: give dedup_eps or dedup_target, not both")
+
+    def input_columns(self) -> tuple[str, ...]:
+        return (self.clip_column,) if self.clip_filter else ()
+
+    def input_keys(self) -> tuple[str, ...]:
+        keys = set() if (self.embeddings or not self.prune) else {self.key}
+        dedup_src = self._dedup_spec()
+        if self.dedup and dedup_src[1] is None:
+            keys.add(dedup_src[0])
+        return tuple(sorted(keys))
+
+    def _dedup_spec(self) -> tuple[str, str | None]:
+        """(key, external path) of the SemDeDup stage: its own settings, else the density stage's."""
+        if self.dedup_key is None and self.dedup_embeddings is None:
+            return self.key, self.embeddings
+        return self.dedup_key or self.key, self.dedup_embeddings
+
+    def _sources(self, workdir: Path, bad_embeddings: str = "error") -> tuple[EmbeddingSource, EmbeddingSource]:
+        main = EmbeddingSource.create(self.key, self.embeddings, self.missing, workdir / "dbp-ext", bad_embeddings)
+        key, ext = self._dedup_spec()
+        if (key, ext) == (self.key, self.embeddings):
+            return main, main
+        return EmbeddingSource.create(key, ext, self.missing, workdir / "dedup-ext", bad_embeddings), main
+
+    def select(self, ctx: RunContext) -> Selection:
+        dedup_src, main_src = self._sources(Path(ctx.workdir), getattr(ctx, "bad_embeddings", "error"))
+        counters = {"input": int(ctx.num_candidates)}
+        details: dict = {}
+        if self.dedup:
+            kept, c, d = run_semdedup(
+                ctx, source=dedup_src, k=self.dedup_k, niter=self.niter, kmeans_seed=self.kmeans_seed,
+                train_rows=self.train_rows, eps=self.dedup_eps, target=self.dedup_target, keep=self.dedup_keep,
+                seed=self.seed, block=self.block, cap=self.cap, desc="dbp-semdedup")
+            counters["after_dedup"] = int(len(kept))
+            details["dedup"] = {**c, **d}
+            ctx = ctx.with_candidates(unique_sorted(sort_records(kept)))
+        if self.clip_filter:
+            clock = StageClock()
+            kept, d = run_clip_stage(ctx, self.clip_column, self.clip_fraction, self.clip_threshold)
+            clock.lap("clip")
+            d["seconds"], d["cpu_seconds"] = clock.wall["clip"], clock.cpu["clip"]
+            counters["after_clip_score"] = int(len(kept))
+            details["clip_score"] = d
+            ctx = ctx.with_candidates(unique_sorted(sort_records(kept)))
+        if not self.prune:
+            counters.update({"kept": int(len(kept)), "dropped": counters["input"] - int(len(kept))})
+            return Selection(kept, counters=counters, details=details)
+        kept, c, d = run_density(
+            ctx, source=main_src, k=self.k, niter=self.niter, kmeans_seed=self.kmeans_seed, train_rows=self.train_rows,
+            fraction=self.fraction, count=self.count, tau=self.tau, num_nn=self.num_nn, balance=self.balance,
+            density_rule=self.density, keep=self.keep, seed=self.seed)
+        counters.update({"density_input": c["input"], "kept": c["kept"], "dropped": counters["input"] - c["kept"]})
+        counters.update({key: c[key] for key in ("requested", "shortfall") if key in c})
+        details["density"] = d
+        return Selection(kept, counters=counters, details=details)

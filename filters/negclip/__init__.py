@@ -1,0 +1,1 @@
+"""negCLIPLoss and NormSim (Wang et al.): CLIP-score corrections and target-set similarity."""
