@@ -107,7 +107,8 @@ def loads(data: bytes):
 
 
 # ---- the run folder ---------------------------------------------------------------------------
-def _fs(url: str):
+def url_fs(url: str):
+    """(None, absolute path) for a local path or ``file://`` URL, else fsspec's (filesystem, path)."""
     if "://" not in url or url.startswith("file://"):
         return None, os.path.abspath(url.removeprefix("file://"))
     import fsspec
@@ -127,7 +128,7 @@ class Stage:
 
     def load(self, shard):
         """The shard's stored result, or None when absent or unreadable (then it is recomputed)."""
-        fs, path = _fs(self._shard_file(shard))
+        fs, path = url_fs(self._shard_file(shard))
         try:
             if fs is None:
                 with open(path, "rb") as fh:
@@ -149,7 +150,7 @@ class Stage:
             data = dumps(result)
         except NotStorable:
             return False
-        fs, path = _fs(self._shard_file(shard))
+        fs, path = url_fs(self._shard_file(shard))
         tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
         if fs is None:
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -164,11 +165,11 @@ class Stage:
         return True
 
     def is_done(self) -> bool:
-        fs, path = _fs(f"{self.url}/{DONE}")
+        fs, path = url_fs(f"{self.url}/{DONE}")
         return os.path.isfile(path) if fs is None else fs.exists(path)
 
     def mark_done(self, info: dict) -> None:
-        fs, path = _fs(f"{self.url}/{DONE}")
+        fs, path = url_fs(f"{self.url}/{DONE}")
         data = json.dumps(info, indent=1).encode()
         if fs is None:
             tmp = f"{path}.tmp"
@@ -185,7 +186,7 @@ class RunFolder:
 
     def __init__(self, url: str):
         self.url = str(url).rstrip("/")
-        fs, path = _fs(self.url)
+        fs, path = url_fs(self.url)
         if fs is None:
             os.makedirs(path, exist_ok=True)
         else:
