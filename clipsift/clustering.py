@@ -535,3 +535,57 @@ class StageClock:
 def auto_clusters(n: int, mean_size: int = 2500) -> int:
     """SemDeDup's engineering preset: about ``mean_size`` rows per cluster."""
     return max(1, math.ceil(n / mean_size))
+
+
+# ---- per-group work as executor tasks ----------------------------------------------------------
+GROUP_TASK_BYTES = 8 << 20  # rows read per task: small clusters share a task, so k = 500+ costs tens of tasks
+
+
+def group_batches(sizes: np.ndarray, groups: np.ndarray, row_bytes: int, target_bytes: int = GROUP_TASK_BYTES) -> list[np.ndarray]:
+    """``groups`` (in order) cut into consecutive batches of about ``target_bytes`` of rows each; a
+    group of ``target_bytes`` or more is a batch of its own. Batching keeps per-task overhead from
+    dominating when clusters are small and many."""
+    groups = np.asarray(groups, np.int64)
+    if not len(groups):
+        return []
+    target = max(int(target_bytes), 1)
+    nbytes = np.asarray(sizes, np.int64)[groups] * max(int(row_bytes), 1)
+    big = nbytes >= target
+    bucket = (np.cumsum(nbytes) - nbytes) // target  # which target-sized slice each group starts in
+    new = np.ones(len(groups), bool)
+    new[1:] = (bucket[1:] != bucket[:-1]) | big[1:] | big[:-1]
+    return np.split(groups, np.flatnonzero(new)[1:])
+
+
+def _group_batch(fn, store_path: str, batch: tuple[np.ndarray, np.ndarray | None]) -> list:
+    """Task body: open the store from its path (tasks never carry the driver's objects) and apply
+    ``fn(store, group, arg)`` to each group of the batch."""
+    from clipsift.grouped import GroupedStore
+
+    groups, args = batch
+    store = GroupedStore.open(store_path)
+    try:
+        return [fn(store, int(g), None if args is None else args[i]) for i, g in enumerate(groups)]
+    finally:
+        del store  # drop the memory maps: resident memory stays one batch's rows
+
+
+def map_groups(ctx, fn, store_path, groups, sizes, *, args=None, row_bytes: int, desc: str, device: str = "cpu",
+               target_bytes: int = GROUP_TASK_BYTES):
+    """Yield ``fn(store, g, arg)`` for each of ``groups`` in order, run by ``ctx.executor`` as tasks
+    over batches of groups (:func:`group_batches`), each reading only its groups from the store at
+    ``store_path`` (shared storage). ``args`` (optional, aligned with ``groups``) are per-group values
+    that travel with their batch. ``fn`` must be picklable; a CUDA ``device`` asks for one GPU per task.
+    """
+    groups = np.asarray(groups, np.int64)
+    args = None if args is None else np.asarray(args)
+    batches = group_batches(sizes, groups, row_bytes, target_bytes)
+    if args is None:
+        items = [(b, None) for b in batches]
+    else:
+        cuts = np.cumsum([len(b) for b in batches])[:-1]
+        items = list(zip(batches, np.split(args, cuts), strict=True))
+    resources = {"num_gpus": 1} if str(device).startswith("cuda") else None
+    task = partial(_group_batch, fn, str(store_path))
+    for results in ctx.executor.map(task, items, desc=desc, unit="task", resources=resources):
+        yield from results

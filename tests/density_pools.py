@@ -19,7 +19,7 @@ from clipsift.filters.density.dbp import clip_threshold
 from clipsift.filters.density.semdedup import eps_for_target, processing_order, threshold
 from clipsift.filters.density.ssp import keep_count, ssp_floor, uniform_budgets
 from clipsift.pool import Pool
-from clipsift.uids import UID_DTYPE, sort_records
+from clipsift.uids import UID_DTYPE, records_to_hex, sort_records
 
 D = 16
 
@@ -50,6 +50,16 @@ def planted_pool(root, n=1500, shard_sizes=(500, 0, 600, 400), seed=0, dup_rate=
         np.savez(root / f"{s:05d}.npz", l14_img=emb[sl], b32_img=b32[sl])
         start += size
     return root
+
+
+def write_external(path, o, rows, fmt, scale=1.0):
+    """External uid-aligned embeddings of the oracle's ``rows`` as an .npz (uids, emb) or .parquet (uid, emb)."""
+    hexes = records_to_hex(o.uids[rows])
+    emb = (o.raw[rows].astype(np.float32) * scale)
+    if fmt == "npz":
+        np.savez(path, uids=hexes, emb=emb)
+    else:
+        pq.write_table(pa.table({"uid": pa.array(hexes.tolist()), "emb": pa.array(list(emb), pa.list_(pa.float32(), emb.shape[1]))}), path)
 
 
 # ---- the oracle ----------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from clipsift.clustering import (
     assign_to_store,
     cosine_distance,
     fit_centroids,
+    map_groups,
     records,
 )
 from clipsift.errors import ParamError
@@ -43,7 +44,7 @@ from clipsift.filters.density.semdedup import (
     run_semdedup,
 )
 from clipsift.filters.density.ssp import keep_target
-from clipsift.log import get_logger, progress
+from clipsift.log import get_logger
 from clipsift.params import Param
 from clipsift.uids import UID_DTYPE, sort_records, unique_sorted
 
@@ -90,6 +91,18 @@ def intra_distance(sim: np.ndarray) -> float:
     return float(np.sum(1.0 - s) / len(s)) if len(s) else float("nan")
 
 
+def _cluster_intra(store, g: int, _arg=None) -> float:
+    """One cluster's task: its d_intra."""
+    return intra_distance(store.read(g, ["sim"])["sim"])
+
+
+def _cluster_take(keep: str, seed: int, store, g: int, budget) -> np.ndarray:
+    """One cluster's task: uid records of its ``budget`` survivors (seeded by the cluster id)."""
+    grp = {n: np.asarray(a) for n, a in store.read(g, ["gidx", "uid_hi", "uid_lo", "sim"]).items()}
+    pos = density.take(cosine_distance(grp["sim"]), grp["gidx"], budget, keep, seed, g)
+    return records(grp["uid_hi"][pos], grp["uid_lo"][pos])
+
+
 def run_density(ctx: RunContext, *, source: EmbeddingSource, k: int = 500, niter: int = 100, kmeans_seed: int = 1234,
                 train_rows: int | None = None, fraction: float | None = None, count: int | None = None, tau: float = 0.1,
                 num_nn: int = 20, balance: float = 0.0, density_rule: str = "dintra*dinter", keep: str = "hard",
@@ -108,16 +121,15 @@ def run_density(ctx: RunContext, *, source: EmbeddingSource, k: int = 500, niter
         n_in = store.num_rows
         n_keep, short = keep_target(n_in, fraction, count, desc)
         d_intra = np.full(len(sizes), np.nan)
-        for g in np.flatnonzero(sizes):
-            d_intra[g] = intra_distance(store.read(int(g), ["sim"])["sim"])
+        groups = np.flatnonzero(sizes)
+        d_intra[groups] = list(map_groups(ctx, _cluster_intra, work / "store", groups, sizes, row_bytes=4,
+                                          desc=f"{desc}: d_intra"))
         d_inter = density.inter_distances(centroids, num_nn)
         c = density.complexity(d_intra, d_inter, density_rule, sizes)
         b = density.budgets(sizes, c, n_keep, tau=tau, ratio=balance)
-        parts = []
-        for g in progress(np.flatnonzero(b["x"]), total=int((b["x"] > 0).sum()), desc=f"{desc}: select", unit="cluster"):
-            grp = {n: np.asarray(a) for n, a in store.read(int(g), ["gidx", "uid_hi", "uid_lo", "sim"]).items()}
-            pos = density.take(cosine_distance(grp["sim"]), grp["gidx"], b["x"][g], keep, seed, int(g))
-            parts.append(records(grp["uid_hi"][pos], grp["uid_lo"][pos]))
+        chosen = np.flatnonzero(b["x"])
+        parts = list(map_groups(ctx, partial(_cluster_take, keep, seed), work / "store", chosen, sizes, args=b["x"][chosen],
+                                row_bytes=28, desc=f"{desc}: select"))
         kept = np.concatenate(parts) if parts else np.empty(0, UID_DTYPE)
         del store
         clock.lap("budgets_select")

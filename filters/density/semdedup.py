@@ -19,6 +19,7 @@ import math
 import shutil
 import uuid
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +32,13 @@ from clipsift.clustering import (
     cosine_distance,
     distance_order,
     fit_centroids,
+    map_groups,
     normalize,
     records,
 )
 from clipsift.errors import ParamError
 from clipsift.filter import Filter, RunContext, Selection
-from clipsift.log import get_logger, progress
+from clipsift.log import get_logger
 from clipsift.params import Param
 from clipsift.uids import UID_DTYPE
 
@@ -141,6 +143,33 @@ def eps_for_target(m_values: np.ndarray, target: float) -> float:
     return 1.0 - float(kth)
 
 
+# ---- per-cluster tasks (run by the executor; each opens the store from its path) -----------------
+def _row_bytes(store, name: str) -> int:
+    """Bytes per row of one stored array (for batching clusters into tasks)."""
+    if not store.sizes.any():
+        return 1
+    first = int(np.argmax(store.sizes > 0))
+    a = store.read_rows(first, 0, 1, [name])[name]
+    return int(a.dtype.itemsize * np.prod(a.shape[1:], dtype=np.int64))
+
+
+def _cluster_step(keep: str, seed: int, block: int, cap: int, device: str, thr, store, g: int, _arg=None):
+    """One cluster's M (``thr`` None), or the uid records of its rows with M ≤ ``thr``."""
+    m = cluster_max_similarity(store.read(g, ["gidx", "sim", "emb"]), keep, seed, g, block=block, cap=cap, device=device)
+    return m if thr is None else _kept_records(store, g, m <= thr)
+
+
+def _cluster_kept(m_path: str, thr, store, g: int, offset) -> np.ndarray:
+    """uid records of one cluster's rows with M ≤ ``thr``; M read from the gathered ``m.npy``."""
+    m = np.load(m_path, mmap_mode="r")[int(offset) : int(offset) + int(store.sizes[g])]
+    return _kept_records(store, g, np.asarray(m) <= thr)
+
+
+def _kept_records(store, g: int, mask: np.ndarray) -> np.ndarray:
+    grp = store.read(g, ["uid_hi", "uid_lo"])
+    return records(np.asarray(grp["uid_hi"])[mask], np.asarray(grp["uid_lo"])[mask])
+
+
 # ---- streaming run ------------------------------------------------------------------------------
 def run_semdedup(ctx: RunContext, *, source: EmbeddingSource, k: int | None = None, niter: int = 100,
                  kmeans_seed: int = 1234, train_rows: int | None = None, eps: float | None = None,
@@ -160,27 +189,34 @@ def run_semdedup(ctx: RunContext, *, source: EmbeddingSource, k: int | None = No
         store = assign_to_store(ctx, source, centroids, work / "store", store_embeddings=True, desc=f"{desc}: assign")
         lap("assign")
         device = ctx.torch_device()
-        m_all = np.lib.format.open_memmap(work / "m.npy", mode="w+", dtype=np.float32, shape=(store.num_rows,))
-        for g in progress(range(store.num_groups), total=store.num_groups, desc=f"{desc}: clusters", unit="cluster"):
-            if store.sizes[g]:
-                m_all[store.offsets[g] : store.offsets[g + 1]] = cluster_max_similarity(
-                    store.read(g, ["gidx", "sim", "emb"]), keep, seed, g, block=block, cap=cap, device=device)
-        m_all.flush()
-        lap("pairwise")
-        if target is not None:
-            eps = eps_for_target(m_all, target)
-        elif eps is None:
+        groups = np.flatnonzero(store.sizes)
+        emb_bytes = _row_bytes(store, "emb")
+        if target is None and eps is None:
             eps = DEFAULT_EPS
-        thr = threshold(eps)
-        parts = []
-        for g in np.flatnonzero(store.sizes):
-            grp = store.read(int(g), ["uid_hi", "uid_lo"])
-            keep_mask = m_all[store.offsets[g] : store.offsets[g + 1]] <= thr
-            parts.append(records(np.asarray(grp["uid_hi"])[keep_mask], np.asarray(grp["uid_lo"])[keep_mask]))
+        thr = None if target is not None else threshold(eps)
+        pairwise = partial(_cluster_step, keep, seed, block, cap, device, thr)
+        results = map_groups(ctx, pairwise, work / "store", groups, store.sizes, row_bytes=emb_bytes + 24,
+                             desc=f"{desc}: clusters", device=device)
+        if thr is not None:  # eps known up front: the tasks return each cluster's kept uids directly
+            parts = list(results)
+            lap("pairwise")
+        else:  # target: eps is a quantile of every M, so M is gathered (4 B/row, on disk) and cut
+            m_all = np.lib.format.open_memmap(work / "m.npy", mode="w+", dtype=np.float32, shape=(store.num_rows,))
+            offsets = np.concatenate([[0], np.cumsum(store.sizes)])
+            for g, m in zip(groups, results, strict=True):
+                m_all[offsets[g] : offsets[g + 1]] = m
+            m_all.flush()
+            lap("pairwise")
+            eps = eps_for_target(m_all, target)
+            thr = threshold(eps)
+            del m_all
+            extract = partial(_cluster_kept, str(work / "m.npy"), thr)
+            parts = list(map_groups(ctx, extract, work / "store", groups, store.sizes, args=offsets[groups], row_bytes=20,
+                                    desc=f"{desc}: kept rows"))
         kept = np.concatenate(parts) if parts else np.empty(0, UID_DTYPE)
         n_rows = store.num_rows
         largest = int(store.sizes.max(initial=0))
-        del m_all, store
+        del store
         lap("extract")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +24,14 @@ from clipsift.clustering import (
     assign_to_store,
     cosine_distance,
     fit_centroids,
+    map_groups,
     records,
 )
 from clipsift.errors import ParamError
 from clipsift.filter import Filter, RunContext, Selection
 from clipsift.filters.density import allocation as density
 from clipsift.filters.density.semdedup import EMBEDDING_PARAMS, KMEANS_PARAMS
-from clipsift.log import get_logger, progress
+from clipsift.log import get_logger
 from clipsift.params import Param
 from clipsift.uids import UID_DTYPE
 
@@ -75,6 +77,21 @@ def _top(h: np.ndarray, g: np.ndarray, n: int) -> np.ndarray:
     return order[:n]
 
 
+def _cluster_picks(rest: int, store, g: int, quota) -> tuple[np.ndarray, tuple | None]:
+    """One cluster's task: uid records of its ``quota`` hardest rows, and (h, gidx, uid_hi, uid_lo)
+    of the next ``rest`` hardest, candidates for the global top-``rest`` (None when ``rest`` is 0)."""
+    grp = {n: np.asarray(a) for n, a in store.read(g, ["gidx", "uid_hi", "uid_lo", "sim"]).items()}
+    h = cosine_distance(grp["sim"])
+    order = np.lexsort((grp["gidx"], -h.astype(np.float64)))
+    q = int(quota)
+    fixed = order[:q]
+    picks = records(grp["uid_hi"][fixed], grp["uid_lo"][fixed])
+    if rest <= 0:
+        return picks, None
+    cand = order[q : q + rest]
+    return picks, (h[cand], grp["gidx"][cand], grp["uid_hi"][cand], grp["uid_lo"][cand])
+
+
 def run_ssp(ctx: RunContext, *, source: EmbeddingSource, k: int = 500, niter: int = 100, kmeans_seed: int = 1234,
             train_rows: int | None = None, fraction: float | None = None, count: int | None = None, mode: str = "global",
             balance: float = 0.5, centroids: np.ndarray | None = None, desc: str = "ssp") -> tuple[np.ndarray, dict, dict]:
@@ -103,19 +120,16 @@ def run_ssp(ctx: RunContext, *, source: EmbeddingSource, k: int = 500, niter: in
         pool_g = np.empty(0, np.int64)
         pool_hi = np.empty(0, np.uint64)
         pool_lo = np.empty(0, np.uint64)
-        for g in progress(np.flatnonzero(sizes), total=int((sizes > 0).sum()), desc=f"{desc}: clusters", unit="cluster"):
-            grp = {n: np.asarray(a) for n, a in store.read(int(g), ["gidx", "uid_hi", "uid_lo", "sim"]).items()}
-            h = cosine_distance(grp["sim"])
-            order = np.lexsort((grp["gidx"], -h.astype(np.float64)))
-            q = int(quota[g])
-            fixed = order[:q]
-            parts.append(records(grp["uid_hi"][fixed], grp["uid_lo"][fixed]))
-            if rest > 0:
-                cand = order[q : q + rest]
-                pool_h = np.concatenate([pool_h, h[cand]])
-                pool_g = np.concatenate([pool_g, grp["gidx"][cand]])
-                pool_hi = np.concatenate([pool_hi, grp["uid_hi"][cand]])
-                pool_lo = np.concatenate([pool_lo, grp["uid_lo"][cand]])
+        groups = np.flatnonzero(sizes)
+        step = partial(_cluster_picks, rest)
+        for fixed, cand in map_groups(ctx, step, work / "store", groups, sizes, args=quota[groups], row_bytes=28,
+                                      desc=f"{desc}: clusters"):
+            parts.append(fixed)
+            if cand is not None:
+                pool_h = np.concatenate([pool_h, cand[0]])
+                pool_g = np.concatenate([pool_g, cand[1]])
+                pool_hi = np.concatenate([pool_hi, cand[2]])
+                pool_lo = np.concatenate([pool_lo, cand[3]])
                 if len(pool_h) > 2 * rest:
                     top = _top(pool_h, pool_g, rest)
                     pool_h, pool_g, pool_hi, pool_lo = pool_h[top], pool_g[top], pool_hi[top], pool_lo[top]

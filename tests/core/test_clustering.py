@@ -4,10 +4,8 @@ assignment, the grouped store it writes, and external uid-aligned embeddings."""
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-from density_pools import Oracle, planted_pool, run, same
+from density_pools import Oracle, planted_pool, run, same, write_external
 
 from clipsift.clustering import (
     EmbeddingSource,
@@ -78,15 +76,6 @@ def test_store_groups_rows_by_cluster(pool_dir, tmp_path):
         grp = store.read(g)
         assert np.array_equal(grp["gidx"], o.gidx[lab == g]) and np.array_equal(grp["sim"], sim[lab == g])
         assert np.array_equal(grp["emb"], o.raw[lab == g]) and np.array_equal(grp["clip_l14_similarity_score"], o.score[lab == g])
-
-
-def write_external(path, o, rows, fmt, scale=1.0):
-    hexes = records_to_hex(o.uids[rows])
-    emb = (o.raw[rows].astype(np.float32) * scale)
-    if fmt == "npz":
-        np.savez(path, uids=hexes, emb=emb)
-    else:
-        pq.write_table(pa.table({"uid": pa.array(hexes.tolist()), "emb": pa.array(list(emb), pa.list_(pa.float32(), emb.shape[1]))}), path)
 
 
 @pytest.mark.parametrize("fmt", ["npz", "parquet"])

@@ -9,8 +9,7 @@ import os
 
 import numpy as np
 import pytest
-from test_clustering import write_external
-from test_dbp_streaming import Oracle, planted_pool
+from density_pools import Oracle, planted_pool, write_external
 
 from clipsift.clustering import EmbeddingSource, ExternalEmbeddings
 from clipsift.errors import ParamError, PoolError
