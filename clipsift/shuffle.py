@@ -286,6 +286,34 @@ def group_by_partition(rows: np.ndarray, index: RangeIndex) -> tuple[np.ndarray,
 
 
 # ---- storage: local files directly, anything else through fsspec -------------------------------------
+def put_atomic(url: str, pieces) -> None:
+    """Write the byte ``pieces`` (buffers) as the file ``url``: under a temporary name, then renamed,
+    so a killed task leaves nothing under ``url``."""
+    fs, path = url_fs(url)
+    _makedirs(fs, os.path.dirname(path))
+    tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with _open(fs, tmp, "wb") as fh:
+            for piece in pieces:
+                fh.write(piece)
+        _rename(fs, tmp, path)
+    except BaseException:
+        _remove(fs, tmp)
+        raise
+
+
+def read_pieces(url: str, piece_bytes: int):
+    """The bytes of the file ``url`` in pieces of at most ``piece_bytes`` (bounded memory)."""
+    fs, path = url_fs(url)
+    try:
+        fh = _open(fs, path, "rb")
+    except FileNotFoundError:
+        raise ShuffleError(f"{path}: missing; rerun the step that writes it") from None
+    with fh:
+        while piece := fh.read(piece_bytes):
+            yield piece
+
+
 def _makedirs(fs, path: str) -> None:
     if fs is None:
         os.makedirs(path, exist_ok=True)

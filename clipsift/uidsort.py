@@ -8,6 +8,21 @@ buckets: flat up to 67M rows, where buckets pass 1024 and chunks grow so that a 
 a chunk stays at least 256 rows (reads at the end are then at most rows / 256, not
 chunks × buckets growing with the square of the pool), up to 16 MiB chunks from 268M rows on.
 Skewed uids only make some buckets larger, never wrong.
+
+:class:`SortedUidParts` is the same bucketed sort spread over tasks, for pools beyond one machine:
+map tasks write their kept records as parts partitioned by the same top bits
+(:mod:`clipsift.shuffle`, on shared storage), one task per range of buckets reads its slice of every
+part, sorts it and writes it as a file, and the driver concatenates those files into the ``.npy``
+while hashing it. The bytes equal :class:`UidSorter`'s for the same records. Use::
+
+    out = SortedUidParts(url, expected_rows, ctx.executor)  # driver; url: a folder every task reaches
+    writer = out.writer                                      # picklable: pass it into the map step
+    # in the task:  return writer.write(f"{batch.shard.rank:06d}", kept_records)  -> a small Part
+    for part in ctx.map_shards(partial(step, writer), ...):
+        out.add_part(part)                                   # O(buckets) per part, nothing pool-sized
+    out.count; out.sorted_chunks(); out.to_array()
+    path, uids_sha256 = out.write_npy(path); out.file_sha256
+    out.close()                                              # deletes the folder
 """
 
 from __future__ import annotations
@@ -21,12 +36,15 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from clipsift.errors import ClipsiftError
 from clipsift.io import atomic_write
+from clipsift.shuffle import Part, PartFolder, dtype_descr, put_atomic, ranges_by_size, read_pieces
 from clipsift.subset import subset_path
 from clipsift.uids import UID_DTYPE, sort_order
 
@@ -35,6 +53,7 @@ CHUNK_ROWS = 1 << 18  # 4 MiB of records gathered before each write to the spill
 MIN_SLICE_ROWS = 256  # rows of a bucket per chunk, at least: chunks grow past 4 MiB beyond 1024 buckets
 MAX_BUCKET_BITS = 12
 _WRITE_ROWS = 1 << 15  # rows gathered per write of a chunk
+TASK_ROWS = 1 << 21  # records one sort task reads and sorts at once (32 MiB; plus one bucket at most)
 
 
 def bucket_bits(expected_rows: int, bucket_rows: int = BUCKET_ROWS) -> int:
@@ -45,8 +64,10 @@ def bucket_bits(expected_rows: int, bucket_rows: int = BUCKET_ROWS) -> int:
     return bits
 
 
-def _bucket_keys(records: np.ndarray, bits: int) -> np.ndarray:
+def bucket_keys(records: np.ndarray, bits: int) -> np.ndarray:
     """Bucket of every record: the top ``bits`` bits of ``hi``, as the narrowest unsigned int."""
+    if not bits:
+        return np.zeros(len(records), dtype=np.uint8)
     return (records["f0"] >> np.uint64(64 - bits)).astype(np.uint8 if bits <= 8 else np.uint16)
 
 
@@ -55,6 +76,39 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     while len(data):
         written = os.pwrite(fd, data, offset)
         data, offset = data[written:], offset + written
+
+
+def write_sorted_npy(path: str | os.PathLike, count: int, chunks) -> tuple[Path, str, str]:
+    """Write ``count`` records arriving as sorted ``chunks`` into ``path`` as ``np.save`` would (header
+    1.0), atomically, hashing while writing. Returns (path, sha256 of the record bytes, sha256 of
+    the file): the manifest's ``uids_sha256`` and ``file_sha256``."""
+    path = subset_path(path)
+    digest, file_digest = hashlib.sha256(), hashlib.sha256()
+    header = {"descr": np.lib.format.dtype_to_descr(UID_DTYPE), "fortran_order": False, "shape": (int(count),)}
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, header)
+    file_digest.update(head.getvalue())
+
+    def both(data):
+        digest.update(data)
+        file_digest.update(data)
+
+    written = 0
+    with atomic_write(path) as fh, ThreadPoolExecutor(1) as hasher:
+        fh.write(head.getvalue())
+        hashed = None
+        for chunk in chunks:
+            data = chunk.view(np.uint8)
+            written += len(chunk)
+            if hashed is not None:
+                hashed.result()
+            hashed = hasher.submit(both, data)  # hashlib releases the GIL: hash while writing
+            fh.write(data)
+        if hashed is not None:
+            hashed.result()
+        if written != count:
+            raise ClipsiftError(f"{path}: {written} sorted records for a header of {count}; the sort's inputs changed, rerun")
+    return path, digest.hexdigest(), file_digest.hexdigest()
 
 
 class UidSorter:
@@ -106,7 +160,7 @@ class UidSorter:
         data = np.concatenate(parts) if len(parts) > 1 else parts[0]
         parts.clear()  # the caller's list: the pieces are freed before the gathered copies exist
         if self.bits:
-            keys = _bucket_keys(data, self.bits)
+            keys = bucket_keys(data, self.bits)
             order = np.argsort(keys, kind="stable")  # a radix pass on 8/16-bit keys
             total = np.bincount(keys, minlength=self.num_buckets).astype(np.int64)
             del keys
@@ -179,30 +233,8 @@ class UidSorter:
 
         Returns the path and the sha256 of the record bytes (the manifest's ``uids_sha256``).
         """
-        path = subset_path(path)
-        digest, file_digest = hashlib.sha256(), hashlib.sha256()
-        header = {"descr": np.lib.format.dtype_to_descr(UID_DTYPE), "fortran_order": False, "shape": (self.count,)}
-        head = io.BytesIO()
-        np.lib.format.write_array_header_1_0(head, header)
-        file_digest.update(head.getvalue())
-
-        def both(data):
-            digest.update(data)
-            file_digest.update(data)
-
-        with atomic_write(path) as fh, ThreadPoolExecutor(1) as hasher:
-            fh.write(head.getvalue())
-            hashed = None
-            for chunk in self.sorted_chunks():
-                data = chunk.view(np.uint8)
-                if hashed is not None:
-                    hashed.result()
-                hashed = hasher.submit(both, data)  # hashlib releases the GIL: hash while writing
-                fh.write(data)
-            if hashed is not None:
-                hashed.result()
-        self.file_sha256 = file_digest.hexdigest()  # of the exact bytes written (the manifest's file_sha256)
-        return path, digest.hexdigest()
+        path, digest, self.file_sha256 = write_sorted_npy(path, self.count, self.sorted_chunks())
+        return path, digest
 
     def close(self) -> None:
         """Delete the spill file."""
@@ -223,3 +255,159 @@ class UidSorter:
             self.close()
         except Exception:
             pass
+
+
+# ---- the same sort over tasks: parts on shared storage -------------------------------------------
+_UID_DESCR = dtype_descr(UID_DTYPE)
+
+
+@dataclass(frozen=True)
+class UidPartWriter:
+    """The map side of :class:`SortedUidParts` (picklable): one shard's kept records as one part."""
+
+    folder: PartFolder
+    bits: int
+
+    def write(self, name: str, records: np.ndarray) -> Part:
+        """Write ``records`` (any order) as part ``name`` (unique in the folder, e.g. the shard's rank).
+        Returns the small :class:`~clipsift.shuffle.Part` to hand to :meth:`SortedUidParts.add_part`."""
+        records = np.asarray(records, dtype=UID_DTYPE)
+        return self.folder.write(name, bucket_keys(records, self.bits), records)
+
+
+def sorted_range(folder: PartFolder, names, lo: int, hi: int) -> np.ndarray:
+    """Buckets ``[lo, hi)`` of every part, sorted (DataComp's order, duplicates kept)."""
+    records, _ = folder.read_range(names, lo, hi, UID_DTYPE)
+    return records[sort_order(records)]
+
+
+def _sort_task(folder: PartFolder, names, out_url: str, bucket_range: tuple[int, int]) -> tuple[int, int, int]:
+    """Reduce task: sort one range of buckets and store it as raw records; returns (lo, hi, rows)."""
+    lo, hi = bucket_range
+    records = sorted_range(folder, names, lo, hi)
+    put_atomic(_range_url(out_url, lo, hi), [memoryview(records.view(np.uint8))])
+    return lo, hi, len(records)
+
+
+def _range_url(out_url: str, lo: int, hi: int) -> str:
+    return f"{out_url}/{lo:05d}-{hi:05d}.uids"
+
+
+class SortedUidParts:
+    """Uid records written as parts by map tasks, sorted by tasks, concatenated into DataComp's ``.npy``.
+
+    The driver keeps the part names and per-bucket totals (``num_buckets`` counts), never the records:
+    its memory is flat in the pool size. A sort task holds one range of about ``task_rows`` records
+    (one bucket more at most; skewed uids make a bucket, hence a task, larger, never wrong). With no
+    executor, one worker or a single range the ranges are sorted in the driver, one at a time.
+    """
+
+    def __init__(self, url: str, expected_rows: int, executor=None, *, bucket_rows: int = BUCKET_ROWS,
+                 task_rows: int = TASK_ROWS):
+        self.bits = bucket_bits(max(int(expected_rows), 0), bucket_rows)
+        self.num_buckets = 1 << self.bits
+        self.url = str(url).rstrip("/")
+        self.writer = UidPartWriter(PartFolder(f"{self.url}/parts", self.num_buckets), self.bits)
+        self.executor = executor
+        self.task_rows = max(1, int(task_rows))
+        self.count = 0
+        self.file_sha256: str | None = None
+        self._names: list[str] = []
+        self._bucket_rows = np.zeros(self.num_buckets, dtype=np.int64)
+        self._lock = threading.Lock()
+        self._pending: list[np.ndarray] = []  # records added in the driver, not yet written
+        self._pending_rows = 0
+        self._driver_parts = 0
+        self._sorted: list[tuple[int, int, int]] | None = None  # ranges sorted by tasks into files
+
+    @property
+    def folder(self) -> PartFolder:
+        return self.writer.folder
+
+    def add_part(self, part) -> None:
+        """Register a part a map task wrote (a :class:`~clipsift.shuffle.Part`, or the plain tuple a
+        run folder gives back)."""
+        part = Part(*part)
+        if part.dtype != _UID_DESCR:
+            raise ClipsiftError(f"{self.folder.path(part.name)}: holds {part.dtype}, not uid records; "
+                                "write it with SortedUidParts.writer")
+        if not part.rows:
+            return
+        with self._lock:
+            self._names.append(part.name)
+            np.add.at(self._bucket_rows, np.asarray(part.partitions, dtype=np.int64), np.asarray(part.counts, dtype=np.int64))
+            self.count += int(part.rows)
+            self._sorted = None
+
+    def add(self, records: np.ndarray) -> None:
+        """Add records in the driver (any order; safe from several threads): gathered into parts of
+        at least ``CHUNK_ROWS``, so many small adds do not make many small parts."""
+        records = np.asarray(records, dtype=UID_DTYPE)
+        if not len(records):
+            return
+        with self._lock:
+            self._pending.append(records)
+            self._pending_rows += len(records)
+            if self._pending_rows < CHUNK_ROWS:
+                return
+            chunk, self._pending, self._pending_rows = self._pending, [], 0
+            name = self._next_driver_part()
+        self.add_part(self.writer.write(name, np.concatenate(chunk)))
+
+    def _next_driver_part(self) -> str:
+        self._driver_parts += 1
+        return f"driver-{self._driver_parts:06d}"
+
+    def _flush(self) -> None:
+        with self._lock:
+            chunk, self._pending, self._pending_rows = self._pending, [], 0
+            name = self._next_driver_part() if chunk else None
+        if chunk:
+            self.add_part(self.writer.write(name, np.concatenate(chunk)))
+
+    def ranges(self) -> list[tuple[int, int]]:
+        """The bucket ranges of the sort tasks: about ``task_rows`` records each, empty buckets skipped."""
+        return ranges_by_size(self._bucket_rows, self.task_rows)
+
+    def _in_driver(self, ranges) -> bool:
+        return self.executor is None or getattr(self.executor, "workers", 1) <= 1 or len(ranges) <= 1
+
+    def sorted_chunks(self) -> Iterator[np.ndarray]:
+        """The records sorted, as consecutive chunks (each at most a range or ``CHUNK_ROWS`` records)."""
+        self._flush()
+        ranges = self.ranges()
+        names = list(self._names)
+        if self._in_driver(ranges):
+            for lo, hi in ranges:
+                yield sorted_range(self.folder, names, lo, hi)
+            return
+        if self._sorted is None:
+            task = partial(_sort_task, self.folder, names, f"{self.url}/sorted")
+            self._sorted = list(self.executor.map(task, ranges, desc="sort uids", unit="range"))
+        piece = CHUNK_ROWS * UID_DTYPE.itemsize
+        for lo, hi, _ in self._sorted:
+            for data in read_pieces(_range_url(f"{self.url}/sorted", lo, hi), piece):
+                yield np.frombuffer(data, dtype=UID_DTYPE)
+
+    def to_array(self) -> np.ndarray:
+        """All records, sorted, in memory (for callers that need the whole array)."""
+        chunks = list(self.sorted_chunks())
+        return np.concatenate(chunks) if chunks else np.empty(0, dtype=UID_DTYPE)
+
+    def write_npy(self, path: str | os.PathLike) -> tuple[Path, str]:
+        """Stream the sorted records into ``path`` (as ``np.save`` writes them: :class:`UidSorter`'s
+        bytes), atomically. Returns the path and the sha256 of the record bytes (``uids_sha256``);
+        ``file_sha256`` is set to the sha256 of the file."""
+        self._flush()
+        path, digest, self.file_sha256 = write_sorted_npy(path, self.count, self.sorted_chunks())
+        return path, digest
+
+    def close(self) -> None:
+        """Delete the parts and sorted ranges (the whole folder)."""
+        PartFolder(self.url, 1).remove()
+
+    def __enter__(self) -> SortedUidParts:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
