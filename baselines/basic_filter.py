@@ -28,11 +28,12 @@ from clipsift.baselines.langid import (
     FastTextLID,
     dictionary_indices,
     english_by_bucket,
+    english_mask,
     group_by_bucket,
 )
 from clipsift.baselines.textstats import char_counts, split_word_counts
-from clipsift.filter import RunContext, Selection
-from clipsift.uids import UID_DTYPE
+from clipsift.filter import RunContext, Selection, row_counters
+from clipsift.uidsort import UidSorter
 
 BLOCK_CAPTIONS = 2_000_000  # per-shard distinct captions held by the main process per language-ID round
 
@@ -55,26 +56,36 @@ class BasicFilter(BaselineFilter):
     def prepare(self, ctx: RunContext) -> dict:
         return self.describe_lid()
 
+    def _cheap_steps(self, batch, text):
+        w = float_column(batch, "original_width")
+        h = float_column(batch, "original_height")
+        return [
+            ("image_size", lambda idx: image_size_mask(w[idx], h[idx])),
+            ("words", lambda idx: split_word_counts(take(text, idx)) > 2),
+            ("chars", lambda idx: char_counts(take(text, idx)) > 5),
+        ]
+
+    def keep(self, batch):
+        """The rule row by row, language ID within the shard (``select`` runs the same rule with
+        the language ID batched over distinct captions across shards)."""
+        dropped_by = Counter()
+        text = text_column(batch)
+        steps = self._cheap_steps(batch, text) + [("language", lambda idx: english_mask(take(text, idx), self.lid()))]
+        return and_mask(steps, len(batch), dropped_by), dropped_by
+
     def cheap_rules(self, parts: int, batch):
         """Every rule but language ID, on one shard.
 
         Returns (uids of the rows still alive, their distinct LF-replaced captions grouped into
         ``parts`` buckets, the count per bucket, each alive row's index into those captions,
-        counters).
+        rows dropped per rule, rows seen).
         """
-        counters = Counter(input=len(batch))
+        dropped_by = Counter()
         text = text_column(batch)
-        w = float_column(batch, "original_width")
-        h = float_column(batch, "original_height")
-        steps = [
-            ("image_size", lambda idx: image_size_mask(w[idx], h[idx])),
-            ("words", lambda idx: split_word_counts(take(text, idx)) > 2),
-            ("chars", lambda idx: char_counts(take(text, idx)) > 5),
-        ]
-        idx = np.flatnonzero(and_mask(steps, len(batch), counters))
+        idx = np.flatnonzero(and_mask(self._cheap_steps(batch, text), len(batch), dropped_by))
         enc = pc.dictionary_encode(pc.replace_substring(take(text, idx), "\n", " "))
         captions, counts, where = group_by_bucket(enc.dictionary, parts)
-        return batch.uids[idx], captions, counts, where[dictionary_indices(enc)], counters
+        return batch.uids[idx], captions, counts, where[dictionary_indices(enc)], dropped_by, len(batch)
 
     def select(self, ctx: RunContext) -> Selection:
         details = self.prepare(ctx)
@@ -82,27 +93,29 @@ class BasicFilter(BaselineFilter):
         if isinstance(lid, FastTextLID):
             lid.load()
         parts = 1 if ctx.executor.workers <= 1 else 8 * ctx.executor.workers  # several per worker: an even finish
-        counters, kept, block = Counter(), [], []
+        sorter = UidSorter(ctx.num_candidates, ctx.workdir, threads=ctx.executor.workers)
+        dropped_by, block, seen, identified = Counter(), [], 0, 0
 
         def identify():
+            nonlocal identified
             flags = english_by_bucket([(b[1], b[2]) for b in block], lid, ctx.executor)
             for (uids, _, _, rows), english in zip(block, flags):
                 keep = english[rows]
-                kept.append(uids[keep])
-                counters["dropped_language"] += int(len(keep) - keep.sum())
-            counters["language_id_captions"] += sum(len(b[1]) for b in block)
+                sorter.add(uids[keep])
+                dropped_by["language"] += int(len(keep) - keep.sum())
+            identified += sum(len(b[1]) for b in block)
             block.clear()
 
         held = 0
         step = partial(self.cheap_rules, parts)
-        for uids, captions, counts, rows, c in ctx.map_shards(step, columns=self.input_columns(), desc=self.name):
-            counters.update(c)
+        for uids, captions, counts, rows, c, n in ctx.map_shards(step, columns=self.input_columns(), desc=self.name):
+            dropped_by.update(c)
+            seen += n
             block.append((uids, captions, counts, rows))
             held += len(captions)
             if held >= BLOCK_CAPTIONS:
                 identify()
                 held = 0
         identify()
-        uids = np.concatenate(kept) if kept else np.empty(0, dtype=UID_DTYPE)
-        counters["kept"] = len(uids)
-        return Selection(uids, counters=dict(counters), details=details)
+        counters = row_counters(seen, sorter.count, dropped_by, language_id_captions=identified)
+        return Selection(sorter=sorter, counters=counters, details=details)

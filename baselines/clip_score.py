@@ -3,12 +3,10 @@ given (``threshold``) or derived from ``fraction`` by DataComp's index rule (tie
 
 from __future__ import annotations
 
-from collections import Counter
-
 from clipsift.baselines.common import BaselineFilter, float_column
 from clipsift.baselines.scores import SCORE_COLUMNS, at_least
 from clipsift.errors import ParamError
-from clipsift.filter import RunContext, Selection
+from clipsift.filter import RunContext
 from clipsift.kth import fraction_cut
 from clipsift.params import Param
 
@@ -43,17 +41,6 @@ class _FractionReader:
         return float_column(batch, self.key)
 
 
-class _ThresholdShard:
-    """Per shard: uids whose score >= T (picklable for worker processes)."""
-
-    def __init__(self, key, threshold):
-        self.key, self.threshold = key, threshold
-
-    def __call__(self, batch):
-        keep = at_least(float_column(batch, self.key), self.threshold)
-        return batch.uids[keep], Counter(input=len(batch), dropped_score=int(len(batch) - keep.sum()))
-
-
 class ClipScoreFilter(BaselineFilter):
     name = "clip_score"
     description = "DataComp clip_score: CLIP score >= threshold, or the top fraction by DataComp's index rule."
@@ -69,6 +56,11 @@ class ClipScoreFilter(BaselineFilter):
     def input_columns(self):
         return ("uid", self.key)
 
-    def select(self, ctx: RunContext) -> Selection:
-        threshold, details = resolve_threshold(self, ctx, self.key)
-        return self.collect(ctx, _ThresholdShard(self.key, threshold), {"score_column": self.key, **details})
+    def prepare(self, ctx: RunContext) -> dict:
+        """The threshold: given, or DataComp's fraction cut over the candidates (a global step)."""
+        self.threshold_value, details = resolve_threshold(self, ctx, self.key)
+        return {"score_column": self.key, **details}
+
+    def keep(self, batch):
+        mask = at_least(float_column(batch, self.key), self.threshold_value)
+        return mask, {"score": int(len(mask) - mask.sum())}

@@ -10,9 +10,8 @@ import pyarrow as pa
 from clipsift.baselines import assets
 from clipsift.baselines.langid import FastTextLID
 from clipsift.errors import PoolError
-from clipsift.filter import Filter, RunContext, Selection
+from clipsift.filter import RowFilter
 from clipsift.params import Param
-from clipsift.uidsort import UidSorter
 
 LID_PARAM = Param(
     "lid_model",
@@ -67,22 +66,22 @@ def take(arr: pa.Array, idx: np.ndarray) -> pa.Array:
     return arr.take(pa.Array.from_buffers(pa.int64(), len(idx), [None, pa.py_buffer(idx)]))
 
 
-def and_mask(steps, n: int, counters: Counter) -> np.ndarray:
+def and_mask(steps, n: int, dropped_by: Counter) -> np.ndarray:
     """AND of rule masks, evaluated in order on the rows still alive (cheap rules first, so the
-    costly language ID runs only where it can still matter); counts each rule's drops."""
+    costly language ID runs only where it can still matter); counts each rule's drops by name."""
     alive = np.ones(n, dtype=bool)
     for name, fn in steps:
         idx = np.flatnonzero(alive)
         if not len(idx):
             break
         ok = np.asarray(fn(idx), dtype=bool)
-        counters[f"dropped_{name}"] += int(len(idx) - ok.sum())
+        dropped_by[name] += int(len(idx) - ok.sum())
         alive[idx[~ok]] = False
     return alive
 
 
-class BaselineFilter(Filter):
-    """A baseline that maps shards to (kept uids, counters) and concatenates them."""
+class BaselineFilter(RowFilter):
+    """A DataComp baseline: a row filter (``prepare`` + ``keep``) with the language-ID helpers."""
 
     language_id = None  # set an object with predict(texts) -> codes to override the model (tests)
 
@@ -104,28 +103,3 @@ class BaselineFilter(Filter):
                 path.name,
             )
         return {"lid_model": str(path), "reference_model": exact}
-
-    def prepare(self, ctx: RunContext) -> dict:
-        """Main-process set-up before the shards run (asset checks); returns manifest details."""
-        return {}
-
-    def shard(self, batch) -> tuple[np.ndarray, Counter]:
-        """Map step: kept uids of one shard and the counters of why rows were dropped.
-
-        Row-rule baselines implement it; those needing a global cut (clip_score) override select.
-        """
-        raise TypeError(f"{type(self).__name__} must implement shard() or override select()")
-
-    def select(self, ctx: RunContext) -> Selection:
-        return self.collect(ctx, self.shard, self.prepare(ctx))
-
-    def collect(self, ctx: RunContext, step, details: dict) -> Selection:
-        """Map ``step`` (batch -> kept uids, counters) over the shards; the kept uids stream into a
-        sorter on disk, so the driver's memory does not grow with the pool."""
-        sorter = UidSorter(ctx.num_candidates, ctx.workdir, threads=ctx.executor.workers)
-        counters = Counter()
-        for uids, c in ctx.map_shards(step, columns=self.input_columns(), keys=self.input_keys(), desc=self.name):
-            sorter.add(uids)
-            counters.update(c)
-        counters["kept"] = sorter.count
-        return Selection(sorter=sorter, counters=dict(counters), details=details)

@@ -118,8 +118,8 @@ class ImageBasedFilter(BaselineFilter):
         )
         return details
 
-    def shard(self, batch):
-        counters = Counter(input=len(batch))
+    def keep(self, batch):
+        dropped_by = Counter()
         text = text_column(batch)
         steps = []
         key = self.score_key()
@@ -127,12 +127,13 @@ class ImageBasedFilter(BaselineFilter):
             score = float_column(batch, key)
             steps.append(("score", lambda idx: at_least(score[idx], self.threshold_value)))
         steps += caption_steps(text, self.lid())
-        alive = and_mask(steps, len(batch), counters)
+        alive = and_mask(steps, len(batch), dropped_by)
         idx = np.flatnonzero(alive)
         labels = assign(batch.embeddings["l14_img"][idx], shared_centroids(self.centroid_file), self.device, self.batch_size)
         hit = np.isin(labels, self.target_ids)
-        counters["dropped_centroid"] += int(len(idx) - hit.sum())
-        return batch.uids[idx[hit]], counters
+        dropped_by["centroid"] += int(len(idx) - hit.sum())
+        alive[idx[~hit]] = False
+        return alive, dropped_by
 
 
 class ImageBasedIntersectClipScoreFilter(ImageBasedFilter):

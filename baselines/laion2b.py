@@ -24,13 +24,12 @@ class Laion2bFilter(BaselineFilter):
         self.lid()  # one line naming the install when gcld3 is missing
         return {"language_id": "gcld3" if self.language_id is None else type(self.language_id).__name__, "threshold": LAION_THRESHOLD}
 
-    def shard(self, batch):
-        counters = Counter(input=len(batch))
+    def keep(self, batch):
+        dropped_by = Counter()
         text = text_column(batch)
         score = float_column(batch, SCORE_COLUMNS["b32"])
         steps = [
             ("score", lambda idx: at_least(score[idx], LAION_THRESHOLD)),
             ("language", lambda idx: english_mask(take(text, idx), self.lid())),
         ]
-        keep = and_mask(steps, len(batch), counters)
-        return batch.uids[keep], counters
+        return and_mask(steps, len(batch), dropped_by), dropped_by

@@ -75,12 +75,11 @@ class TextBasedFilter(BaselineFilter):
         words, rows = split_tokens(take(text, idx))
         return any_per_row(entity_hits(words, self.wordnet_dir, self.in21k_ids), rows, len(idx))
 
-    def shard(self, batch):
-        counters = Counter(input=len(batch))
+    def keep(self, batch):
+        dropped_by = Counter()
         text = text_column(batch)
         steps = [
             ("entity", lambda idx: self._entity_rows(text, idx)),
             ("language", lambda idx: english_mask(take(text, idx), self.lid())),
         ]
-        keep = and_mask(steps, len(batch), counters)
-        return batch.uids[keep], counters
+        return and_mask(steps, len(batch), dropped_by), dropped_by

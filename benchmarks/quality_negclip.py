@@ -17,9 +17,10 @@ import numpy as np
 import pyarrow.parquet as pq
 from _harness import synthetic_pool, table
 
+from clipsift.budget import fraction_count as count_for
 from clipsift.executor import LocalExecutor
 from clipsift.filter import RunContext
-from clipsift.filters.negclip.rank import count_for, top_n
+from clipsift.filters.negclip.rank import top_n
 from clipsift.pool import Pool
 from clipsift.registry import create_filter
 from clipsift.uids import hex_to_records, isin_sorted, sort_records

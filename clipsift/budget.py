@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from clipsift.errors import ParamError
 from clipsift.log import get_logger
+from clipsift.params import Param
 
 log = get_logger("budget")
 
@@ -21,7 +22,7 @@ def keep_count(
     if (fraction is None) == (count is None):
         raise ParamError(f"{owner}: give exactly one of fraction or count")
     if fraction is not None:
-        return int(n * fraction)
+        return fraction_count(n, fraction)
     count = int(count)
     if count <= n:
         return count
@@ -29,3 +30,28 @@ def keep_count(
     if details is not None:
         details["shortfall"] = {"asked": count, "available": int(n), "kept": int(n), "short": count - int(n), "of": of}
     return int(n)
+
+
+def fraction_count(n: int, fraction: float) -> int:
+    """``int(n * fraction)`` in IEEE double: DataComp's (and the seed methods') row budget."""
+    return int(n * fraction)
+
+
+def budget_params(of: str = "candidate rows", *, count: bool = True, threshold: str | None = None) -> tuple[Param, ...]:
+    """The one budget parameter group: ``fraction`` (``int(N * fraction)`` of ``of``) or ``count``,
+    plus ``threshold`` (its help text) for filters that can also cut by score."""
+    out = [Param("fraction", float, None, f"keep int(N*fraction) of the {of}", min=0.0, max=1.0)]
+    if count:
+        out.append(Param("count", int, None, f"keep this many of the {of}", min=0))
+    if threshold:
+        out.append(Param("threshold", float, None, threshold))
+    return tuple(out)
+
+
+def require_one(owner, *names: str) -> str:
+    """The one budget parameter ``owner`` was given among ``names``; exactly one must be set."""
+    given = [n for n in names if getattr(owner, n, None) is not None]
+    if len(given) != 1:
+        listed = ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+        raise ParamError(f"{owner.name}: give exactly one of {listed}")
+    return given[0]

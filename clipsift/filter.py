@@ -5,13 +5,16 @@ inputs (parquet ``columns``, npz ``embedding_keys``, optional ``requires`` packa
 ``select(ctx)``, that returns a :class:`Selection`. What it computes stays apart from how it runs:
 per-shard work goes through ``ctx.map_shards`` (an executor runs it), global reductions are small.
 
-Most rule-based filters subclass :class:`RowFilter` and implement ``keep(batch) -> bool mask``.
+Rule filters (the DataComp baselines included) subclass :class:`RowFilter` and implement
+``keep(batch) -> bool mask`` (optionally with per-reason drop counts); every filter reports the
+same counters (:func:`row_counters`).
 """
 
 from __future__ import annotations
 
 import abc
 import importlib.util
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -183,38 +186,79 @@ class Filter(abc.ABC):
         """Choose rows of ``ctx.pool`` (among ``ctx.candidates`` when set)."""
 
 
+def row_counters(seen: int, kept: int, dropped_by=None, **extra) -> dict:
+    """The counters every filter reports, named the same way everywhere: ``input`` rows seen,
+    ``kept``, ``dropped`` (= input - kept) and ``dropped_<reason>`` per reason when known."""
+    out = {"input": int(seen), "kept": int(kept), "dropped": int(seen) - int(kept)}
+    for reason, n in (dropped_by or {}).items():
+        out[f"dropped_{reason}"] = int(n)
+    out.update(extra)
+    return out
+
+
+def _decision(owner: str, decided, n: int) -> tuple[np.ndarray, dict]:
+    """``keep``'s answer as (mask, rows dropped per reason), checked against the batch."""
+    mask, reasons = decided if isinstance(decided, tuple) else (decided, None)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != (n,):
+        raise ValueError(f"{owner}.keep returned shape {mask.shape} for {n} rows")
+    return mask, dict(reasons or {})
+
+
 class RowFilter(Filter):
-    """A filter that decides each row from that row alone: implement ``keep``."""
+    """A filter that decides each row from that row alone: implement ``keep``.
+
+    This is the one contract for rule filters (the DataComp baselines included):
+
+    * ``prepare(ctx)`` runs once in the driver before the shards (load assets, resolve a global
+      threshold) and returns manifest details; what it stores on ``self`` travels to the tasks.
+    * ``keep(batch)`` runs per shard and returns a boolean mask, or ``(mask, dropped_by)`` where
+      ``dropped_by`` maps a reason to the rows it dropped (``{"image_size": 12}``).
+    * The counters are :func:`row_counters`: ``input``, ``kept``, ``dropped``, ``dropped_<reason>``.
+    """
 
     threads: ClassVar[bool] = False  # True when keep() is numpy/pyarrow work that releases the GIL
 
+    def prepare(self, ctx: RunContext) -> dict:
+        """Driver-side set-up before the shards run; returns manifest details."""
+        return {}
+
     @abc.abstractmethod
-    def keep(self, batch) -> np.ndarray:
-        """Boolean mask over ``batch`` rows: True keeps the row."""
+    def keep(self, batch):
+        """Boolean mask over ``batch`` rows (True keeps the row), or ``(mask, dropped_by)``."""
 
-    def _kept(self, batch) -> np.ndarray:
-        mask = np.asarray(self.keep(batch), dtype=bool)
-        if mask.shape != (len(batch),):
-            raise ValueError(f"{self.name}.keep returned shape {mask.shape} for {len(batch)} rows")
-        return batch.uids if mask.all() else batch.uids[mask]
-
-    def _map_shard(self, batch):
-        return self._kept(batch), len(batch)
-
-    def _map_shard_into(self, sorter: UidSorter, batch):
-        # thread workers share the sorter and hand it their rows themselves
-        sorter.add(self._kept(batch))
-        return len(batch)
+    def decide(self, batch) -> tuple[np.ndarray, Counter, int]:
+        """Map step: the kept uids of one shard, rows dropped per reason, rows seen."""
+        mask, reasons = _decision(self.name, self.keep(batch), len(batch))
+        return (batch.uids if mask.all() else batch.uids[mask]), reasons, len(batch)
 
     def select(self, ctx: RunContext) -> Selection:
-        sorter = UidSorter(ctx.num_candidates, ctx.workdir, threads=ctx.executor.workers)
-        cols, keys = self.input_columns(), self.input_keys()
-        if self.threads:
-            seen = sum(ctx.map_shards(partial(self._map_shard_into, sorter), columns=cols, keys=keys, desc=self.name, threads=True))
-        else:
-            seen = 0
-            for kept, n in ctx.map_shards(self._map_shard, columns=cols, keys=keys, desc=self.name):
-                sorter.add(kept)
-                seen += n
-        kept = sorter.count
-        return Selection(sorter=sorter, counters={"input": seen, "kept": kept, "dropped": seen - kept})
+        details = self.prepare(ctx)
+        return collect_rows(ctx, self.decide, columns=self.input_columns(), keys=self.input_keys(), desc=self.name,
+                            threads=self.threads, details=details)
+
+
+def _decide_into(step, sorter: UidSorter, batch):
+    # thread workers share the sorter and hand it their rows themselves
+    kept, reasons, seen = step(batch)
+    sorter.add(kept)
+    return reasons, seen
+
+
+def collect_rows(ctx: RunContext, step, *, columns=(), keys=(), desc: str = "", threads: bool = False,
+                 details: dict | None = None, extra: dict | None = None) -> Selection:
+    """Run a row step (``batch -> (kept uids, dropped_by, rows seen)``) over the shards; the kept
+    uids stream into a sorter on disk, so the driver's memory does not grow with the pool."""
+    sorter = UidSorter(ctx.num_candidates, ctx.workdir, threads=ctx.executor.workers)
+    dropped_by, seen = Counter(), 0
+    if threads:
+        for reasons, n in ctx.map_shards(partial(_decide_into, step, sorter), columns=columns, keys=keys, desc=desc, threads=True):
+            dropped_by.update(reasons)
+            seen += n
+    else:
+        for kept, reasons, n in ctx.map_shards(step, columns=columns, keys=keys, desc=desc):
+            sorter.add(kept)
+            dropped_by.update(reasons)
+            seen += n
+    counters = row_counters(seen, sorter.count, dropped_by, **(extra or {}))
+    return Selection(sorter=sorter, counters=counters, details=details or {})

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from clipsift.errors import ParamError
-from clipsift.filter import RunContext, Selection
+from clipsift.filter import RunContext, Selection, row_counters
 from clipsift.registry import create_filter
 from clipsift.subset import combine
 from clipsift.uids import unique_sorted
@@ -40,12 +40,12 @@ class Chain:
         return {"pipeline": self.name, "steps": [s.describe() for s in self.steps]}
 
     def select(self, ctx: RunContext) -> Selection:
-        stages, sel = [], None
+        stages, sel, seen = [], None, ctx.num_candidates
         for step in self.steps:
             sel = step.select(ctx)
             stages.append({**step.describe(), "input": ctx.num_candidates, "output": len(sel), "counters": sel.counters})
             ctx = ctx.with_candidates(unique_sorted(sel.uids))
-        return Selection(sel.uids, counters={"output": len(sel)}, details={"stages": stages})
+        return Selection(sel.uids, counters=row_counters(seen, len(sel)), details={"stages": stages})
 
 
 class Combine:
@@ -67,7 +67,8 @@ class Combine:
         result = sels[0].uids
         for s in sels[1:]:
             result = combine(self.op, result, s.uids)
-        return Selection(np.asarray(result), counters={"branches": [len(s) for s in sels], "output": len(result)})
+        counters = row_counters(ctx.num_candidates, len(result), branches=[len(s) for s in sels])
+        return Selection(np.asarray(result), counters=counters)
 
 
 MAX_DEPTH = 16  # nested chain/intersect/union levels

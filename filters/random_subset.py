@@ -18,9 +18,8 @@ from functools import partial
 
 import numpy as np
 
-from clipsift.budget import keep_count
-from clipsift.errors import ParamError
-from clipsift.filter import Filter, RunContext, Selection
+from clipsift.budget import budget_params, keep_count, require_one
+from clipsift.filter import Filter, RunContext, Selection, row_counters
 from clipsift.log import get_logger
 from clipsift.params import Param
 from clipsift.uids import UID_DTYPE
@@ -60,15 +59,13 @@ class RandomFilter(Filter):
     name = "random"
     description = "Uniform random subset of an exact size (fraction or count), seeded."
     params = (
-        Param("fraction", float, None, "share of candidate rows to keep: int(fraction*N) rows", min=0.0, max=1.0),
-        Param("count", int, None, "number of rows to keep", min=0),
+        *budget_params("candidate rows"),
         Param("seed", int, 0, "random seed"),
     )
     columns = ("uid",)
 
     def validate(self) -> None:
-        if (self.fraction is None) == (self.count is None):
-            raise ParamError("random: give exactly one of fraction or count")
+        require_one(self, "fraction", "count")
 
     threads = True
 
@@ -105,7 +102,7 @@ class RandomFilter(Filter):
             log.warning("random: the cut fell outside the expected window (%d rows, %d expected); second pass", seen, n_expected)
             return self._select_in_memory(ctx)
         sorter.add(uids[smallest_keys(keys, uids, need)])
-        return Selection(sorter=sorter, counters={"input": seen, "kept": k, "dropped": seen - k}, details=details)
+        return Selection(sorter=sorter, counters=row_counters(seen, k), details=details)
 
     def _select_in_memory(self, ctx: RunContext) -> Selection:
         parts = list(ctx.map_shards(self._keys, desc=self.name, threads=self.threads))
@@ -114,7 +111,7 @@ class RandomFilter(Filter):
         details: dict = {}
         k = keep_count(len(uids), self.fraction, self.count, owner="random", details=details)
         chosen = smallest_keys(keys, uids, k)
-        return Selection(uids[chosen], counters={"input": len(uids), "kept": k, "dropped": len(uids) - k}, details=details)
+        return Selection(uids[chosen], counters=row_counters(len(uids), k), details=details)
 
 
 def smallest_keys(keys: np.ndarray, uids: np.ndarray, k: int) -> np.ndarray:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from clipsift.errors import ParamError
-from clipsift.filter import Filter, RunContext, Selection
+from clipsift.budget import budget_params, require_one
+from clipsift.filter import Filter, RunContext, Selection, row_counters
 from clipsift.filters.negclip.negclip_pass import NegClipScorer, score_pool
 from clipsift.filters.negclip.rank import select
 from clipsift.params import Param
@@ -48,22 +48,21 @@ class NegClipFilter(Filter):
     name = "negclip"
     description = "negCLIPLoss (Wang et al. 2024): CLIP score minus the batch-contrastive normaliser; top fraction or threshold."
     params = (
-        Param("fraction", float, None, "keep int(N*fraction) rows with the highest score", min=0.0, max=1.0),
-        Param("threshold", float, None, "keep rows with score >= threshold (scores are <= 0)"),
+        *budget_params("rows, highest score first", threshold="keep rows with score >= threshold (scores are <= 0)"),
         Param("arch", str, "l14", "embeddings: l14 (ViT-L/14) or b32 (ViT-B/32)", choices=ARCHES),
         *NEGCLIP_PARAMS,
     )
 
     def validate(self) -> None:
-        if (self.fraction is None) == (self.threshold is None):
-            raise ParamError("negclip: give exactly one of fraction or threshold")
+        require_one(self, "fraction", "count", "threshold")
 
     def input_keys(self) -> tuple[str, ...]:
         return (f"{self.arch}_img", f"{self.arch}_txt")
 
     def select(self, ctx: RunContext) -> Selection:
         res = score_pool(ctx, negclip_scorer(self, ctx, self.arch), all_rows=self.score_all_rows)
-        keep = select(res.score, res.uids, fraction=self.fraction, threshold=self.threshold)
-        counters = {"input": len(res.uids), "scored_rows": res.rows_read, "kept": len(keep), "dropped": len(res.uids) - len(keep)}
-        details = {"device": ctx.torch_device(), "score_all": score_summary(res.score), "score_kept": score_summary(res.score[keep])}
+        details: dict = {}
+        keep = select(res.score, res.uids, fraction=self.fraction, count=self.count, threshold=self.threshold, owner=self.name, details=details)
+        counters = row_counters(len(res.uids), len(keep), scored_rows=res.rows_read)
+        details.update(device=ctx.torch_device(), score_all=score_summary(res.score), score_kept=score_summary(res.score[keep]))
         return Selection(res.uids[keep], counters=counters, details=details, scores=res.score[keep])

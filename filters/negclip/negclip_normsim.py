@@ -15,12 +15,13 @@ from importlib import resources
 
 import numpy as np
 
+from clipsift.budget import fraction_count
 from clipsift.errors import ParamError
-from clipsift.filter import Filter, RunContext, Selection
+from clipsift.filter import Filter, RunContext, Selection, row_counters
 from clipsift.filters.negclip.negclip import ARCHES, NEGCLIP_PARAMS, negclip_scorer, score_summary
 from clipsift.filters.negclip.negclip_pass import score_pool
 from clipsift.filters.negclip.normsim import NORMSIM_PARAMS, check_normsim_params, run_normsim
-from clipsift.filters.negclip.rank import count_for, select
+from clipsift.filters.negclip.rank import select
 from clipsift.params import Param
 from clipsift.uids import sort_records
 
@@ -96,12 +97,12 @@ class NegClipNormSimFilter(Filter):
         n_pool = len(res.uids)
         keep1 = select(res.score, res.uids, fraction=self.fraction, threshold=self.threshold)
         survivors = sort_records(res.uids[keep1])
-        counters = {"input": n_pool, "stage1_kept": len(keep1)}
+        counters = row_counters(n_pool, len(keep1), stage1_kept=len(keep1))
         details = {"device": ctx.torch_device(), "stage1": self.stage1, "score_stage1_kept": score_summary(res.score[keep1])}
         if not stage2 or len(survivors) == 0:
             counters.update(kept=len(survivors), dropped=n_pool - len(survivors), stage2="skipped" if not stage2 else "empty")
             return Selection(survivors, counters=counters, details=details)
-        count = None if self.fraction_normsim is None else count_for(n_pool, self.fraction_normsim)
+        count = None if self.fraction_normsim is None else fraction_count(n_pool, self.fraction_normsim)
         if count is not None and count > len(survivors):
             self.log.warning("stage 1 kept %d rows, fewer than fraction_normsim asks (%d); keeping all of them", len(survivors), count)
             count = len(survivors)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from clipsift.budget import budget_params, keep_count, require_one
 from clipsift.errors import ParamError, PoolError
-from clipsift.filter import Filter, RunContext, Selection
+from clipsift.filter import Filter, RunContext, Selection, row_counters
 from clipsift.filters.negclip.normsim_dynamic import dynamic_select
 from clipsift.filters.negclip.normsim_pass import (
     collect_embeddings,
@@ -20,7 +21,7 @@ from clipsift.filters.negclip.normsim_pass import (
     prepare_target,
     score_candidates,
 )
-from clipsift.filters.negclip.rank import count_for, top_n
+from clipsift.filters.negclip.rank import top_n
 from clipsift.params import Param
 
 NORMS = ("2", "inf", "dynamic")
@@ -76,8 +77,7 @@ class NormSimFilter(Filter):
     name = "normsim"
     description = "NormSim (Wang et al. 2024): similarity of each image to a target set (p=2, p=inf) or NormSim_2-D."
     params = (
-        Param("fraction", float, None, "keep int(N*fraction) of the candidates with the highest NormSim", min=0.0, max=1.0),
-        Param("threshold", float, None, "keep candidates with NormSim >= threshold (not with norm=dynamic)"),
+        *budget_params("candidates, highest NormSim first", threshold="keep candidates with NormSim >= threshold (not with norm=dynamic)"),
         Param("arch", str, "l14", "image embeddings: l14 or b32 (targets must come from the same encoder)", choices=("l14", "b32")),
         *NORMSIM_PARAMS,
         Param("seed", int, 0, "seed of the sigma_subsample draws", min=0),
@@ -85,8 +85,7 @@ class NormSimFilter(Filter):
     )
 
     def validate(self) -> None:
-        if (self.fraction is None) == (self.threshold is None):
-            raise ParamError("normsim: give exactly one of fraction or threshold")
+        require_one(self, "fraction", "count", "threshold")
         if self.norm == "dynamic" and self.threshold is not None:
             raise ParamError("normsim: norm=dynamic selects by fraction; drop threshold=")
         check_normsim_params(self, "normsim")
@@ -96,10 +95,10 @@ class NormSimFilter(Filter):
 
     def select(self, ctx: RunContext) -> Selection:
         total = ctx.num_candidates
-        count = None if self.fraction is None else count_for(total, self.fraction)
+        budget: dict = {}
+        count = None if self.threshold is not None else keep_count(total, self.fraction, self.count, owner=self.name, details=budget)
         initial = None
         if self.norm == "dynamic" and self.init_target == "pool":
             initial, _ = pool_moment(ctx.with_candidates(None), f"{self.arch}_img", self.renormalize, self.sigma_subsample, self.seed)
         uids, vals, details = run_normsim(self, ctx, count=count, threshold=self.threshold, initial=initial)
-        counters = {"input": total, "kept": len(uids), "dropped": total - len(uids)}
-        return Selection(uids, counters=counters, details={"device": ctx.torch_device(), **details}, scores=vals)
+        return Selection(uids, counters=row_counters(total, len(uids)), details={"device": ctx.torch_device(), **budget, **details}, scores=vals)

@@ -1,6 +1,6 @@
 """Exact, deterministic ranking for negCLIPLoss / NormSim selections.
 
-Top n = int(N * fraction) rows by score descending, ties broken by uid ascending (the reference's
+Top n = int(N * fraction) (or ``count``) rows by score descending, ties broken by uid ascending (the reference's
 argpartition/topk ties are arbitrary); n = 0 selects nothing (the reference's ``[-0:]`` selects all).
 NaN scores rank last. Cost: one O(N) partition plus a sort of the tied rows only.
 """
@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from clipsift.budget import keep_count
 from clipsift.errors import ParamError
-
-
-def count_for(total: int, fraction: float) -> int:
-    """int(N * fraction) with Python float semantics, as the reference computes it."""
-    return int(total * fraction)
 
 
 def top_n(scores: np.ndarray, uids: np.ndarray, n: int) -> np.ndarray:
@@ -36,10 +32,13 @@ def top_n(scores: np.ndarray, uids: np.ndarray, n: int) -> np.ndarray:
     return np.sort(np.concatenate([above, ties]))
 
 
-def select(scores: np.ndarray, uids: np.ndarray, *, fraction: float | None = None, threshold: float | None = None, total: int | None = None) -> np.ndarray:
-    """Indices kept by a fraction of ``total`` (default: len(scores)) or by ``score >= threshold``."""
-    if (fraction is None) == (threshold is None):
-        raise ParamError("give exactly one of fraction or threshold")
+def select(scores: np.ndarray, uids: np.ndarray, *, fraction: float | None = None, count: int | None = None,
+           threshold: float | None = None, total: int | None = None, owner: str = "select", details: dict | None = None) -> np.ndarray:
+    """Indices kept by ``score >= threshold``, or the top ``int(total * fraction)`` / ``count`` rows
+    (``total`` defaults to len(scores)); an unmet count is recorded in ``details`` (clipsift.budget)."""
+    if sum(v is not None for v in (fraction, count, threshold)) != 1:
+        raise ParamError(f"{owner}: give exactly one of fraction, count or threshold")
     if threshold is not None:
         return np.flatnonzero(np.asarray(scores) >= threshold)
-    return top_n(scores, uids, count_for(len(scores) if total is None else total, fraction))
+    n = keep_count(len(scores) if total is None else total, fraction, count, owner=owner, details=details, of="scored rows")
+    return top_n(scores, uids, n)

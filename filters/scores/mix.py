@@ -29,6 +29,7 @@ import numpy as np
 
 from clipsift.baselines.common import float_column
 from clipsift.baselines.scores import at_least, fraction_threshold
+from clipsift.budget import require_one
 from clipsift.errors import ParamError
 from clipsift.filter import Filter, RunContext, Selection
 from clipsift.filters.scores.join import DUPLICATE_RULES, _keys, pool_uids, score_join
@@ -255,8 +256,7 @@ class MixFilter(MixedScoreFilter):
 
     def validate(self) -> None:
         super().validate()
-        if (self.fraction is None) == (self.threshold is None):
-            raise ParamError("mix: give exactly one of fraction or threshold")
+        require_one(self, "fraction", "threshold")
 
     def select(self, ctx: RunContext) -> Selection:
         uids, score, details = self.mixed_scores(ctx)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from clipsift.baselines.scores import at_least
+from clipsift.budget import require_one
 from clipsift.errors import ParamError
 from clipsift.filter import Filter, RunContext, Selection
 from clipsift.filters.scores.join import DUPLICATE_RULES, score_join
@@ -69,8 +70,7 @@ class ScoreFilter(Filter):
     def validate(self) -> None:
         if not self.scores:
             raise ParamError("score: give scores=PATH (a parquet file or folder with uid and score columns)")
-        if (self.fraction is None) == (self.threshold is None):
-            raise ParamError("score: give exactly one of fraction or threshold")
+        require_one(self, "fraction", "threshold")
         check_missing(self)
 
     def select(self, ctx: RunContext) -> Selection:

@@ -106,6 +106,27 @@ def test_basic_filter_parallel_and_in_blocks_is_the_same(tmp_path, monkeypatch):
     assert manifest["counters"]["kept"] == sum(r[3] for r in rows) and manifest["counters"]["input"] == len(rows)
 
 
+def test_basic_filter_row_contract_equals_its_batched_select(tmp_path):
+    """keep() (the row-filter contract, language ID per shard) and select() (language ID batched
+    over distinct captions across shards) are the same rule: same bytes, same per-reason counters."""
+    from clipsift.executor import LocalExecutor
+    from clipsift.filter import RowFilter, RunContext
+    from clipsift.pool import Pool
+
+    rows = BASIC_ROWS * 2
+    root, uids = build(tmp_path, rows, sizes=[10, 0, 15, 9], original_width=[r[1] for r in rows], original_height=[r[2] for r in rows])
+    f = BasicFilter()
+    f.language_id = FakeLID()
+    ctx = lambda: RunContext(Pool(str(root)), LocalExecutor(1, show_progress=False), workdir=tmp_path / "w")  # noqa: E731
+    batched = f.select(ctx())
+    by_row = RowFilter.select(f, ctx())
+    assert np.array_equal(batched.uids, by_row.uids) and len(batched) == sum(r[3] for r in rows)
+    common = {k: v for k, v in batched.counters.items() if k != "language_id_captions"}
+    assert common == by_row.counters
+    assert common["dropped"] == common["input"] - common["kept"] == sum(v for k, v in common.items() if k.startswith("dropped_"))
+    assert common["dropped_language"] == 2 and common["dropped_image_size"] == 8
+
+
 # ---- text_based ---------------------------------------------------------------------------------
 TEXT_ROWS = [  # text, kept
     ("a dog on the sofa", True),  # dog -> n02084071

@@ -95,10 +95,23 @@ def make(name: str, params: dict):
     return create_filter(name, params)
 
 
-def run_bytes(filter_, pool_dir: Path, executor, out: Path) -> bytes:
+def run_bytes(filter_, pool_dir: Path, executor, out: Path, counters: dict | None = None) -> bytes:
     ctx = RunContext(Pool(str(pool_dir)), executor, workdir=out.parent / f"{out.stem}-work")
-    path, _ = filter_.select(ctx).write(out)
+    sel = filter_.select(ctx)
+    path, _ = sel.write(out)
+    if counters is not None:
+        counters.update(sel.counters, _rows=len(sel))
     return Path(path).read_bytes()
+
+
+def check_counters(name: str, c: dict) -> None:
+    """Every filter reports input, kept and dropped, named the same way (clipsift.filter.row_counters)."""
+    assert {"input", "kept", "dropped"} <= set(c), f"{name}: counters {sorted(c)} lack input/kept/dropped"
+    assert c["kept"] == c["_rows"], f"{name}: counters say kept={c['kept']}, the subset has {c['_rows']} rows"
+    if "distinct" not in c:  # scs draws with repeats: its dropped counts the rows never drawn
+        assert c["dropped"] == c["input"] - c["kept"], f"{name}: dropped != input - kept"
+    reasons = sum(v for k, v in c.items() if k.startswith("dropped_") and isinstance(v, int))
+    assert reasons in (0, c["dropped"]), f"{name}: per-reason drops sum to {reasons}, dropped is {c['dropped']}"
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +146,9 @@ def test_filter_contract_and_same_bytes_everywhere(name, assets, ray_executor, t
     if name != EvenCaptionFilter.name:
         assert get_filter_class(name).name == name
     pool_dir = assets / "pool"
-    local1 = run_bytes(make(name, params), pool_dir, LocalExecutor(1, show_progress=False), tmp_path / "l1.npy")
+    counters: dict = {}
+    local1 = run_bytes(make(name, params), pool_dir, LocalExecutor(1, show_progress=False), tmp_path / "l1.npy", counters)
+    check_counters(name, counters)
     local2 = run_bytes(make(name, params), pool_dir, LocalExecutor(2, show_progress=False), tmp_path / "l2.npy")
     on_ray = run_bytes(make(name, params), pool_dir, ray_executor, tmp_path / "ray.npy")
     assert local1 == local2, f"{name}: 1 and 2 local workers differ"

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from clipsift.budget import fraction_count as count_for
 from clipsift.filters.negclip.loss import batch_bounds, batch_gaps, shard_rng, shard_scores
 from clipsift.filters.negclip.normsim_dynamic import dynamic_select
 from clipsift.filters.negclip.normsim_math import normsim2, normsim_inf, quad_form, second_moment
-from clipsift.filters.negclip.rank import count_for, select, top_n
+from clipsift.filters.negclip.rank import select, top_n
 from clipsift.uids import UID_DTYPE
 
 
