@@ -34,6 +34,7 @@ from clipsift.baselines.common import (
 from clipsift.baselines.langid import english_mask
 from clipsift.baselines.scores import SCORE_COLUMNS, at_least
 from clipsift.baselines.textstats import char_counts, fasttext_token_counts
+from clipsift.devices import task_resources
 from clipsift.errors import ParamError
 from clipsift.filter import RunContext
 from clipsift.io import atomic_write
@@ -117,6 +118,9 @@ class ImageBasedFilter(BaselineFilter):
             device=self.device,
         )
         return details
+
+    def task_resources(self) -> dict | None:
+        return task_resources(self.device)
 
     def keep(self, batch):
         dropped_by = Counter()

@@ -72,3 +72,10 @@ def check_device(device: str | None, flag: str = "--device") -> str:
     if name not in ("auto", "cpu"):
         resolve_device(name, flag)
     return name
+
+
+def task_resources(device: str) -> dict | None:
+    """What a task on ``device`` declares to the executor: one GPU for CUDA work (Ray schedules it
+    on a GPU node and sets CUDA_VISIBLE_DEVICES, so ``cuda`` in the task is that GPU), else nothing
+    beyond the default CPU."""
+    return {"num_gpus": 1} if device.startswith("cuda") else None

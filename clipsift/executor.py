@@ -216,6 +216,7 @@ def map_shards(
     dropped: dict | None = None,
     stages=None,
     uids: bool = True,
+    resources: dict | None = None,
 ) -> Iterator:
     """Apply ``fn(ShardBatch)`` to every shard (restricted to sorted ``candidates``), in shard order.
 
@@ -225,7 +226,8 @@ def map_shards(
 
     With ``stages`` (a :class:`~clipsift.stagecache.RunFolder`), each shard's result is kept in the
     run folder and reused by a later run of the same step on the same inputs (a killed run resumes).
-    Steps with ``threads=True`` act on driver objects and are never kept.
+    Steps with ``threads=True`` act on driver objects and are never kept. ``resources`` is what
+    one task needs (``{"num_gpus": 1}`` for a CUDA step, see :func:`clipsift.devices.task_resources`).
     """
     executor = executor or LocalExecutor()
     columns, keys = tuple(columns), tuple(keys)
@@ -250,12 +252,12 @@ def map_shards(
                    "bad_embeddings": bad_embeddings, "pool": _pool_identity(pool)}
             stage = stages.stage(desc, key, fn)
         if stage is None:
-            for result, info in executor.map(task, shards, desc=desc or "shards", threads=threads):
+            for result, info in executor.map(task, shards, desc=desc or "shards", threads=threads, resources=resources):
                 _count_dropped(dropped, info)
                 yield result
             return
         reused = done = 0
-        for (result, info), was_stored in executor.map(partial(_staged, stage, task), shards, desc=desc or "shards"):
+        for (result, info), was_stored in executor.map(partial(_staged, stage, task), shards, desc=desc or "shards", resources=resources):
             _count_dropped(dropped, info)
             reused += was_stored
             done += 1

@@ -104,16 +104,19 @@ class RunContext:
     def num_candidates(self) -> int:
         return self.pool.num_rows if self.candidates is None else len(self.candidates)
 
-    def map_shards(self, fn, *, columns=(), keys=(), desc: str = "", threads: bool = False, uids: bool = True):
+    def map_shards(self, fn, *, columns=(), keys=(), desc: str = "", threads: bool = False, uids: bool = True,
+                   resources: dict | None = None):
         """Run ``fn(ShardBatch)`` on every shard (restricted to the candidates), in shard order.
 
         ``threads=True`` runs it in worker threads: cheaper than processes when ``fn`` is numpy or
         pyarrow work that releases the GIL. ``uids=False``: ``fn`` does not look at uids (a pass
         over a score column), so they are not read unless candidates restrict the rows.
+        ``resources``: what one task needs, e.g. ``{"num_gpus": 1}`` (clipsift.devices.task_resources).
         """
         return map_shards(
             self.pool, fn, columns=columns, keys=keys, candidates=self.candidates, executor=self.executor, desc=desc,
             threads=threads, bad_embeddings=self.bad_embeddings, dropped=self.dropped, stages=self.run_dir, uids=uids,
+            resources=resources,
         )
 
     def with_candidates(self, candidates: np.ndarray | None) -> RunContext:
@@ -227,6 +230,10 @@ class RowFilter(Filter):
     def keep(self, batch):
         """Boolean mask over ``batch`` rows (True keeps the row), or ``(mask, dropped_by)``."""
 
+    def task_resources(self) -> dict | None:
+        """What one ``keep`` task needs beyond a CPU (set after ``prepare``), e.g. one GPU."""
+        return None
+
     def decide(self, batch) -> tuple[np.ndarray, Counter, int]:
         """Map step: the kept uids of one shard, rows dropped per reason, rows seen."""
         mask, reasons = _decision(self.name, self.keep(batch), len(batch))
@@ -235,7 +242,7 @@ class RowFilter(Filter):
     def select(self, ctx: RunContext) -> Selection:
         details = self.prepare(ctx)
         return collect_rows(ctx, self.decide, columns=self.input_columns(), keys=self.input_keys(), desc=self.name,
-                            threads=self.threads, details=details)
+                            threads=self.threads, details=details, resources=self.task_resources())
 
 
 def _decide_into(step, sorter: UidSorter, batch):
@@ -246,7 +253,7 @@ def _decide_into(step, sorter: UidSorter, batch):
 
 
 def collect_rows(ctx: RunContext, step, *, columns=(), keys=(), desc: str = "", threads: bool = False,
-                 details: dict | None = None, extra: dict | None = None) -> Selection:
+                 details: dict | None = None, extra: dict | None = None, resources: dict | None = None) -> Selection:
     """Run a row step (``batch -> (kept uids, dropped_by, rows seen)``) over the shards; the kept
     uids stream into a sorter on disk, so the driver's memory does not grow with the pool."""
     sorter = UidSorter(ctx.num_candidates, ctx.workdir, threads=ctx.executor.workers)
@@ -256,7 +263,7 @@ def collect_rows(ctx: RunContext, step, *, columns=(), keys=(), desc: str = "", 
             dropped_by.update(reasons)
             seen += n
     else:
-        for kept, reasons, n in ctx.map_shards(step, columns=columns, keys=keys, desc=desc):
+        for kept, reasons, n in ctx.map_shards(step, columns=columns, keys=keys, desc=desc, resources=resources):
             sorter.add(kept)
             dropped_by.update(reasons)
             seen += n

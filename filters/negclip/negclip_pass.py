@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clipsift.devices import task_resources
 from clipsift.executor import map_shards
 from clipsift.filters.negclip.loss import shard_scores
 from clipsift.filters.negclip.normsim_pass import shard_moment
@@ -82,7 +83,8 @@ def score_pool(ctx, scorer: NegClipScorer, all_rows: bool = True, desc: str = "n
     uids, scores, css = [], [], []
     moment, moment_rows, rows_read = None, 0, 0
     parts = map_shards(ctx.pool, scorer, columns=scorer.columns(), keys=scorer.keys(), candidates=read_cands, executor=ctx.executor, desc=desc,
-                       bad_embeddings=ctx.bad_embeddings, dropped=ctx.dropped, stages=ctx.run_dir)
+                       bad_embeddings=ctx.bad_embeddings, dropped=ctx.dropped, stages=ctx.run_dir,
+                       resources=task_resources(scorer.device))
     for part in parts:
         u, s, c = part["uids"], part["score"], part.get("css")
         rows_read += len(u)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clipsift.devices import task_resources
 from clipsift.filters.negclip.loss import shard_rng
 from clipsift.filters.negclip.normsim_math import (
     normalize_rows,
@@ -159,7 +160,7 @@ def score_candidates(ctx, key: str, target: Target, renormalize: bool = False) -
     """(uids, NormSim) of every candidate row, computed per shard in the map step."""
     scorer = NormSimScorer(key, target, ctx.torch_device(), renormalize)
     uids, vals = [], []
-    for u, v in ctx.map_shards(scorer, keys=(key,), desc="normsim"):
+    for u, v in ctx.map_shards(scorer, keys=(key,), desc="normsim", resources=task_resources(scorer.device)):
         uids.append(u)
         vals.append(v)
     if not uids:

@@ -314,3 +314,40 @@ def test_unlistable_pool_folder_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(pool_module.os, "scandir", denied)
     with pytest.raises(PoolError, match=r"cannot list the pool folder \(Permission denied\); check its permissions"):
         Pool(tmp_path)
+
+
+def test_gpu_steps_declare_one_gpu_per_task(tmp_path):
+    """A step on CUDA declares {"num_gpus": 1} to the executor (Ray schedules by it); CPU steps
+    declare nothing. The declaration reaches executor.map for row filters and negclip's pass."""
+    from clipsift.devices import task_resources
+    from clipsift.executor import LocalExecutor
+    from clipsift.filter import RowFilter, RunContext
+    from clipsift.filters.negclip.negclip import NegClipFilter
+    from clipsift.pool import Pool
+
+    assert task_resources("cuda") == task_resources("cuda:1") == {"num_gpus": 1}
+    assert task_resources("cpu") is None and task_resources("mps") is None
+
+    class Spy(LocalExecutor):
+        def map(self, fn, items, **kw):
+            self.seen.append((kw.get("desc"), kw.get("resources")))
+            return super().map(fn, items, **kw)
+
+    class OnGpu(RowFilter):
+        name = "on_gpu"
+        columns = ("uid",)
+
+        def task_resources(self):
+            return {"num_gpus": 1}
+
+        def keep(self, batch):
+            return np.ones(len(batch), dtype=bool)
+
+    root = write_pool(tmp_path / "pool", [30, 20], seed=2)
+    spy = Spy(1, show_progress=False)
+    spy.seen = []
+    sel = OnGpu().select(RunContext(Pool(str(root)), spy, workdir=tmp_path / "w"))
+    assert len(sel) == 50 and spy.seen == [("on_gpu", {"num_gpus": 1})]
+    spy.seen = []
+    NegClipFilter(fraction=0.5, batch_size=8).select(RunContext(Pool(str(root)), spy, workdir=tmp_path / "w2", device="cpu"))
+    assert spy.seen and all(r is None for _, r in spy.seen)

@@ -88,6 +88,19 @@ def test_negclip_streaming_equals_oracle_and_workers_agree(pool_dir, memory):
     np.testing.assert_array_equal(sels[0].scores, sels[1].scores)  # bit-identical across worker counts
 
 
+def test_negclip_count_budget_is_the_fraction_rule_and_reports_shortfall(pool_dir, memory):
+    """count= (the shared budget group) keeps the same top rows as the fraction giving that count;
+    a count above the pool keeps everything and records the shortfall."""
+    params = {"batch_size": 40, "repeats": 2}
+    by_fraction = run(pool_dir, "negclip", {"fraction": 0.3, **params})
+    by_count = run(pool_dir, "negclip", {"count": 108, **params})
+    np.testing.assert_array_equal(by_count.uids, by_fraction.uids)
+    too_many = run(pool_dir, "negclip", {"count": 1000, **params})
+    assert len(too_many) == 360 and too_many.details["shortfall"]["short"] == 640
+    with pytest.raises(ParamError, match="exactly one of fraction, count or threshold"):
+        run(pool_dir, "negclip", {"count": 5, "fraction": 0.1, **params})
+
+
 def test_negclip_threshold_and_seed(pool_dir, memory):
     uids, scores = oracle_negclip(memory, b=40, k=1, seed=5)
     thr = float(np.median(scores))
