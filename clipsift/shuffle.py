@@ -83,8 +83,8 @@ def pack(arrays: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def ranges_by_size(sizes: np.ndarray, target: int) -> list[tuple[int, int]]:
-    """Consecutive ``[lo, hi)`` ranges of non-empty entries, each about ``target`` in total (an entry
-    larger than ``target`` is a range of its own); the reduce tasks of a shuffle."""
+    """Consecutive ``[lo, hi)`` ranges covering every non-empty entry, each of at most ``target`` plus
+    its last entry in total (a large entry only makes its range larger); the reduce tasks of a shuffle."""
     sizes = np.asarray(sizes, dtype=np.int64)
     if not sizes.size or not sizes.any():
         return []
@@ -382,6 +382,13 @@ def _read_ranges(fs, paths, starts, ends, into: memoryview | None = None) -> lis
         finally:
             os.close(fd)
     return out
+
+
+def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` (pwrite releases the GIL and may write less than asked)."""
+    while len(data):
+        written = os.pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written
 
 
 def _pread_into(fd: int, view: memoryview, offset: int, path: str) -> None:

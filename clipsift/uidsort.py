@@ -44,7 +44,15 @@ import numpy as np
 
 from clipsift.errors import ClipsiftError
 from clipsift.io import atomic_write
-from clipsift.shuffle import Part, PartFolder, dtype_descr, put_atomic, ranges_by_size, read_pieces
+from clipsift.shuffle import (
+    Part,
+    PartFolder,
+    dtype_descr,
+    put_atomic,
+    pwrite_all,
+    ranges_by_size,
+    read_pieces,
+)
 from clipsift.subset import subset_path
 from clipsift.uids import UID_DTYPE, sort_order
 
@@ -69,13 +77,6 @@ def bucket_keys(records: np.ndarray, bits: int) -> np.ndarray:
     if not bits:
         return np.zeros(len(records), dtype=np.uint8)
     return (records["f0"] >> np.uint64(64 - bits)).astype(np.uint8 if bits <= 8 else np.uint16)
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    """Write all of ``data`` at ``offset`` (pwrite releases the GIL and may write less than asked)."""
-    while len(data):
-        written = os.pwrite(fd, data, offset)
-        data, offset = data[written:], offset + written
 
 
 def write_sorted_npy(path: str | os.PathLike, count: int, chunks) -> tuple[Path, str, str]:
@@ -174,7 +175,7 @@ class UidSorter:
         step = _WRITE_ROWS
         for start in range(0, len(data), step):  # gathered and written in slices: no second chunk-sized copy
             piece = data[start : start + step] if order is None else data[order[start : start + step]]
-            _pwrite_all(self._fd, memoryview(piece.view(np.uint8)), offset + start * UID_DTYPE.itemsize)
+            pwrite_all(self._fd, memoryview(piece.view(np.uint8)), offset + start * UID_DTYPE.itemsize)
 
     def _flush(self) -> None:
         with self._lock:
