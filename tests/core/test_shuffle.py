@@ -7,6 +7,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import pickle
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -258,6 +259,8 @@ def ray_executor():
 
     from clipsift.ray_executor import RayExecutor
 
+    # the map steps above live in a test module Ray workers cannot import: ship it by value
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
     executor = RayExecutor(address=cluster.address, show_progress=False)
