@@ -541,20 +541,29 @@ def auto_clusters(n: int, mean_size: int = 2500) -> int:
 GROUP_TASK_BYTES = 8 << 20  # rows read per task: small clusters share a task, so k = 500+ costs tens of tasks
 
 
-def group_batches(sizes: np.ndarray, groups: np.ndarray, row_bytes: int, target_bytes: int = GROUP_TASK_BYTES) -> list[np.ndarray]:
+def group_batches(sizes: np.ndarray, groups: np.ndarray, row_bytes: int, target_bytes: int | None = None) -> list[np.ndarray]:
     """``groups`` (in order) cut into consecutive batches of about ``target_bytes`` of rows each; a
     group of ``target_bytes`` or more is a batch of its own. Batching keeps per-task overhead from
     dominating when clusters are small and many."""
     groups = np.asarray(groups, np.int64)
     if not len(groups):
         return []
-    target = max(int(target_bytes), 1)
+    target = max(int(GROUP_TASK_BYTES if target_bytes is None else target_bytes), 1)
     nbytes = np.asarray(sizes, np.int64)[groups] * max(int(row_bytes), 1)
     big = nbytes >= target
     bucket = (np.cumsum(nbytes) - nbytes) // target  # which target-sized slice each group starts in
     new = np.ones(len(groups), bool)
     new[1:] = (bucket[1:] != bucket[:-1]) | big[1:] | big[:-1]
     return np.split(groups, np.flatnonzero(new)[1:])
+
+
+def store_row_bytes(store, names) -> int:
+    """Bytes per row of the named arrays of a grouped store (to size tasks); 1 for an empty store."""
+    if not store.sizes.any():
+        return 1
+    first = int(np.argmax(store.sizes > 0))
+    rows = store.read_rows(first, 0, 1, list(names))
+    return max(1, sum(int(a.dtype.itemsize * np.prod(a.shape[1:], dtype=np.int64)) for a in rows.values()))
 
 
 def _group_batch(fn, store_path: str, batch: tuple[np.ndarray, np.ndarray | None]) -> list:
@@ -571,20 +580,16 @@ def _group_batch(fn, store_path: str, batch: tuple[np.ndarray, np.ndarray | None
 
 
 def map_groups(ctx, fn, store_path, groups, sizes, *, args=None, row_bytes: int, desc: str, device: str = "cpu",
-               target_bytes: int = GROUP_TASK_BYTES):
+               target_bytes: int | None = None):
     """Yield ``fn(store, g, arg)`` for each of ``groups`` in order, run by ``ctx.executor`` as tasks
     over batches of groups (:func:`group_batches`), each reading only its groups from the store at
-    ``store_path`` (shared storage). ``args`` (optional, aligned with ``groups``) are per-group values
-    that travel with their batch. ``fn`` must be picklable; a CUDA ``device`` asks for one GPU per task.
+    ``store_path`` (shared storage). ``args`` (optional, a sequence aligned with ``groups``) are
+    per-group values that travel with their batch. ``fn`` must be picklable; a CUDA ``device`` asks for one GPU per task.
     """
     groups = np.asarray(groups, np.int64)
-    args = None if args is None else np.asarray(args)
     batches = group_batches(sizes, groups, row_bytes, target_bytes)
-    if args is None:
-        items = [(b, None) for b in batches]
-    else:
-        cuts = np.cumsum([len(b) for b in batches])[:-1]
-        items = list(zip(batches, np.split(args, cuts), strict=True))
+    ends = np.cumsum([len(b) for b in batches]).tolist()
+    items = [(b, None if args is None else args[end - len(b) : end]) for b, end in zip(batches, ends, strict=True)]
     resources = {"num_gpus": 1} if str(device).startswith("cuda") else None
     task = partial(_group_batch, fn, str(store_path))
     for results in ctx.executor.map(task, items, desc=desc, unit="task", resources=resources):

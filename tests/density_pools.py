@@ -6,6 +6,9 @@ similarity matrix per cluster, global sorts); the streaming filters must return 
 
 from __future__ import annotations
 
+import os
+from functools import partial
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -149,3 +152,33 @@ def run(filt, root, workers=2, candidates=None, tmp=None):
 def same(a, b):
     a, b = sort_records(np.asarray(a, UID_DTYPE)), sort_records(np.asarray(b, UID_DTYPE))
     assert len(a) == len(b) and np.array_equal(a, b)
+
+
+# ---- a spy executor: which maps ran, over what, in which processes --------------------------------
+def _pid_and_result(fn, item):
+    return os.getpid(), fn(item)
+
+
+class SpyExecutor(LocalExecutor):
+    """A LocalExecutor that records every ``map`` call: desc, unit, items, resources and the ids of
+    the processes its tasks ran in."""
+
+    def __init__(self, workers=2):
+        super().__init__(workers, show_progress=False)
+        self.calls: list[dict] = []
+
+    def map(self, fn, items, *, desc="", unit="shard", total=None, threads=False, resources=None):
+        items = list(items)
+        call = {"desc": desc, "unit": unit, "items": items, "resources": resources, "pids": []}
+        self.calls.append(call)
+        if threads:  # thread steps share driver objects and run in the driver anyway
+            yield from super().map(fn, items, desc=desc, unit=unit, total=total, threads=True, resources=resources)
+            return
+        for pid, result in super().map(partial(_pid_and_result, fn), items, desc=desc, unit=unit, total=total,
+                                       resources=resources):
+            call["pids"].append(pid)
+            yield result
+
+    def group_calls(self, word: str) -> list[dict]:
+        """The per-group maps (unit "task") whose desc contains ``word``."""
+        return [c for c in self.calls if c["unit"] == "task" and word in c["desc"]]

@@ -35,6 +35,7 @@ from clipsift.clustering import (
     map_groups,
     normalize,
     records,
+    store_row_bytes,
 )
 from clipsift.errors import ParamError
 from clipsift.filter import Filter, RunContext, Selection
@@ -144,15 +145,6 @@ def eps_for_target(m_values: np.ndarray, target: float) -> float:
 
 
 # ---- per-cluster tasks (run by the executor; each opens the store from its path) -----------------
-def _row_bytes(store, name: str) -> int:
-    """Bytes per row of one stored array (for batching clusters into tasks)."""
-    if not store.sizes.any():
-        return 1
-    first = int(np.argmax(store.sizes > 0))
-    a = store.read_rows(first, 0, 1, [name])[name]
-    return int(a.dtype.itemsize * np.prod(a.shape[1:], dtype=np.int64))
-
-
 def _cluster_step(keep: str, seed: int, block: int, cap: int, device: str, thr, store, g: int, _arg=None):
     """One cluster's M (``thr`` None), or the uid records of its rows with M ≤ ``thr``."""
     m = cluster_max_similarity(store.read(g, ["gidx", "sim", "emb"]), keep, seed, g, block=block, cap=cap, device=device)
@@ -190,12 +182,12 @@ def run_semdedup(ctx: RunContext, *, source: EmbeddingSource, k: int | None = No
         lap("assign")
         device = ctx.torch_device()
         groups = np.flatnonzero(store.sizes)
-        emb_bytes = _row_bytes(store, "emb")
         if target is None and eps is None:
             eps = DEFAULT_EPS
         thr = None if target is not None else threshold(eps)
         pairwise = partial(_cluster_step, keep, seed, block, cap, device, thr)
-        results = map_groups(ctx, pairwise, work / "store", groups, store.sizes, row_bytes=emb_bytes + 24,
+        row_bytes = store_row_bytes(store, ("emb", "gidx", "sim", "uid_hi", "uid_lo"))
+        results = map_groups(ctx, pairwise, work / "store", groups, store.sizes, row_bytes=row_bytes,
                              desc=f"{desc}: clusters", device=device)
         if thr is not None:  # eps known up front: the tasks return each cluster's kept uids directly
             parts = list(results)
