@@ -87,15 +87,16 @@ class ClipCovFilter(Filter):
     def select(self, ctx: RunContext) -> Selection:
         run_dir = self._run_dir(ctx)
         part = build_partition(self, ctx, run_dir)
-        store = group_rows(ctx, part, self.embeddings, self.check_scores, run_dir / "grouped")
+        store_path = run_dir / "grouped"
+        store = group_rows(ctx, part, self.embeddings, self.check_scores, store_path)
         device = ctx.torch_device()
         n = store.num_rows
         shortfall: dict = {}
         k = keep_count(n, self.fraction, self.count, owner="clipcov", details=shortfall)
         block = self.block or (4096 if device == "cpu" else 16384)
         s = Settings(self.mode, self.embeddings, self.batch, self.threshold, self.cap, self.fast, block, device, self.redundancy_scale)
-        units = make_units(store, self.cap, device, run_dir / f"units-{self.cap}.npz")
-        loader = UnitLoader(store, part, s)
+        units = make_units(ctx, store, store_path, self.cap, device, run_dir / f"units-{self.cap}.npz")
+        loader = UnitLoader(store, part, s, store_path)
         if self.fast:
             self.log.warning("clipcov: %s", FAST_NOTE)
         if self.mode == "reference":
@@ -103,10 +104,10 @@ class ClipCovFilter(Filter):
         elif self.mode == "scalable":
             f = k / n if n else 0.0
             seq_dir = run_dir / ("seq-" + _digest([self.batch, self.threshold, self.cap, self.fast, f]))
-            out = run_scalable(loader, units, k, self.batch, f, seq_dir)
+            out = run_scalable(ctx, loader, units, k, self.batch, f, seq_dir)
         else:
-            out = run_fixed(loader, units, k, self.redundancy_scale)
-        uids = uids_of(store, units, out)
+            out = run_fixed(ctx, loader, units, k, self.redundancy_scale)
+        uids = uids_of(ctx, loader, units, out)
         unit_class = np.asarray([c for c, _ in units], dtype=np.int64)
         K = part.num_classes
         per_class = np.bincount(unit_class, weights=out.unit_counts, minlength=K).astype(np.int64)

@@ -58,6 +58,10 @@ def kmeans_centres(x: np.ndarray, k: int, iters: int = 20, device: str = "cpu", 
 
     Init: the first k distinct rows. Lloyd steps use fp32 cosine assignment and normalised means;
     an empty cluster keeps its centre. Only the final exact assignment decides labels.
+
+    Deliberately not :mod:`clipsift.clustering`'s faiss engine (smallest-uid sample, faiss' seeded
+    init) used by SemDeDup, SSP and DBP: ClipCov's reference specifies this init, sample and fp16
+    canonical centres, and its outputs are compared with that reference.
     """
     import torch
 

@@ -1,9 +1,12 @@
 """ClipCov on a pool (spec §5.2): partition, group rows by class on disk, per-class work, merge.
 
-Only one class's rows are resident at a time (plus small per-class prefixes), so peak memory is
-set by the largest class, not by the pool. Everything lands in a run folder keyed by the inputs
-and parameters, so a re-run with the same ``--workdir`` resumes: the grouped rows and each
-finished class's sequence prefix are reused.
+Per-class work (cap splits, each class's sequence prefix, fixed-mode picks, uid lookups) runs as
+executor tasks, one per class or batch of small classes, each reading only its classes from the
+grouped store on shared storage; the spec makes class sequences independent, so only the heap merge
+(P4, with its on-demand resumptions) and the dense reference mode stay in the driver. A task holds
+its batch's rows, so peak memory is set by the largest class, not by the pool. Everything lands in
+a run folder keyed by the inputs and parameters, so a re-run with the same ``--workdir`` resumes:
+the grouped rows and each finished class's sequence prefix are reused.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clipsift.errors import ParamError
+from clipsift.clustering import map_groups, store_row_bytes
+from clipsift.errors import ClipsiftError, ParamError
 from clipsift.filters.clipcov.fixed import class_budgets, fixed_class
 from clipsift.filters.clipcov.numeric import unit_canonical
 from clipsift.filters.clipcov.partition import (
@@ -124,9 +128,12 @@ def _sample_by_rank(arch, step, starts, batch):
 
 def group_rows(ctx, part: Partition, arch: str, check_scores: bool, path: Path) -> GroupedStore:
     """P2: class-contiguous canonical fp16 rows, global indices and uids (reused when complete)."""
-    if (path / "grouped.json").is_file():
+    try:
+        store = GroupedStore.open(path)
         log.info("clipcov: reusing grouped rows at %s", path)
-        return GroupedStore.open(path)
+        return store
+    except ClipsiftError:  # not built yet, or an interrupted build: build it
+        pass
     col = f"clip_{arch}_similarity_score"
     columns = (col,) if check_scores and col in ctx.pool.schema.names else ()
     if check_scores and not columns:
@@ -138,24 +145,25 @@ def group_rows(ctx, part: Partition, arch: str, check_scores: bool, path: Path) 
 
 
 # ---- units: classes, or sub-classes under a cap (§5.4) --------------------------------------------
-def make_units(store: GroupedStore, cap: int | None, device: str, path: Path) -> list[tuple[int, np.ndarray | None]]:
-    """(class, local rows or None for the whole class) per unit, persisted for resumption."""
+def make_units(ctx, store: GroupedStore, store_path: Path, cap: int | None, device: str, path: Path) -> list[tuple[int, np.ndarray | None]]:
+    """(class, local rows or None for the whole class) per unit, persisted for resumption; classes
+    above ``cap`` are split by executor tasks, one per class (or batch of classes)."""
     if cap is None:
         return [(c, None) for c in range(store.num_groups) if store.sizes[c] > 0]
     if path.is_file():
         with np.load(path) as z:
             cls, starts, lens, rows = z["cls"], z["starts"], z["lens"], z["rows"]
         return [(int(c), None if st < 0 else rows[st : st + ln]) for c, st, ln in zip(cls, starts, lens, strict=True)]
+    big = np.flatnonzero(store.sizes > cap)
+    splits = dict(zip(big.tolist(), map_groups(ctx, partial(_split_task, cap, device), store_path, big, store.sizes,
+                                               row_bytes=store_row_bytes(store, ["img"]), desc="clipcov: split classes",
+                                               device=device), strict=True))
     units = []
-    for c in range(store.num_groups):
-        n = int(store.sizes[c])
-        if n == 0:
-            continue
-        if n <= cap:
+    for c in np.flatnonzero(store.sizes).tolist():
+        if c in splits:
+            units.extend((c, part) for part in splits[c])
+        else:
             units.append((c, None))
-            continue
-        img = read_group(store, c, ["img"])["img"]
-        units.extend((c, part) for part in split_class(img, cap, device))
     starts, lens, flat, pos = [], [], [], 0
     for _, rows in units:
         starts.append(-1 if rows is None else pos)
@@ -173,36 +181,44 @@ def make_units(store: GroupedStore, cap: int | None, device: str, path: Path) ->
     return units
 
 
-def _npy_layout(path: Path) -> tuple[int, np.dtype, tuple]:
-    with open(path, "rb") as fh:
-        version = np.lib.format.read_magic(fh)
-        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = reader(fh)
-        return fh.tell(), dtype, shape
+def _split_task(cap: int, device: str, store, c: int, _arg=None) -> list[np.ndarray]:
+    """One class's task: its sub-classes of at most ``cap`` rows (local row indices)."""
+    return split_class(read_group(store, c, ["img"])["img"], cap, device)
+
+
+def unit_sizes(store: GroupedStore, units) -> np.ndarray:
+    """Rows of each unit."""
+    return np.asarray([store.sizes[c] if local is None else len(local) for c, local in units], dtype=np.int64)
+
+
+def map_units(ctx, fn, loader: UnitLoader, units, unit_ids, *, args=None, desc: str):
+    """Yield ``fn(loader, i, unit, arg)`` for the given unit indices, in order, run by the executor as
+    tasks over batches of units (each task rebuilds a loader from the store path: tasks never carry
+    the driver's store). ``args``: optional per-unit values aligned with ``unit_ids``."""
+    unit_ids = np.asarray(unit_ids, np.int64)
+    per_unit = [units[i] for i in unit_ids.tolist()]
+    items = list(zip(per_unit, [None] * len(per_unit) if args is None else args, strict=True))
+    task = partial(_unit_task, fn, loader.part, loader.s)
+    row_bytes = store_row_bytes(loader.store, ["img", "txt", "gidx"])
+    yield from map_groups(ctx, task, loader.store_path, unit_ids, unit_sizes(loader.store, units), args=items,
+                          row_bytes=row_bytes, desc=desc, device=loader.s.device)
+
+
+def _unit_task(fn, part: Partition, s: Settings, store, i: int, item):
+    unit, arg = item
+    return fn(UnitLoader(store, part, s), i, unit, arg)
 
 
 def read_group(store: GroupedStore, c: int, names=None) -> dict[str, np.ndarray]:
-    """One group's arrays read into memory with plain file reads.
-
-    Unlike memory-mapped slices, these pages do not stay mapped into the process after use, so
-    resident memory stays set by the largest class instead of growing with the pool.
-    """
-    lo, n = int(store.offsets[c]), int(store.sizes[c])
-    out = {}
-    for name in names or store.names:
-        path = store.path / f"{name}.npy"
-        header, dtype, shape = _npy_layout(path)
-        per_row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
-        arr = np.fromfile(path, dtype=dtype, count=n * per_row, offset=header + lo * per_row * dtype.itemsize)
-        out[name] = arr.reshape((n, *shape[1:]))
-    return out
+    """One group's arrays copied into memory (tasks drop their store, and its maps, when done)."""
+    return {name: np.array(a) for name, a in store.read(c, names).items()}
 
 
 class UnitLoader:
     """Builds a unit's :class:`ClassProblem` from the grouped store (one class resident)."""
 
-    def __init__(self, store: GroupedStore, part: Partition, s: Settings):
-        self.store, self.part, self.s = store, part, s
+    def __init__(self, store: GroupedStore, part: Partition, s: Settings, store_path: Path | None = None):
+        self.store, self.part, self.s, self.store_path = store, part, s, store_path
         self._parent_vec: dict[int, np.ndarray] = {}
 
     def rows(self, unit, names=None) -> dict[str, np.ndarray]:
@@ -259,19 +275,17 @@ def run_reference(loader: UnitLoader, units, k: int, B: int) -> Outcome:
     return Outcome(res.order, res.keys, unit_of, res.counts, res.refreshes)
 
 
-def run_scalable(loader: UnitLoader, units, k: int, B: int, fraction: float, seq_dir: Path) -> Outcome:
+def run_scalable(ctx, loader: UnitLoader, units, k: int, B: int, fraction: float, seq_dir: Path) -> Outcome:
     """P3 per unit (persisted prefix + state), then the P4 heap merge with on-demand resumption."""
     seq_dir.mkdir(parents=True, exist_ok=True)
+    todo = [i for i in range(len(units)) if not (seq_dir / f"u{i:06d}.npz").is_file()]
+    if len(todo) < len(units):
+        log.info("clipcov: %d of %d class sequences reused from %s", len(units) - len(todo), len(units), seq_dir)
+    for _ in map_units(ctx, partial(_prefix_task, B, fraction, str(seq_dir)), loader, units, todo, desc="clipcov: classes"):
+        pass
     heads, refresh_lists = [], []
-    for i, unit in enumerate(progress(units, desc="clipcov: classes", unit="class")):
-        f = seq_dir / f"u{i:06d}.npz"
-        if not f.is_file():
-            prob = loader.problem(unit)
-            seq = ClassSequence(prob, B)
-            keys, loc = seq.extend(prefix_length(prob.n, fraction, B))
-            _save_npz(f, keys=keys, gidx=prob.gidx[loc], exhausted=seq.exhausted, r=prob.r, lsim=prob.lsim, **_state(seq))
-            del prob, seq
-        with np.load(f) as z:
+    for i in range(len(units)):
+        with np.load(seq_dir / f"u{i:06d}.npz") as z:
             heads.append((z["keys"], z["gidx"], bool(z["exhausted"])))
             refresh_lists.append(z["refresh_counts"])
     resumed = set()
@@ -297,41 +311,58 @@ def run_scalable(loader: UnitLoader, units, k: int, B: int, fraction: float, seq
     return Outcome(order, keys, unit_of, counts, refreshes, len(resumed))
 
 
+def _prefix_task(B: int, fraction: float, seq_dir: str, loader: UnitLoader, i: int, unit, _arg=None) -> None:
+    """One unit's task (P3): its sequence prefix and state, saved to the run folder for the merge."""
+    prob = loader.problem(unit)
+    seq = ClassSequence(prob, B)
+    keys, loc = seq.extend(prefix_length(prob.n, fraction, B))
+    _save_npz(Path(seq_dir) / f"u{i:06d}.npz", keys=keys, gidx=prob.gidx[loc], exhausted=seq.exhausted, r=prob.r, lsim=prob.lsim, **_state(seq))
+
+
 def _state(seq: ClassSequence) -> dict:
     st = seq.state()
     return {k: np.asarray(v) for k, v in st.items()}
 
 
-def run_fixed(loader: UnitLoader, units, k: int, redundancy_scale: float) -> Outcome:
-    sizes = [loader.store.sizes[c] if local is None else len(local) for c, local in units]
-    kc = class_budgets(sizes, k)
+def run_fixed(ctx, loader: UnitLoader, units, k: int, redundancy_scale: float) -> Outcome:
+    kc = class_budgets(unit_sizes(loader.store, units).tolist(), k)
+    todo = np.flatnonzero(kc)
     order, keys, unit_of = [], [], []
-    for i, unit in enumerate(progress(units, desc="clipcov: classes (fixed)", unit="class")):
-        if kc[i] == 0:
-            continue
-        prob = loader.problem(unit)
-        loc, gains = fixed_class(prob, int(kc[i]), redundancy_scale)
-        order.append(prob.gidx[loc])
+    picks = map_units(ctx, partial(_fixed_task, redundancy_scale), loader, units, todo, args=kc[todo].tolist(),
+                      desc="clipcov: classes (fixed)")
+    for i, (gidx, gains) in zip(todo.tolist(), picks, strict=True):
+        order.append(gidx)
         keys.append(gains)
-        unit_of.append(np.full(len(loc), i))
+        unit_of.append(np.full(len(gidx), i))
     cat = lambda xs, dt: np.concatenate(xs) if xs else np.empty(0, dt)  # noqa: E731
     return Outcome(cat(order, np.int64), cat(keys, np.float64), cat(unit_of, np.int64), kc, kc.copy())
 
 
-def uids_of(store: GroupedStore, units, out: Outcome) -> np.ndarray:
-    """uid records of the picks, in pick order."""
+def _fixed_task(redundancy_scale: float, loader: UnitLoader, i: int, unit, budget) -> tuple[np.ndarray, np.ndarray]:
+    """One unit's task in fixed mode: global indices of its ``budget`` picks and their gains."""
+    prob = loader.problem(unit)
+    loc, gains = fixed_class(prob, int(budget), redundancy_scale)
+    return prob.gidx[loc], gains
+
+
+def uids_of(ctx, loader: UnitLoader, units, out: Outcome) -> np.ndarray:
+    """uid records of the picks, in pick order (each unit's lookup is a task)."""
     from clipsift.uids import UID_DTYPE
 
     uids = np.empty(len(out.order), dtype=UID_DTYPE)
-    for i in np.unique(out.unit_of_pick):
-        c, local = units[int(i)]
-        d = read_group(store, c, ["gidx", "uid"])
-        g, u = d["gidx"], d["uid"]
-        if local is not None:
-            g, u = g[local], u[local]
-        mask = out.unit_of_pick == i
-        uids[mask] = u[np.searchsorted(g, out.order[mask])]
+    by_unit = np.argsort(out.unit_of_pick, kind="stable")
+    picked, counts = np.unique(out.unit_of_pick[by_unit], return_counts=True)
+    where = np.split(by_unit, np.cumsum(counts)[:-1]) if len(picked) else []
+    found = map_units(ctx, _uids_task, loader, units, picked, args=[out.order[w] for w in where], desc="clipcov: uids")
+    for w, u in zip(where, found, strict=True):
+        uids[w] = u
     return uids
+
+
+def _uids_task(loader: UnitLoader, i: int, unit, order) -> np.ndarray:
+    """uid records of one unit's picks (global indices ``order``)."""
+    d = loader.rows(unit, ["gidx", "uid"])
+    return d["uid"][np.searchsorted(d["gidx"], order)]
 
 
 __all__ = [
@@ -346,5 +377,6 @@ __all__ = [
     "run_scalable",
     "run_fixed",
     "uids_of",
+    "map_units",
     "refreshes_expected",
 ]
