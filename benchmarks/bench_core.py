@@ -5,6 +5,12 @@ output); a second floor reads the shards with two threads. ``cpu s`` is user+sys
 threads, which is steadier than wall time on a shared machine.
 Goal: each filter within 1.3x the floor; peak memory flat between 250k and 1M rows.
 Usage: python benchmarks/bench_core.py [--rows 250000 1000000] [--workers 1] [--uid-only 10000000]
+
+``--sort 1000000 10000000`` instead times the sorted uid writers on uniform random records made
+by map tasks (shards of ``--shard-rows``): ``UidSorter`` (tasks return their records, the driver
+spills and sorts them) against ``SortedUidParts`` (tasks write parts, sort tasks per bucket range,
+the driver concatenates); ``write s`` is the sort + ``.npy`` write after the map, ``driver MB`` the
+driver's VmHWM, ``workers MB`` the largest worker's; both must write the same bytes.
 """
 
 from __future__ import annotations
@@ -50,6 +56,62 @@ with tempfile.TemporaryDirectory() as tmp:  # timed up to the written subset, no
 """
 
 
+SORT = """
+import time, tempfile, os, resource, hashlib
+import numpy as np
+from functools import partial
+from clipsift.executor import LocalExecutor
+from clipsift.uids import UID_DTYPE
+from clipsift.uidsort import UidSorter, SortedUidParts
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+def shard(i):
+    rng = np.random.default_rng(i)
+    r = np.empty(min({shard_rows}, {rows} - i * {shard_rows}), dtype=UID_DTYPE)
+    r["f0"] = rng.integers(0, 2**64 - 1, len(r), dtype=np.uint64, endpoint=True)
+    r["f1"] = rng.integers(0, 2**64 - 1, len(r), dtype=np.uint64, endpoint=True)
+    return r
+def write_part(writer, i):
+    return writer.write(f"{{i:06d}}", shard(i))
+shards = range(-(-{rows} // {shard_rows}))
+ex = LocalExecutor({workers}, show_progress=False)
+with tempfile.TemporaryDirectory(dir={tmp!r}) as tmp:
+    c, t = cpu(), time.perf_counter()
+    if {job!r} == "UidSorter":
+        out = UidSorter({rows}, tmp, threads={workers})
+        for r in ex.map(shard, shards):
+            out.add(r)
+    else:
+        out = SortedUidParts(os.path.join(tmp, "uids"), {rows}, ex)
+        for part in ex.map(partial(write_part, out.writer), shards):
+            out.add_part(part)
+    t_map = time.perf_counter()
+    path, digest = out.write_npy(os.path.join(tmp, "s.npy"))
+    t_end = time.perf_counter()
+    out.close()
+    result = {{"seconds": t_end - t, "write": t_end - t_map, "cpu": cpu() - c, "rows": out.count, "file_sha256": out.file_sha256}}
+"""
+
+
+def sort_benchmark(args) -> None:
+    """The two sorted uid writers at each size; same bytes asserted through the file sha256."""
+    out = []
+    for rows in args.sort:
+        for workers in args.workers:
+            runs = {}
+            for job in ("UidSorter", "SortedUidParts"):
+                code = SORT.format(rows=rows, shard_rows=args.shard_rows, workers=workers, job=job, tmp=args.tmp)
+                best = min((isolated(code) for _ in range(args.repeat)), key=lambda r: r["seconds"])
+                runs[job] = best
+                out.append({"rows": rows, "job": job, "workers": workers, "s": f"{best['seconds']:.2f}",
+                            "write s": f"{best['write']:.2f}", "driver cpu s": f"{best['cpu']:.2f}",
+                            "driver MB": best["peak_rss_mb"], "workers MB": best["peak_children_rss_mb"]})
+            same = runs["UidSorter"]["file_sha256"] == runs["SortedUidParts"]["file_sha256"]
+            out[-1]["same bytes"] = out[-2]["same bytes"] = "yes" if same else "NO"
+    print(table(out, ["rows", "job", "workers", "s", "write s", "driver cpu s", "driver MB", "workers MB", "same bytes"]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rows", type=int, nargs="+", default=[250_000, 1_000_000])
@@ -57,7 +119,14 @@ def main() -> None:
     ap.add_argument("--uid-only", type=int, nargs="*", default=[], metavar="ROWS",
                     help="also pools of this many rows holding only a uid column (e.g. 10000000)")
     ap.add_argument("--repeat", type=int, default=7, help="best of N")
+    ap.add_argument("--sort", type=int, nargs="*", default=[], metavar="ROWS",
+                    help="time the sorted uid writers at these record counts instead")
+    ap.add_argument("--shard-rows", type=int, default=10_000, help="records per map task with --sort")
+    ap.add_argument("--tmp", default=None, help="scratch folder for --sort (default: the system's)")
     args = ap.parse_args()
+    if args.sort:
+        sort_benchmark(args)
+        return
     rows_out = []
     pools = [(rows, synthetic_pool) for rows in args.rows] + [(rows, uid_only_pool) for rows in args.uid_only]
     for rows, make in pools:

@@ -40,6 +40,8 @@ from clipsift.stagecache import url_fs
 
 MAGIC = b"CSPART01"
 _FIXED = struct.Struct("<8sQQQQQ")  # magic, partitions, rows, itemsize, dtype length, reserved
+_HEAD = np.dtype([("magic", "S8"), ("partitions", "<u8"), ("rows", "<u8"), ("itemsize", "<u8"), ("dtype_len", "<u8"),
+                  ("reserved", "<u8")])
 SUFFIX = ".part"
 _WRITE_ROWS = 1 << 16  # rows gathered per write: no second part-sized copy while writing
 
@@ -227,22 +229,18 @@ class PartFolder:
         o_lo, o_hi = self._offsets_at(lo), self._offsets_at(hi + 1)
         got = _read_ranges(fs, [p for p in paths for _ in (0, 1)], [v for _ in paths for v in (0, o_lo)],
                            [v for _ in paths for v in (_FIXED.size, o_hi)])
-        counts = np.zeros((len(names), hi - lo), dtype=np.int64)
-        starts = np.zeros(len(names), dtype=np.int64)
+        heads = np.frombuffer(b"".join(got[0::2]), dtype=_HEAD)  # the reads are checked for length
+        offs = np.frombuffer(b"".join(got[1::2]), dtype="<i8").reshape(len(names), hi - lo + 1)
         want = len(dtype_descr(dtype).encode())
-        for i, name in enumerate(names):
-            _, rows, itemsize, dtype_len = self._check_head(name, got[2 * i])
-            if itemsize != dtype.itemsize or dtype_len != want:
-                raise ShuffleError(f"{self.path(name)}: rows of {itemsize} bytes, expected {dtype} ({dtype.itemsize} bytes); "
-                                   "the parts come from different steps: remove the folder and rerun")
-            raw = got[2 * i + 1]
-            if len(raw) != o_hi - o_lo:
-                raise ShuffleError(f"{self.path(name)}: incomplete part (short index); rerun the step that writes it")
-            offs = np.frombuffer(raw, dtype="<i8")
-            if np.any(np.diff(offs) < 0) or offs[-1] > rows:
-                raise ShuffleError(f"{self.path(name)}: damaged part index; remove it and rerun the step")
-            counts[i] = np.diff(offs)
-            starts[i] = self._data_start(dtype_len) + int(offs[0]) * itemsize
+        for i in np.flatnonzero((heads["magic"] != MAGIC) | (heads["partitions"] != self.num_partitions)):
+            self._check_head(names[i], got[2 * i])  # raises, naming the part
+        for i in np.flatnonzero((heads["itemsize"] != dtype.itemsize) | (heads["dtype_len"] != want)):
+            raise ShuffleError(f"{self.path(names[i])}: rows of {heads['itemsize'][i]} bytes, expected {dtype} "
+                               f"({dtype.itemsize} bytes); the parts come from different steps: remove the folder and rerun")
+        counts = np.diff(offs, axis=1)
+        for i in np.flatnonzero((counts < 0).any(axis=1) | (offs[:, -1] > heads["rows"].astype(np.int64))):
+            raise ShuffleError(f"{self.path(names[i])}: damaged part index; remove it and rerun the step")
+        starts = self._data_start(want) + offs[:, 0] * dtype.itemsize
         return RangeIndex(names, lo, hi, dtype, counts, starts)
 
     def read(self, index: RangeIndex, parts: slice = slice(None)) -> np.ndarray:
@@ -366,12 +364,18 @@ def _read_ranges(fs, paths, starts, ends, into: memoryview | None = None) -> lis
                 into[pos : pos + len(blob)] = blob
                 pos += len(blob)
         return out
-    for path, start, end in zip(paths, starts, ends):
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise ShuffleError(f"{path}: part missing; rerun the step that writes it") from None
-        try:
+    fd, open_path = None, None
+    try:
+        for path, start, end in zip(paths, starts, ends):
+            if path != open_path:  # consecutive ranges of one file share a descriptor
+                if fd is not None:
+                    os.close(fd)
+                    fd = None
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except FileNotFoundError:
+                    raise ShuffleError(f"{path}: part missing; rerun the step that writes it") from None
+                open_path = path
             if into is None:
                 buf = bytearray(end - start)
                 _pread_into(fd, memoryview(buf), start, path)
@@ -379,7 +383,8 @@ def _read_ranges(fs, paths, starts, ends, into: memoryview | None = None) -> lis
             else:
                 _pread_into(fd, into[pos : pos + end - start], start, path)
                 pos += end - start
-        finally:
+    finally:
+        if fd is not None:
             os.close(fd)
     return out
 

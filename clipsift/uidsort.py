@@ -48,6 +48,7 @@ from clipsift.shuffle import (
     Part,
     PartFolder,
     dtype_descr,
+    group_by_partition,
     put_atomic,
     pwrite_all,
     ranges_by_size,
@@ -61,7 +62,7 @@ CHUNK_ROWS = 1 << 18  # 4 MiB of records gathered before each write to the spill
 MIN_SLICE_ROWS = 256  # rows of a bucket per chunk, at least: chunks grow past 4 MiB beyond 1024 buckets
 MAX_BUCKET_BITS = 12
 _WRITE_ROWS = 1 << 15  # rows gathered per write of a chunk
-TASK_ROWS = 1 << 21  # records one sort task reads and sorts at once (32 MiB; plus one bucket at most)
+TASK_ROWS = 1 << 20  # records one sort task reads and sorts at once (16 MiB; plus one bucket at most)
 
 
 def bucket_bits(expected_rows: int, bucket_rows: int = BUCKET_ROWS) -> int:
@@ -278,8 +279,15 @@ class UidPartWriter:
 
 def sorted_range(folder: PartFolder, names, lo: int, hi: int) -> np.ndarray:
     """Buckets ``[lo, hi)`` of every part, sorted (DataComp's order, duplicates kept)."""
-    records, _ = folder.read_range(names, lo, hi, UID_DTYPE)
-    return records[sort_order(records)]
+    records, index = folder.read_range(names, lo, hi, UID_DTYPE)
+    if hi - lo == 1:
+        return records[sort_order(records)]
+    records, sizes = group_by_partition(records, index)  # bucket by bucket: one radix pass
+    ends = np.cumsum(sizes)
+    for start, end in zip((ends - sizes).tolist(), ends.tolist()):  # a bucket is sorted within the CPU caches
+        if end - start > 1:
+            records[start:end] = records[start:end][sort_order(records[start:end])]
+    return records
 
 
 def _sort_task(folder: PartFolder, names, out_url: str, bucket_range: tuple[int, int]) -> tuple[int, int, int]:
