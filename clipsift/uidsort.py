@@ -321,7 +321,8 @@ class SortedUidParts:
         self.task_rows = max(1, int(task_rows))
         self.count = 0
         self.file_sha256: str | None = None
-        self._names: list[str] = []
+        self._names: list[str] = []  # registered parts, in order
+        self._seen: set[str] = set()
         self._bucket_rows = np.zeros(self.num_buckets, dtype=np.int64)
         self._lock = threading.Lock()
         self._pending: list[np.ndarray] = []  # records added in the driver, not yet written
@@ -343,6 +344,10 @@ class SortedUidParts:
         if not part.rows:
             return
         with self._lock:
+            if part.name in self._seen:
+                raise ClipsiftError(f"{self.folder.path(part.name)}: part registered twice; give each map step's "
+                                    "parts their own names (e.g. a step prefix before the shard rank)")
+            self._seen.add(part.name)
             self._names.append(part.name)
             np.add.at(self._bucket_rows, np.asarray(part.partitions, dtype=np.int64), np.asarray(part.counts, dtype=np.int64))
             self.count += int(part.rows)

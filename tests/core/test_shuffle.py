@@ -16,11 +16,13 @@ import pytest
 from conftest import write_pool
 
 import clipsift.shuffle as shuffle
+from clipsift.errors import ClipsiftError
 from clipsift.executor import LocalExecutor
 from clipsift.filter import RunContext
 from clipsift.grouped import GroupedStore
 from clipsift.pool import Pool
 from clipsift.shuffle import PartFolder, ShuffleError, group_by_partition, pack, ranges_by_size
+from clipsift.stagecache import dumps, loads
 from clipsift.uids import UID_DTYPE
 from clipsift.uidsort import SortedUidParts, UidSorter
 
@@ -97,10 +99,18 @@ def test_sorted_parts_take_driver_adds_and_file_urls(tmp_path):
     out.close()
 
 
-def test_sorted_parts_reject_parts_of_another_dtype(tmp_path):
-    out = SortedUidParts(str(tmp_path / "sort"), 10)
+def test_sorted_parts_take_parts_back_from_a_run_folder_and_refuse_wrong_ones(tmp_path):
+    records = _records(5000, 6)
+    want, _, _ = _reference(records, tmp_path)
+    out = SortedUidParts(str(tmp_path / "sort"), len(records))
+    stored = [dumps(out.writer.write(f"{i:06d}", piece)) for i, piece in enumerate(np.array_split(records, 3))]
+    for blob in stored:  # what a resumed run gets back from its run folder: plain tuples
+        out.add_part(loads(blob))
+    assert Path(out.write_npy(tmp_path / "got.npy")[0]).read_bytes() == want
+    with pytest.raises(ClipsiftError, match="000001.part: part registered twice"):
+        out.add_part(loads(stored[1]))
     other = PartFolder(str(tmp_path / "other"), out.num_buckets).write("x", np.zeros(3, np.int64), np.arange(3.0))
-    with pytest.raises(Exception, match="not uid records"):
+    with pytest.raises(ClipsiftError, match="not uid records"):
         out.add_part(other)
 
 
