@@ -7,7 +7,7 @@ Goal: each filter within 1.3x the floor; peak memory flat between 250k and 1M ro
 Usage: python benchmarks/bench_core.py [--rows 250000 1000000] [--workers 1] [--uid-only 10000000]
 
 ``--sort 1000000 10000000`` instead times the sorted uid writers on uniform random records made
-by map tasks (shards of ``--shard-rows``): ``UidSorter`` (tasks return their records, the driver
+by map tasks (shards of ``--shard-rows``; ``--executor local ray``): ``UidSorter`` (tasks return their records, the driver
 spills and sorts them) against ``SortedUidParts`` (tasks write parts, sort tasks per bucket range,
 the driver concatenates); ``write s`` is the sort + ``.npy`` write after the map, ``driver MB`` the
 driver's VmHWM, ``workers MB`` the largest worker's; both must write the same bytes.
@@ -60,7 +60,7 @@ SORT = """
 import time, tempfile, os, resource, hashlib
 import numpy as np
 from functools import partial
-from clipsift.executor import LocalExecutor
+from clipsift.executor import make_executor
 from clipsift.uids import UID_DTYPE
 from clipsift.uidsort import UidSorter, SortedUidParts
 def cpu():
@@ -75,7 +75,11 @@ def shard(i):
 def write_part(writer, i):
     return writer.write(f"{{i:06d}}", shard(i))
 shards = range(-(-{rows} // {shard_rows}))
-ex = LocalExecutor({workers}, show_progress=False)
+ex = make_executor({executor!r}, workers={workers}, show_progress=False)
+if {executor!r} == "ray":  # the map function lives in __main__: ship it by value
+    import sys, ray
+    ray.cloudpickle.register_pickle_by_value(sys.modules["__main__"])
+    ray.get(ray.remote(lambda: 0).remote())  # start-up is not timed
 with tempfile.TemporaryDirectory(dir={tmp!r}) as tmp:
     c, t = cpu(), time.perf_counter()
     if {job!r} == "UidSorter":
@@ -98,18 +102,18 @@ def sort_benchmark(args) -> None:
     """The two sorted uid writers at each size; same bytes asserted through the file sha256."""
     out = []
     for rows in args.sort:
-        for workers in args.workers:
+        for executor, workers in [(e, w) for e in args.executor for w in args.workers]:
             runs = {}
             for job in ("UidSorter", "SortedUidParts"):
-                code = SORT.format(rows=rows, shard_rows=args.shard_rows, workers=workers, job=job, tmp=args.tmp)
+                code = SORT.format(rows=rows, shard_rows=args.shard_rows, workers=workers, job=job, tmp=args.tmp, executor=executor)
                 best = min((isolated(code) for _ in range(args.repeat)), key=lambda r: r["seconds"])
                 runs[job] = best
-                out.append({"rows": rows, "job": job, "workers": workers, "s": f"{best['seconds']:.2f}",
+                out.append({"rows": rows, "job": job, "executor": executor, "workers": workers, "s": f"{best['seconds']:.2f}",
                             "write s": f"{best['write']:.2f}", "driver cpu s": f"{best['cpu']:.2f}",
                             "driver MB": best["peak_rss_mb"], "workers MB": best["peak_children_rss_mb"]})
             same = runs["UidSorter"]["file_sha256"] == runs["SortedUidParts"]["file_sha256"]
             out[-1]["same bytes"] = out[-2]["same bytes"] = "yes" if same else "NO"
-    print(table(out, ["rows", "job", "workers", "s", "write s", "driver cpu s", "driver MB", "workers MB", "same bytes"]))
+    print(table(out, ["rows", "job", "executor", "workers", "s", "write s", "driver cpu s", "driver MB", "workers MB", "same bytes"]))
 
 
 def main() -> None:
@@ -123,6 +127,7 @@ def main() -> None:
                     help="time the sorted uid writers at these record counts instead")
     ap.add_argument("--shard-rows", type=int, default=10_000, help="records per map task with --sort")
     ap.add_argument("--tmp", default=None, help="scratch folder for --sort (default: the system's)")
+    ap.add_argument("--executor", nargs="+", default=["local"], choices=["local", "ray"], help="executors for --sort")
     args = ap.parse_args()
     if args.sort:
         sort_benchmark(args)
