@@ -7,7 +7,6 @@ Three modes (spec ../shared/specs/clipcov.md): ``reference`` (the notebook's den
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ from clipsift.filters.clipcov.pipeline import (
 )
 from clipsift.io import atomic_path
 from clipsift.params import Param
+from clipsift.stagecache import candidates_digest
 from clipsift.uids import records_to_hex
 
 PARITY_NOTE = "exact: fp64 products of canonical fp16 vectors (spec N1-N6); bit-reproducible on any device"
@@ -77,7 +77,7 @@ class ClipCovFilter(Filter):
 
     def _run_dir(self, ctx: RunContext):
         pool_fp = ctx.pool.fingerprint()["digest"]
-        cand = "all" if ctx.candidates is None else hashlib.sha256(np.ascontiguousarray(ctx.candidates).tobytes()).hexdigest()[:16]
+        cand = candidates_digest(ctx.candidates)[:16]  # a uid array or per-shard masks: the same digest
         files = [file_digest(f) if f and Path(f).is_file() else f for f in (self.class_embeddings, self.labels)]
         # rows left out for bad embeddings (--bad-embeddings drop) change the grouped rows: part of the key
         policy = getattr(ctx, "bad_embeddings", "error")
