@@ -36,12 +36,25 @@ import numpy as np
 from clipsift.embcheck import BAD_EMBEDDING_POLICIES, bad_embedding_rows, screen_embeddings
 from clipsift.errors import ClipsiftError, ParamError, PoolError
 from clipsift.log import get_logger
+from clipsift.params import Param
 from clipsift.uids import UID_DTYPE, hex_to_records
 
 log = get_logger("filters.clustering")
 
 FAISS_MAX_POINTS_PER_CENTROID = 256  # faiss ClusteringParameters default: training is capped at 256·k rows
 
+
+# parameters every filter built on this engine exposes (SemDeDup, SSP, DBP)
+EMBEDDING_PARAMS = (
+    Param("key", str, "l14_img", "pool npz embedding key that drives the clustering"),
+    Param("embeddings", str, None, "external uid-aligned embeddings (.npz uids+emb or .parquet uid+emb, or a folder); overrides key"),
+    Param("missing", str, "error", "pool rows absent from the external embeddings: error or drop", choices=("error", "drop")),
+)
+KMEANS_PARAMS = (
+    Param("niter", int, 100, "k-means iterations (faiss)", min=1, max=2**31 - 1),
+    Param("kmeans_seed", int, 1234, "faiss k-means seed (reference 1234)", min=-(2**31), max=2**31 - 1),
+    Param("train_rows", int, None, "cap on k-means training rows (default 256·k, faiss' own cap)", min=1, max=2**62),
+)
 
 # ---- vectors ---------------------------------------------------------------------------------
 def normalize(x: np.ndarray, chunk: int = 16384) -> np.ndarray:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from clipsift.clustering import distance_order
 from clipsift.errors import ParamError
 
 STAGE_ID = 3  # random streams are seeded from (seed, STAGE_ID, cluster id)
@@ -138,7 +139,7 @@ def take(dist: np.ndarray, gidx: np.ndarray, count: int, mode: str = "hard", see
         return np.empty(0, np.int64)
     if mode == "random":
         return np.sort(np.random.default_rng([int(seed), STAGE_ID, int(cluster)]).choice(n, size=count, replace=False))
-    order = np.lexsort((gidx, -np.asarray(dist, np.float64)))
+    order = distance_order(np.asarray(dist), gidx)
     if mode == "hard":
         return order[:count]
     if mode == "easy":

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from clipsift.clustering import (
+    EMBEDDING_PARAMS,
+    KMEANS_PARAMS,
     EmbeddingSource,
     StageClock,
     assign_to_store,
@@ -38,9 +40,7 @@ from clipsift.filter import Filter, RunContext, Selection
 from clipsift.filters.density import allocation as density
 from clipsift.filters.density.semdedup import (
     DEFAULT_EPS,
-    EMBEDDING_PARAMS,
     KEEP_MODES,
-    KMEANS_PARAMS,
     run_semdedup,
 )
 from clipsift.filters.density.ssp import keep_target

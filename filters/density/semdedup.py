@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from clipsift.clustering import (
+    EMBEDDING_PARAMS,
+    KMEANS_PARAMS,
     EmbeddingSource,
     StageClock,
     assign_to_store,
@@ -222,16 +224,7 @@ def run_semdedup(ctx: RunContext, *, source: EmbeddingSource, k: int | None = No
 
 
 # ---- plugin ------------------------------------------------------------------------------------
-EMBEDDING_PARAMS = (
-    Param("key", str, "l14_img", "pool npz embedding key that drives the clustering"),
-    Param("embeddings", str, None, "external uid-aligned embeddings (.npz uids+emb or .parquet uid+emb, or a folder); overrides key"),
-    Param("missing", str, "error", "pool rows absent from the external embeddings: error or drop", choices=("error", "drop")),
-)
-KMEANS_PARAMS = (
-    Param("niter", int, 100, "k-means iterations (faiss)", min=1, max=2**31 - 1),
-    Param("kmeans_seed", int, 1234, "faiss k-means seed (reference 1234)", min=-(2**31), max=2**31 - 1),
-    Param("train_rows", int, None, "cap on k-means training rows (default 256·k, faiss' own cap)", min=1, max=2**62),
-)
+
 
 
 class SemDeDupFilter(Filter):

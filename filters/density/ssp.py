@@ -20,9 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from clipsift.clustering import (
+    EMBEDDING_PARAMS,
+    KMEANS_PARAMS,
     EmbeddingSource,
     assign_to_store,
     cosine_distance,
+    distance_order,
     fit_centroids,
     map_groups,
     records,
@@ -30,7 +33,6 @@ from clipsift.clustering import (
 from clipsift.errors import ParamError
 from clipsift.filter import Filter, RunContext, Selection
 from clipsift.filters.density import allocation as density
-from clipsift.filters.density.semdedup import EMBEDDING_PARAMS, KMEANS_PARAMS
 from clipsift.log import get_logger
 from clipsift.params import Param
 from clipsift.uids import UID_DTYPE
@@ -73,8 +75,7 @@ def uniform_budgets(sizes: np.ndarray, n_keep: int, ratio: float) -> np.ndarray:
 
 def _top(h: np.ndarray, g: np.ndarray, n: int) -> np.ndarray:
     """Positions of the n largest h (ties by ascending g), in that order."""
-    order = np.lexsort((g, -h.astype(np.float64)))
-    return order[:n]
+    return distance_order(h, g)[:n]
 
 
 def _cluster_picks(rest: int, store, g: int, quota) -> tuple[np.ndarray, tuple | None]:
@@ -82,7 +83,7 @@ def _cluster_picks(rest: int, store, g: int, quota) -> tuple[np.ndarray, tuple |
     of the next ``rest`` hardest, candidates for the global top-``rest`` (None when ``rest`` is 0)."""
     grp = {n: np.asarray(a) for n, a in store.read(g, ["gidx", "uid_hi", "uid_lo", "sim"]).items()}
     h = cosine_distance(grp["sim"])
-    order = np.lexsort((grp["gidx"], -h.astype(np.float64)))
+    order = distance_order(h, grp["gidx"])
     q = int(quota)
     fixed = order[:q]
     picks = records(grp["uid_hi"][fixed], grp["uid_lo"][fixed])
