@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import ast
 import os
-import struct
 import uuid
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -39,7 +38,7 @@ from clipsift.errors import ClipsiftError
 from clipsift.stagecache import url_fs
 
 MAGIC = b"CSPART01"
-_FIXED = struct.Struct("<8sQQQQQ")  # magic, partitions, rows, itemsize, dtype length, reserved
+# a part's fixed header (48 bytes, little-endian); the partition offsets follow it
 _HEAD = np.dtype([("magic", "S8"), ("partitions", "<u8"), ("rows", "<u8"), ("itemsize", "<u8"), ("dtype_len", "<u8"),
                   ("reserved", "<u8")])
 SUFFIX = ".part"
@@ -146,7 +145,7 @@ class PartFolder:
         return fs, [f"{base}/{name}{SUFFIX}" for name in names]
 
     def _offsets_at(self, p: int) -> int:
-        return _FIXED.size + 8 * p
+        return _HEAD.itemsize + 8 * p
 
     def _data_start(self, dtype_len: int) -> int:
         return self._offsets_at(self.num_partitions + 1) + -(-dtype_len // 8) * 8
@@ -172,7 +171,7 @@ class PartFolder:
         counts = np.bincount(narrow, minlength=self.num_partitions).astype(np.int64)
         del narrow
         dtype_bytes = descr.encode()
-        head = _FIXED.pack(MAGIC, self.num_partitions, len(data), data.dtype.itemsize, len(dtype_bytes), 0)
+        head = np.array([(MAGIC, self.num_partitions, len(data), data.dtype.itemsize, len(dtype_bytes), 0)], dtype=_HEAD).tobytes()
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype("<i8")
         pad = b"\0" * (-len(dtype_bytes) % 8)
         fs, path = url_fs(self.path(name))
@@ -198,7 +197,7 @@ class PartFolder:
         """True when the part exists, has this folder's layout and its full size."""
         fs, path = url_fs(self.path(name))
         try:
-            head = _read_ranges(fs, [path], [0], [_FIXED.size])[0]
+            head = _read_ranges(fs, [path], [0], [_HEAD.itemsize])[0]
             size = os.path.getsize(path) if fs is None else fs.size(path)
         except (OSError, ShuffleError):
             return False
@@ -209,9 +208,9 @@ class PartFolder:
         return size == self._data_start(dtype_len) + rows * itemsize
 
     def _check_head(self, name: str, head: bytes) -> tuple[int, int, int, int]:
-        if len(head) < _FIXED.size:
+        if len(head) < _HEAD.itemsize:
             raise ShuffleError(f"{self.path(name)}: incomplete part (short header); rerun the step that writes it")
-        magic, partitions, rows, itemsize, dtype_len, _ = _FIXED.unpack(head[: _FIXED.size])
+        magic, partitions, rows, itemsize, dtype_len, _ = np.frombuffer(head[: _HEAD.itemsize], dtype=_HEAD)[0].item()
         if magic != MAGIC:
             raise ShuffleError(f"{self.path(name)}: not a clipsift part file; remove it and rerun the step")
         if partitions != self.num_partitions:
@@ -228,7 +227,7 @@ class PartFolder:
         fs, paths = self._located(names)
         o_lo, o_hi = self._offsets_at(lo), self._offsets_at(hi + 1)
         got = _read_ranges(fs, [p for p in paths for _ in (0, 1)], [v for _ in paths for v in (0, o_lo)],
-                           [v for _ in paths for v in (_FIXED.size, o_hi)])
+                           [v for _ in paths for v in (_HEAD.itemsize, o_hi)])
         heads = np.frombuffer(b"".join(got[0::2]), dtype=_HEAD)  # the reads are checked for length
         offs = np.frombuffer(b"".join(got[1::2]), dtype="<i8").reshape(len(names), hi - lo + 1)
         want = len(dtype_descr(dtype).encode())
