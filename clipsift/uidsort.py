@@ -395,13 +395,21 @@ class SortedUidParts:
             for lo, hi in ranges:
                 yield sorted_range(self.folder, names, lo, hi)
             return
-        if self._sorted is None:
-            task = partial(_sort_task, self.folder, names, f"{self.url}/sorted")
-            self._sorted = list(self.executor.map(task, ranges, desc="sort uids", unit="range"))
+        if self._sorted is not None:  # sorted by an earlier pass
+            for lo, hi, _ in self._sorted:
+                yield from self._read_sorted(lo, hi)
+            return
+        task = partial(_sort_task, self.folder, names, f"{self.url}/sorted")
+        done = []
+        for lo, hi, rows in self.executor.map(task, ranges, desc="sort uids", unit="range"):
+            done.append((lo, hi, rows))  # ranges arrive in order: stream each while later ones sort
+            yield from self._read_sorted(lo, hi)
+        self._sorted = done
+
+    def _read_sorted(self, lo: int, hi: int) -> Iterator[np.ndarray]:
         piece = CHUNK_ROWS * UID_DTYPE.itemsize
-        for lo, hi, _ in self._sorted:
-            for data in read_pieces(_range_url(f"{self.url}/sorted", lo, hi), piece):
-                yield np.frombuffer(data, dtype=UID_DTYPE)
+        for data in read_pieces(_range_url(f"{self.url}/sorted", lo, hi), piece):
+            yield np.frombuffer(data, dtype=UID_DTYPE)
 
     def to_array(self) -> np.ndarray:
         """All records, sorted, in memory (for callers that need the whole array)."""
