@@ -191,15 +191,16 @@ def unit_sizes(store: GroupedStore, units) -> np.ndarray:
     return np.asarray([store.sizes[c] if local is None else len(local) for c, local in units], dtype=np.int64)
 
 
-def map_units(ctx, fn, loader: UnitLoader, units, unit_ids, *, args=None, desc: str):
+def map_units(ctx, fn, loader: UnitLoader, units, unit_ids, *, args=None, desc: str, reads=("img", "txt", "gidx")):
     """Yield ``fn(loader, i, unit, arg)`` for the given unit indices, in order, run by the executor as
     tasks over batches of units (each task rebuilds a loader from the store path: tasks never carry
-    the driver's store). ``args``: optional per-unit values aligned with ``unit_ids``."""
+    the driver's store). ``args``: optional per-unit values aligned with ``unit_ids``; ``reads``: the
+    arrays ``fn`` reads, which size the batches."""
     unit_ids = np.asarray(unit_ids, np.int64)
     per_unit = [units[i] for i in unit_ids.tolist()]
     items = list(zip(per_unit, [None] * len(per_unit) if args is None else args, strict=True))
     task = partial(_unit_task, fn, loader.part, loader.s)
-    row_bytes = store_row_bytes(loader.store, ["img", "txt", "gidx"])
+    row_bytes = store_row_bytes(loader.store, reads)
     yield from map_groups(ctx, task, loader.store_path, unit_ids, unit_sizes(loader.store, units), args=items,
                           row_bytes=row_bytes, desc=desc, device=loader.s.device)
 
@@ -353,7 +354,8 @@ def uids_of(ctx, loader: UnitLoader, units, out: Outcome) -> np.ndarray:
     by_unit = np.argsort(out.unit_of_pick, kind="stable")
     picked, counts = np.unique(out.unit_of_pick[by_unit], return_counts=True)
     where = np.split(by_unit, np.cumsum(counts)[:-1]) if len(picked) else []
-    found = map_units(ctx, _uids_task, loader, units, picked, args=[out.order[w] for w in where], desc="clipcov: uids")
+    found = map_units(ctx, _uids_task, loader, units, picked, args=[out.order[w] for w in where], desc="clipcov: uids",
+                      reads=("gidx", "uid"))
     for w, u in zip(where, found, strict=True):
         uids[w] = u
     return uids
