@@ -9,8 +9,9 @@ Usage: python benchmarks/bench_core.py [--rows 250000 1000000] [--workers 1] [--
 ``--sort 1000000 10000000`` instead times the sorted uid writers on uniform random records made
 by map tasks (shards of ``--shard-rows``; ``--executor local ray``): ``UidSorter`` (tasks return their records, the driver
 spills and sorts them) against ``SortedUidParts`` (tasks write parts, sort tasks per bucket range,
-the driver concatenates); ``write s`` is the sort + ``.npy`` write after the map, ``driver MB`` the
-driver's VmHWM, ``workers MB`` the largest worker's; both must write the same bytes.
+the driver concatenates); ``write s`` is the sort + ``.npy`` write after the map, ``workers cpu s``
+the local worker processes' CPU time (Ray's workers are not counted), ``driver MB`` the driver's
+VmHWM, ``workers MB`` the largest local worker's; both must write the same bytes.
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ from functools import partial
 from clipsift.executor import make_executor
 from clipsift.uids import UID_DTYPE
 from clipsift.uidsort import UidSorter, SortedUidParts
-def cpu():
-    r = resource.getrusage(resource.RUSAGE_SELF)
+def cpu(who=resource.RUSAGE_SELF):
+    r = resource.getrusage(who)
     return r.ru_utime + r.ru_stime
 def shard(i):
     rng = np.random.default_rng(i)
@@ -81,7 +82,7 @@ if {executor!r} == "ray":  # the map function lives in __main__: ship it by valu
     ray.cloudpickle.register_pickle_by_value(sys.modules["__main__"])
     ray.get(ray.remote(lambda: 0).remote())  # start-up is not timed
 with tempfile.TemporaryDirectory(dir={tmp!r}) as tmp:
-    c, t = cpu(), time.perf_counter()
+    c, ck, t = cpu(), cpu(resource.RUSAGE_CHILDREN), time.perf_counter()
     if {job!r} == "UidSorter":
         out = UidSorter({rows}, tmp, threads={workers})
         for r in ex.map(shard, shards):
@@ -94,7 +95,8 @@ with tempfile.TemporaryDirectory(dir={tmp!r}) as tmp:
     path, digest = out.write_npy(os.path.join(tmp, "s.npy"))
     t_end = time.perf_counter()
     out.close()
-    result = {{"seconds": t_end - t, "write": t_end - t_map, "cpu": cpu() - c, "rows": out.count, "file_sha256": out.file_sha256}}
+    result = {{"seconds": t_end - t, "write": t_end - t_map, "cpu": cpu() - c,
+              "workers_cpu": cpu(resource.RUSAGE_CHILDREN) - ck, "rows": out.count, "file_sha256": out.file_sha256}}
 """
 
 
@@ -110,10 +112,11 @@ def sort_benchmark(args) -> None:
                 runs[job] = best
                 out.append({"rows": rows, "job": job, "executor": executor, "workers": workers, "s": f"{best['seconds']:.2f}",
                             "write s": f"{best['write']:.2f}", "driver cpu s": f"{best['cpu']:.2f}",
+                            "workers cpu s": f"{best['workers_cpu']:.2f}",
                             "driver MB": best["peak_rss_mb"], "workers MB": best["peak_children_rss_mb"]})
             same = runs["UidSorter"]["file_sha256"] == runs["SortedUidParts"]["file_sha256"]
             out[-1]["same bytes"] = out[-2]["same bytes"] = "yes" if same else "NO"
-    print(table(out, ["rows", "job", "executor", "workers", "s", "write s", "driver cpu s", "driver MB", "workers MB", "same bytes"]))
+    print(table(out, ["rows", "job", "executor", "workers", "s", "write s", "driver cpu s", "workers cpu s", "driver MB", "workers MB", "same bytes"]))
 
 
 def main() -> None:
