@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+import numpy as np
+
 from clipsift.errors import ClipsiftError, ParamError
 
 
@@ -234,7 +236,6 @@ def _register_filter(sub) -> None:
 
 
 def cmd_filter(args) -> int:
-    import numpy as np
 
     from clipsift.devices import check_device
     from clipsift.filter import RunContext
@@ -245,7 +246,6 @@ def cmd_filter(args) -> int:
     from clipsift.registry import get_filter_class
     from clipsift.runner import run_to_subset
     from clipsift.subset import read_subset, subset_path
-    from clipsift.uids import sort_records, unique_sorted
     from clipsift.workdir import run_workdir
 
     if bool(args.name) == bool(args.recipe):
@@ -263,19 +263,36 @@ def cmd_filter(args) -> int:
         cls = get_filter_class(args.name)
         step = cls(**parse_assignments(args.set, cls.params, args.name))
     pool = Pool(args.pool)
-    candidates = None
-    if args.candidates:
-        candidates = unique_sorted(sort_records(np.asarray(read_subset(args.candidates))))
+    listed = read_subset(args.candidates) if args.candidates else None  # checked before any work
     with run_workdir(args.workdir) as workdir:
         run_dir = None
         if args.run_dir:
             from clipsift.stagecache import RunFolder
 
             run_dir = RunFolder(args.run_dir)
-        ctx = RunContext(pool, _executor(args), candidates, workdir, device, bad_embeddings=args.bad_embeddings, run_dir=run_dir)
+        ctx = RunContext(pool, _executor(args), None, workdir, device, bad_embeddings=args.bad_embeddings, run_dir=run_dir)
+        if listed is not None:
+            ctx = ctx.with_candidates(candidate_rows(ctx, listed))
         path, manifest = run_to_subset(step, ctx, args.out, recipe_text)
     print(f"{path}: kept {manifest['output_count']} of {manifest['input_count']} in {manifest['wall_time_s']} s")
     return 0
+
+
+def candidate_rows(ctx, listed: np.ndarray):
+    """``--candidates``: the uids of a subset file (any order, memory-mapped) as per-shard masks,
+    sorted on disk first when the file is not sorted."""
+    from clipsift.candidates import CandidateRows, sorted_chunks_of
+    from clipsift.uids import is_sorted
+    from clipsift.uidsort import UidSorter
+
+    step = 1 << 20
+    ordered = all(is_sorted(listed[max(0, s - 1) : s + step]) for s in range(0, len(listed), step))  # chunked: bounded memory
+    if ordered:
+        return CandidateRows.from_sorted_uids(ctx, sorted_chunks_of(listed), ctx.scratch_url("candidates"), expected=len(listed))
+    with UidSorter(len(listed), ctx.workdir) as sorter:
+        for start in range(0, len(listed), step):
+            sorter.add(np.asarray(listed[start : start + step]))
+        return CandidateRows.from_sorted_uids(ctx, sorter.sorted_chunks(), ctx.scratch_url("candidates"), expected=len(listed))
 
 
 def add_common_subparser_args(p: argparse.ArgumentParser) -> None:

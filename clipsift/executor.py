@@ -235,9 +235,10 @@ def map_shards(
     shards = pool.shards if shards is None else shards
     tmpdir = None
     cand = candidates
-    if candidates is not None and hasattr(executor, "share") and not threads:
+    as_array = candidates is not None and not hasattr(candidates, "mask")  # CandidateRows travel as they are
+    if as_array and hasattr(executor, "share") and not threads:
         cand = executor.share(candidates)  # sent once, not inside every task
-    elif candidates is not None and executor.workers > 1 and not threads and len(candidates) > 65536:
+    elif as_array and executor.workers > 1 and not threads and len(candidates) > 65536:
         tmpdir = tempfile.TemporaryDirectory(prefix="clipsift-cand-")
         cand = os.path.join(tmpdir.name, "candidates.npy")
         np.save(cand, np.ascontiguousarray(candidates))

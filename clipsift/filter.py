@@ -67,6 +67,14 @@ class Selection:
     def __len__(self) -> int:
         return len(self._uids) if self._uids is not None else self._sorter.count
 
+    def sorted_chunks(self, rows: int = 1 << 20):
+        """The sorted records in chunks, streamed from disk when a sorter holds them."""
+        if self._uids is None:
+            yield from self._sorter.sorted_chunks()
+            return
+        for start in range(0, len(self._uids), rows):
+            yield self._uids[start : start + rows]
+
     def write(self, path) -> tuple[Path, str]:
         """Write the sorted records as a DataComp ``.npy`` (atomically); returns (path, sha256 of records)."""
         if self._uids is None:
@@ -84,7 +92,7 @@ class RunContext:
 
     pool: Any
     executor: LocalExecutor = field(default_factory=LocalExecutor)
-    candidates: np.ndarray | None = None  # sorted unique uid records, or None for the whole pool
+    candidates: Any = None  # CandidateRows (per-shard masks), sorted unique uid records, or None: the whole pool
     workdir: Path | None = None
     device: str = "auto"
     bad_embeddings: str = "error"  # rows with non-finite or zero-norm embeddings: "error" | "drop"
@@ -119,7 +127,14 @@ class RunContext:
             resources=resources,
         )
 
-    def with_candidates(self, candidates: np.ndarray | None) -> RunContext:
+    def scratch_url(self, name: str) -> str:
+        """A folder for intermediate per-shard data that every task can reach: inside the run folder
+        (shared storage) when there is one, else in the work folder."""
+        if self.run_dir is not None:
+            return f"{self.run_dir.url}/scratch/{name}"
+        return str(Path(self.workdir) / name)
+
+    def with_candidates(self, candidates) -> RunContext:
         return RunContext(
             self.pool, self.executor, candidates, self.workdir, self.device, self.bad_embeddings, self.dropped,
             self.run_dir,

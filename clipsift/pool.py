@@ -245,7 +245,7 @@ class Pool:
 
     # ---- reading -----------------------------------------------------------------------------
     def read(
-        self, shard: ShardInfo, columns=(), keys=(), candidates: np.ndarray | None = None, bad_embeddings: str = "error",
+        self, shard: ShardInfo, columns=(), keys=(), candidates=None, bad_embeddings: str = "error",
         uids: bool = True,
     ) -> ShardBatch:
         """Read one shard's ``uid`` plus ``columns`` and npz ``keys``, restricted to ``candidates``."""
@@ -262,17 +262,19 @@ class ShardReader:
         self.schema = schema
 
     def read(
-        self, shard: ShardInfo, columns=(), keys=(), candidates: np.ndarray | None = None, bad_embeddings: str = "error",
+        self, shard: ShardInfo, columns=(), keys=(), candidates=None, bad_embeddings: str = "error",
         uids: bool = True,
     ) -> ShardBatch:
-        """Read one shard's ``uid`` plus ``columns`` and npz ``keys``, restricted to ``candidates``.
+        """Read one shard's ``uid`` plus ``columns`` and npz ``keys``, restricted to ``candidates``
+        (sorted uid records, or a :class:`~clipsift.candidates.CandidateRows` of per-shard masks).
 
         ``uids=False`` skips the uid column when no candidates restrict the rows (``batch.uids``
         is then None): a pass that only needs a score column reads a quarter of the bytes.
         Rows whose embeddings are non-finite or zero are an error, or left out and counted in
         ``batch.dropped`` with ``bad_embeddings="drop"`` (:mod:`clipsift.embcheck`).
         """
-        with_uids = uids or candidates is not None or not columns or "uid" in columns
+        by_rows = hasattr(candidates, "mask")  # CandidateRows: a mask file per shard, no uid lookup
+        with_uids = uids or (candidates is not None and not by_rows) or not columns or "uid" in columns
         cols = (["uid"] if with_uids else []) + [c for c in columns if c != "uid"]
         try:
             if self._local:  # pyarrow's native reader is ~2x faster than a Python file object
@@ -297,8 +299,8 @@ class ShardReader:
             raise PoolError(f"{shard.parquet}: {exc}; uids must be 32 hex characters") from exc
         mask = None
         if candidates is not None:
-            mask = isin_sorted(uids, candidates)
-            uids = uids[mask]
+            mask = candidates.mask(shard) if by_rows else isin_sorted(uids, candidates)
+            uids = uids[mask] if uids is not None else None
             table = table.filter(_arrow_mask(mask))
         embeddings = {k: self._read_key(shard, k, mask) for k in keys}
         batch = ShardBatch(shard, uids, mask, table, embeddings)

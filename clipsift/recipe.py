@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from clipsift.candidates import CandidateRows
 from clipsift.errors import ParamError
 from clipsift.filter import RunContext, Selection, row_counters
 from clipsift.registry import create_filter
 from clipsift.subset import combine
-from clipsift.uids import unique_sorted
 
 
 class Chain:
@@ -40,12 +40,17 @@ class Chain:
         return {"pipeline": self.name, "steps": [s.describe() for s in self.steps]}
 
     def select(self, ctx: RunContext) -> Selection:
+        """Each step runs on the rows the previous one kept; what passes between steps is one
+        candidate mask per shard on shared storage (:mod:`clipsift.candidates`), never a uid array."""
         stages, sel, seen = [], None, ctx.num_candidates
-        for step in self.steps:
+        for i, step in enumerate(self.steps):
             sel = step.select(ctx)
             stages.append({**step.describe(), "input": ctx.num_candidates, "output": len(sel), "counters": sel.counters})
-            ctx = ctx.with_candidates(unique_sorted(sel.uids))
-        return Selection(sel.uids, counters=row_counters(seen, len(sel)), details={"stages": stages})
+            if i + 1 < len(self.steps):
+                kept = CandidateRows.from_sorted_uids(ctx, sel.sorted_chunks(), ctx.scratch_url("candidates"), expected=len(sel))
+                ctx = ctx.with_candidates(kept)
+        sel.counters, sel.details = row_counters(seen, len(sel)), {"stages": stages}
+        return sel
 
 
 class Combine:

@@ -207,4 +207,6 @@ class RunFolder:
 def candidates_digest(candidates) -> str:
     if candidates is None:
         return "all"
+    if hasattr(candidates, "digest"):  # CandidateRows: the sha256 of the same distinct sorted uids
+        return candidates.digest[:32]
     return hashlib.sha256(np.ascontiguousarray(candidates).tobytes()).hexdigest()[:32]

@@ -9,6 +9,7 @@ row read, the "whole pool" target of NormSim_2-D (optionally from a seeded row s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -66,6 +67,13 @@ class NegClipScorer:
         return shard_moment(emb, self.renormalize, self.moment_subsample, self.seed, batch.shard.name)
 
 
+def _flag_candidates(scorer: NegClipScorer, candidates, batch) -> dict:
+    """Score every row (the normaliser's batches span the whole shard) and flag the candidates."""
+    out = scorer(batch)
+    out["candidate"] = candidates.mask(batch.shard)[batch.rows]
+    return out
+
+
 @dataclass
 class PassResult:
     uids: np.ndarray
@@ -82,7 +90,9 @@ def score_pool(ctx, scorer: NegClipScorer, all_rows: bool = True, desc: str = "n
     read_cands = None if (cands is None or all_rows) else cands
     uids, scores, css = [], [], []
     moment, moment_rows, rows_read = None, 0, 0
-    parts = map_shards(ctx.pool, scorer, columns=scorer.columns(), keys=scorer.keys(), candidates=read_cands, executor=ctx.executor, desc=desc,
+    by_rows = read_cands is None and hasattr(cands, "mask")  # candidate masks: flagged inside the task
+    task = partial(_flag_candidates, scorer, cands) if by_rows else scorer
+    parts = map_shards(ctx.pool, task, columns=scorer.columns(), keys=scorer.keys(), candidates=read_cands, executor=ctx.executor, desc=desc,
                        bad_embeddings=ctx.bad_embeddings, dropped=ctx.dropped, stages=ctx.run_dir,
                        resources=task_resources(scorer.device))
     for part in parts:
@@ -92,7 +102,7 @@ def score_pool(ctx, scorer: NegClipScorer, all_rows: bool = True, desc: str = "n
             moment = part["moment"] if moment is None else moment + part["moment"]
             moment_rows += part["moment_rows"]
         if cands is not None and read_cands is None:
-            keep = isin_sorted(u, cands)
+            keep = part["candidate"] if by_rows else isin_sorted(u, cands)
             u, s, c = u[keep], s[keep], (c[keep] if c is not None else None)
         uids.append(u)
         scores.append(s)
