@@ -32,7 +32,7 @@ from clipsift.eval.demo import (
     DEFAULT_DEMO_SAMPLES,
     DEFAULT_FRACTION,
     DEFAULT_ROWS,
-    DEMO_FILTERS,
+    FILTER_PARAMS,
     _make_subset,
     _timed_run,
     run_quality,
@@ -43,7 +43,7 @@ from clipsift.eval.train import TrainConfig
 from clipsift.io import write_json
 from clipsift.log import configure_logging
 
-PARAMS = dict(DEMO_FILTERS)
+PARAMS = dict(FILTER_PARAMS)
 
 
 def run_plan(fraction: float) -> list[dict]:

@@ -257,10 +257,10 @@ def _register_demo(sub) -> None:
     p.add_argument("--out", required=True, help="demo folder (resumable)")
     p.add_argument("--rows", type=int, default=None, help="pool size (default from the demo plan)")
     p.add_argument("--fraction", type=float, default=None, help="budget: share of the pool kept by each filter")
-    p.add_argument("--filters", default=None, help="comma-separated filter names (default: the registered demo filters)")
+    p.add_argument("--filters", default=None, help="comma-separated filter names (default: no_filter,clip_score,clipcov,dbp)")
     p.add_argument("--seed", type=int, default=0, help="the pool's seed")
     p.add_argument("--seeds", default="0,1", help="training seeds per method, comma-separated (default 0,1: mean ± std and ties)")
-    p.add_argument("--train-num-samples", type=int, default=16_384, help="samples seen per run (default 16384, half the tiny scale, to fit 15 min on 2 cores)")
+    p.add_argument("--train-num-samples", type=int, default=None, help="samples seen per run (default 32768, the tiny scale's length)")
     p.set_defaults(func=cmd_demo)
 
 

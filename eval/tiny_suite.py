@@ -29,7 +29,7 @@ log = get_logger("eval.tiny_suite")
 IMAGE_SIDE = 64  # the synthetic pool's stored image side
 JPEG_QUALITY = 95
 SUITE_MARKER = "tiny_suite.json"
-SUITE_VERSION = 4  # 4: concept and tail-concept tasks; colour and rendered text dropped
+SUITE_VERSION = 5  # 4: concept and tail-concept tasks; colour and rendered text dropped. 5: twice the concept and tail images (less evaluation noise)
 
 # Prompt ensembles in the world's own caption frames: each template fixes the attributes the task
 # does not ask about to one random combination, and the classifier averages over 16 of them (as
