@@ -366,6 +366,8 @@ def _read_ranges(fs, paths, starts, ends, into: memoryview | None = None) -> lis
     fd, open_path = None, None
     try:
         for path, start, end in zip(paths, starts, ends):
+            if end == start and into is not None:  # nothing of this part in the range: no open, no read
+                continue
             if path != open_path:  # consecutive ranges of one file share a descriptor
                 if fd is not None:
                     os.close(fd)
