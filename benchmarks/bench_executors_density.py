@@ -35,6 +35,7 @@ class WorkerSampler:
     def __init__(self, interval: float = 0.5):
         self.interval = interval
         self.seen: dict[int, dict] = {}
+        self.errors = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -49,12 +50,15 @@ class WorkerSampler:
     def _poll(self) -> None:
         me = os.getpid()
         while not self._stop.wait(self.interval):
-            tree = proc_tree(me)
-            drivers = set(tree[1:2])  # the isolated interpreter is this process's only child
-            for pid in tree[1:]:
-                st = proc_stats(pid)
-                if st and pid not in drivers:
-                    self.seen[pid] = st
+            try:
+                drivers = set(proc_tree(me)) - {me}
+                drivers -= {q for d in list(drivers) for q in proc_tree(d)[1:]}  # the isolated run: a child of this process
+                for pid in proc_tree(me):
+                    st = None if pid == me or pid in drivers else proc_stats(pid)
+                    if st:
+                        self.seen[pid] = st
+            except Exception:  # noqa: BLE001 - a process that vanished mid-read; the next poll sees the rest
+                self.errors += 1
 
     def summary(self, kind: str) -> dict:
         """Ray: the ``ray::`` workers (not raylet, GCS or Ray's helper processes); local: every Python
@@ -62,7 +66,8 @@ class WorkerSampler:
         ray = kind == "ray"
         workers = [p for p in self.seen.values() if (p["name"].startswith("ray::") if ray else "python" in p["name"])]
         return {"sampled_worker_mb": max((p["hwm_mb"] for p in workers), default=0),
-                "sampled_worker_cpu_s": round(sum(p["cpu_s"] for p in workers), 1), "sampled_workers": len(workers)}
+                "sampled_worker_cpu_s": round(sum(p["cpu_s"] for p in workers), 1), "sampled_workers": len(workers),
+                "sampler_errors": self.errors}
 
 
 def main() -> None:
