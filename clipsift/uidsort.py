@@ -337,6 +337,11 @@ class SortedUidParts:
     def add_part(self, part) -> None:
         """Register a part a map task wrote (a :class:`~clipsift.shuffle.Part`, or the plain tuple a
         run folder gives back)."""
+        self._register(part, counted=False)
+
+    def _register(self, part, counted: bool) -> None:
+        """``counted``: the rows were already counted when :meth:`add` took them (``count`` always
+        includes every row added, written or still pending, as :class:`UidSorter`'s does)."""
         part = Part(*part)
         if part.dtype != _UID_DESCR:
             raise ClipsiftError(f"{self.folder.path(part.name)}: holds {part.dtype}, not uid records; "
@@ -350,7 +355,8 @@ class SortedUidParts:
             self._seen.add(part.name)
             self._names.append(part.name)
             np.add.at(self._bucket_rows, np.asarray(part.partitions, dtype=np.int64), np.asarray(part.counts, dtype=np.int64))
-            self.count += int(part.rows)
+            if not counted:
+                self.count += int(part.rows)
             self._sorted = None
 
     def add(self, records: np.ndarray) -> None:
@@ -362,11 +368,12 @@ class SortedUidParts:
         with self._lock:
             self._pending.append(records)
             self._pending_rows += len(records)
+            self.count += len(records)
             if self._pending_rows < CHUNK_ROWS:
                 return
             chunk, self._pending, self._pending_rows = self._pending, [], 0
             name = self._next_driver_part()
-        self.add_part(self.writer.write(name, np.concatenate(chunk)))
+        self._register(self.writer.write(name, np.concatenate(chunk)), counted=True)
 
     def _next_driver_part(self) -> str:
         self._driver_parts += 1
@@ -377,7 +384,7 @@ class SortedUidParts:
             chunk, self._pending, self._pending_rows = self._pending, [], 0
             name = self._next_driver_part() if chunk else None
         if chunk:
-            self.add_part(self.writer.write(name, np.concatenate(chunk)))
+            self._register(self.writer.write(name, np.concatenate(chunk)), counted=True)
 
     def ranges(self) -> list[tuple[int, int]]:
         """The bucket ranges of the sort tasks: about ``task_rows`` records each, empty buckets skipped."""
