@@ -33,7 +33,6 @@ from clipsift.baselines.langid import (
 )
 from clipsift.baselines.textstats import char_counts, split_word_counts
 from clipsift.filter import RunContext, Selection, row_counters
-from clipsift.uidsort import UidSorter
 
 BLOCK_CAPTIONS = 2_000_000  # per-shard distinct captions held by the main process per language-ID round
 
@@ -93,7 +92,7 @@ class BasicFilter(BaselineFilter):
         if isinstance(lid, FastTextLID):
             lid.load()
         parts = 1 if ctx.executor.workers <= 1 else 8 * ctx.executor.workers  # several per worker: an even finish
-        sorter = UidSorter(ctx.num_candidates, ctx.workdir, threads=ctx.executor.workers)
+        sorter = ctx.uid_sorter(ctx.num_candidates, self.name)
         dropped_by, block, seen, identified = Counter(), [], 0, 0
 
         def identify():

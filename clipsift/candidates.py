@@ -73,19 +73,19 @@ class CandidateRows:
     @classmethod
     def from_sorted_uids(cls, ctx, chunks: Iterable[np.ndarray], base_url: str, expected: int | None = None) -> CandidateRows:
         """The rows of ``ctx.pool`` whose uid occurs in ``chunks`` (sorted uid records, repeats
-        allowed), as masks in a folder under ``base_url`` named by the uids and the pool, so a rerun
+        allowed), as masks in the folder ``base_url-<key>`` (key: the uids and the pool), so a rerun
         (a killed chain) finds them done. Runs on ``ctx.executor``; the driver streams ``chunks`` once."""
         from clipsift.executor import _pool_identity, map_shards
 
         pool = ctx.pool
         bits = bucket_bits(max(pool.num_rows, int(expected or 0)))
         buckets = 1 << bits
-        tmp = f"{base_url.rstrip('/')}/tmp-{uuid.uuid4().hex[:12]}"
+        tmp = f"{base_url.rstrip('/')}-tmp-{uuid.uuid4().hex[:12]}"
         kept_folder = PartFolder(f"{tmp}/kept", buckets)
         try:
             names, digest, total = _write_kept(kept_folder, chunks, bits)
             key = hashlib.sha256(f"{digest}:{_pool_identity(pool)}".encode()).hexdigest()[:16]
-            url = f"{base_url.rstrip('/')}/{key}"
+            url = f"{base_url.rstrip('/')}-{key}"
             done = _read_done(url)
             if done is not None:
                 log.info("candidates: %d rows reused from %s", done["num_rows"], url)

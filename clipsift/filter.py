@@ -13,7 +13,10 @@ same counters (:func:`row_counters`).
 from __future__ import annotations
 
 import abc
+import hashlib
 import importlib.util
+import pickle
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
@@ -28,17 +31,18 @@ from clipsift.executor import LocalExecutor, map_shards
 from clipsift.log import get_logger
 from clipsift.params import Param, resolve_params
 from clipsift.uids import UID_DTYPE, sort_records, uids_digest
-from clipsift.uidsort import UidSorter
+from clipsift.uidsort import SortedUidParts, UidSorter
 
 
 class Selection:
     """A filter's result: sorted uid records, counters, and details for the manifest.
 
-    The records are either an array (sorted here) or a :class:`~clipsift.uidsort.UidSorter` that
+    The records are either an array (sorted here) or a sorter (:class:`~clipsift.uidsort.SortedUidParts`,
+    or :class:`~clipsift.uidsort.UidSorter` on local disk) that
     streams them sorted from disk, so a whole-pool result never has to sit in memory.
     """
 
-    def __init__(self, uids=None, counters=None, details=None, scores=None, *, sorter: UidSorter | None = None):
+    def __init__(self, uids=None, counters=None, details=None, scores=None, *, sorter: UidSorter | SortedUidParts | None = None):
         if (uids is None) == (sorter is None):
             raise ValueError("Selection needs exactly one of uids or sorter")
         self.counters: dict[str, Any] = counters if counters is not None else {}
@@ -66,6 +70,18 @@ class Selection:
 
     def __len__(self) -> int:
         return len(self._uids) if self._uids is not None else self._sorter.count
+
+    def close(self) -> None:
+        """Free what the sorter holds on disk (parts kept in a run folder stay for a rerun)."""
+        sorter = self._sorter
+        if sorter is not None and getattr(sorter, "scratch_owned", True):
+            sorter.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
 
     def sorted_chunks(self, rows: int = 1 << 20):
         """The sorted records in chunks, streamed from disk when a sorter holds them."""
@@ -133,6 +149,27 @@ class RunContext:
         if self.run_dir is not None:
             return f"{self.run_dir.url}/scratch/{name}"
         return str(Path(self.workdir) / name)
+
+    def uid_sorter(self, expected_rows: int, name: str = "uids", key=None) -> SortedUidParts:
+        """Where kept uids go: parts on shared storage sorted by tasks into DataComp's ``.npy``
+        (:class:`~clipsift.uidsort.SortedUidParts`). ``key`` (anything picklable that names the step)
+        makes the folder the same in a rerun, so stored map results keep pointing at their parts."""
+        tag = uuid.uuid4().hex[:16]
+        if key is not None:
+            from clipsift.executor import _pool_identity
+            from clipsift.stagecache import candidates_digest
+
+            try:
+                h = hashlib.sha256(pickle.dumps(key, protocol=5))
+                h.update(f"{candidates_digest(self.candidates)}:{_pool_identity(self.pool)}".encode())
+                tag = h.hexdigest()[:16]
+            except Exception:  # noqa: BLE001 - not picklable: a fresh folder
+                pass
+        sorter = SortedUidParts(self.scratch_url(f"uids-{name}-{tag}"), expected_rows, self.executor)
+        # parts in a run folder stay (stored map results point at them: a rerun reuses both);
+        # parts in the work folder go with the selection that holds them
+        sorter.scratch_owned = self.run_dir is None
+        return sorter
 
     def with_candidates(self, candidates) -> RunContext:
         return RunContext(
@@ -260,27 +297,24 @@ class RowFilter(Filter):
                             threads=self.threads, details=details, resources=self.task_resources())
 
 
-def _decide_into(step, sorter: UidSorter, batch):
-    # thread workers share the sorter and hand it their rows themselves
+def _decide_to_part(step, writer, batch):
+    """Map step: decide one shard's rows and write its kept uids as a part on shared storage."""
     kept, reasons, seen = step(batch)
-    sorter.add(kept)
-    return reasons, seen
+    return writer.write(f"{batch.shard.rank:06d}", kept), reasons, seen
 
 
 def collect_rows(ctx: RunContext, step, *, columns=(), keys=(), desc: str = "", threads: bool = False,
                  details: dict | None = None, extra: dict | None = None, resources: dict | None = None) -> Selection:
-    """Run a row step (``batch -> (kept uids, dropped_by, rows seen)``) over the shards; the kept
-    uids stream into a sorter on disk, so the driver's memory does not grow with the pool."""
-    sorter = UidSorter(ctx.num_candidates, ctx.workdir, threads=ctx.executor.workers)
+    """Run a row step (``batch -> (kept uids, dropped_by, rows seen)``) over the shards. Each task
+    writes its kept uids as a part on shared storage and returns only counts; the parts are sorted
+    by tasks into the output (:class:`~clipsift.uidsort.SortedUidParts`): the kept uids never
+    pass through the driver."""
+    sorter = ctx.uid_sorter(ctx.num_candidates, desc or "rows", key=step)
+    task = partial(_decide_to_part, step, sorter.writer)
     dropped_by, seen = Counter(), 0
-    if threads:
-        for reasons, n in ctx.map_shards(partial(_decide_into, step, sorter), columns=columns, keys=keys, desc=desc, threads=True):
-            dropped_by.update(reasons)
-            seen += n
-    else:
-        for kept, reasons, n in ctx.map_shards(step, columns=columns, keys=keys, desc=desc, resources=resources):
-            sorter.add(kept)
-            dropped_by.update(reasons)
-            seen += n
+    for part, reasons, n in ctx.map_shards(task, columns=columns, keys=keys, desc=desc, threads=threads, resources=resources):
+        sorter.add_part(part)
+        dropped_by.update(reasons)
+        seen += n
     counters = row_counters(seen, sorter.count, dropped_by, **(extra or {}))
     return Selection(sorter=sorter, counters=counters, details=details or {})

@@ -19,13 +19,11 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-import numpy as np
-
 from clipsift.candidates import CandidateRows
 from clipsift.errors import ParamError
 from clipsift.filter import RunContext, Selection, row_counters
 from clipsift.registry import create_filter
-from clipsift.subset import combine
+from clipsift.subset import combine_streams
 
 
 class Chain:
@@ -68,12 +66,16 @@ class Combine:
         return {"combine": self.op, "branches": [b.describe() for b in self.branches]}
 
     def select(self, ctx: RunContext) -> Selection:
+        """The branches' sorted outputs merged as streams (bounded memory), into the sorted writer."""
         sels = [b.select(ctx) for b in self.branches]
-        result = sels[0].uids
+        stream = sels[0].sorted_chunks()
         for s in sels[1:]:
-            result = combine(self.op, result, s.uids)
-        counters = row_counters(ctx.num_candidates, len(result), branches=[len(s) for s in sels])
-        return Selection(np.asarray(result), counters=counters)
+            stream = combine_streams(self.op, stream, s.sorted_chunks())
+        sorter = ctx.uid_sorter(ctx.num_candidates, self.op)
+        for chunk in stream:
+            sorter.add(chunk)
+        counters = row_counters(ctx.num_candidates, sorter.count, branches=[len(s) for s in sels])
+        return Selection(sorter=sorter, counters=counters)
 
 
 MAX_DEPTH = 16  # nested chain/intersect/union levels

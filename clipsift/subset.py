@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,6 +207,52 @@ def combine(op: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if op == "union":
         return unique_sorted(sort_records(np.concatenate([a, b])))
     raise SubsetError(f"unknown subset operation {op!r}; use intersect, union or diff")
+
+
+def distinct_chunks(chunks) -> Iterator[np.ndarray]:
+    """Sorted record chunks without repeats, also across chunk edges."""
+    last = None
+    for chunk in chunks:
+        chunk = unique_sorted(np.asarray(chunk, dtype=UID_DTYPE))
+        if last is not None and len(chunk) and chunk["f0"][0] == last["f0"] and chunk["f1"][0] == last["f1"]:
+            chunk = chunk[1:]
+        if len(chunk):
+            last = chunk[-1].copy()
+            yield chunk
+
+
+def combine_streams(op: str, a_chunks, b_chunks) -> Iterator[np.ndarray]:
+    """:func:`combine` over two streams of sorted record chunks, in bounded memory: each round
+    takes every record up to the smaller of the two buffers' last keys (both streams are complete
+    up to it), so the result streams out sorted and unique."""
+    if op not in ("intersect", "union", "diff"):
+        raise SubsetError(f"unknown subset operation {op!r}; use intersect, union or diff")
+    streams = [distinct_chunks(a_chunks), distinct_chunks(b_chunks)]
+    bufs = [np.empty(0, UID_DTYPE), np.empty(0, UID_DTYPE)]
+    done = [False, False]
+    while True:
+        for i in (0, 1):
+            while not done[i] and not len(bufs[i]):
+                nxt = next(streams[i], None)
+                done[i] = nxt is None
+                if nxt is not None:
+                    bufs[i] = nxt
+        if not len(bufs[0]) and not len(bufs[1]):
+            return
+        lasts = [b[-1:] for i, b in enumerate(bufs) if not done[i]]
+        bound = min(lasts, key=lambda r: (int(r["f0"][0]), int(r["f1"][0]))) if lasts else None
+        cut = [len(b) if bound is None else _count_le(b, bound) for b in bufs]
+        out = combine(op, bufs[0][: cut[0]], bufs[1][: cut[1]])
+        bufs = [bufs[0][cut[0] :], bufs[1][cut[1] :]]
+        if len(out):
+            yield out
+
+
+def _count_le(sorted_records: np.ndarray, bound: np.ndarray) -> int:
+    """How many records are <= ``bound`` (a one-record array), by (hi, lo)."""
+    hi, lo = sorted_records["f0"], sorted_records["f1"]
+    b_hi, b_lo = bound["f0"][0], bound["f1"][0]
+    return int(np.searchsorted(hi, b_hi, side="left") + np.count_nonzero((hi == b_hi) & (lo <= b_lo)))
 
 
 def combine_files(op: str, paths: list[str | os.PathLike]) -> np.ndarray:

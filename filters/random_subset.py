@@ -23,7 +23,6 @@ from clipsift.filter import Filter, RunContext, Selection, row_counters
 from clipsift.log import get_logger
 from clipsift.params import Param
 from clipsift.uids import UID_DTYPE
-from clipsift.uidsort import UidSorter
 
 log = get_logger("filters.random")
 WINDOW_SIGMAS = 8.0  # half-width of the window in binomial standard deviations of the count below the cut
@@ -72,13 +71,13 @@ class RandomFilter(Filter):
     def _keys(self, batch):
         return batch.uids, uid_hash(batch.uids, self.seed)
 
-    def _split(self, sorter: UidSorter, low: int, high: int | None, batch):
-        """Send rows with key < low to the sorter (threads share it); return the rows in [low, high)."""
+    def _split(self, writer, low: int, high: int | None, batch):
+        """Write rows with key < low as this shard's part; return the rows in [low, high)."""
         keys = uid_hash(batch.uids, self.seed)
         below = keys < np.uint64(low) if low < _SPAN else np.ones(len(keys), dtype=bool)
         window = ~below if high is None else (~below & (keys < np.uint64(high)))
-        sorter.add(batch.uids[below])
-        return batch.uids[window], keys[window], len(batch)
+        part = writer.write(f"{batch.shard.rank:06d}", batch.uids[below])
+        return part, batch.uids[window], keys[window], len(batch)
 
     def select(self, ctx: RunContext) -> Selection:
         n_expected = ctx.num_candidates
@@ -86,9 +85,10 @@ class RandomFilter(Filter):
         half = int(WINDOW_SIGMAS * math.sqrt(k * (n_expected - k) / max(n_expected, 1))) + WINDOW_MIN_ROWS
         low = max(k - half, 0) * _SPAN // max(n_expected, 1)
         high = None if k + half >= n_expected else (k + half) * _SPAN // n_expected
-        sorter = UidSorter(max(k, 1), ctx.workdir, threads=ctx.executor.workers)
+        sorter = ctx.uid_sorter(max(k, 1), self.name, key=(self, low, high))
         win_uids, win_keys, seen = [], [], 0
-        for wu, wk, n in ctx.map_shards(partial(self._split, sorter, low, high), desc=self.name, threads=True):
+        for part, wu, wk, n in ctx.map_shards(partial(self._split, sorter.writer, low, high), desc=self.name, threads=True):
+            sorter.add_part(part)
             win_uids.append(wu)
             win_keys.append(wk)
             seen += n

@@ -23,7 +23,6 @@ from clipsift.filter import Filter, RunContext, Selection
 from clipsift.filters.scores.join import DUPLICATE_RULES, score_join
 from clipsift.filters.scores.rules import fraction_threshold_parts
 from clipsift.params import Param
-from clipsift.uidsort import UidSorter
 
 MISSING_RULES = ("error", "drop", "fill")
 
@@ -75,7 +74,7 @@ class ScoreFilter(Filter):
 
     def select(self, ctx: RunContext) -> Selection:
         buckets, stats, close = score_join(ctx, self.scores, self.column, self.duplicates, unsorted_ok=True)
-        sorter = UidSorter(ctx.num_candidates, ctx.workdir, threads=ctx.executor.workers)
+        sorter = ctx.uid_sorter(ctx.num_candidates, self.name)
         tmp = Path(tempfile.mkdtemp(prefix="clipsift-score-", dir=ctx.workdir))
         details = {"scores": str(self.scores), "column": self.column}
         try:

@@ -15,7 +15,6 @@ from clipsift.errors import ParamError
 from clipsift.filter import Filter, RunContext, Selection
 from clipsift.filters.scores.join import uid_list_join
 from clipsift.params import Param
-from clipsift.uidsort import UidSorter
 
 
 def select_listed(uids: np.ndarray, counts: np.ndarray, mode: str, repeats: bool) -> np.ndarray:
@@ -45,7 +44,7 @@ class UidsFilter(Filter):
 
     def select(self, ctx: RunContext) -> Selection:
         buckets, stats, close = uid_list_join(ctx, self.uids, unsorted_ok=True)
-        sorter = UidSorter(ctx.num_candidates, ctx.workdir, threads=ctx.executor.workers)
+        sorter = ctx.uid_sorter(ctx.num_candidates, self.name)
         seen = listed = 0
         try:
             for uids, counts in buckets:

@@ -91,7 +91,7 @@ def test_chain_passes_masks_and_a_rerun_reuses_them(pool_dir, tmp_path, caplog):
     assert np.array_equal(got.uids, by_hand.uids)
     assert got.counters == {"input": pool.num_rows, "kept": len(by_hand), "dropped": pool.num_rows - len(by_hand)}
     assert [s["output"] for s in got.details["stages"]] == [len(step1), len(by_hand)]
-    assert len(list((tmp_path / "run" / "scratch").glob("candidates/*/done.json"))) == 1
+    assert len(list((tmp_path / "run" / "scratch").glob("candidates-*/done.json"))) == 1
     with caplog.at_level(logging.INFO, logger="clipsift"):
         again = chain().select(RunContext(pool, ex, workdir=tmp_path / "c2", run_dir=run))
     assert np.array_equal(again.uids, got.uids)
