@@ -35,6 +35,7 @@ from clipsift.baselines.textstats import char_counts, split_word_counts
 from clipsift.filter import RunContext, Selection, row_counters
 
 BLOCK_CAPTIONS = 2_000_000  # per-shard distinct captions held by the main process per language-ID round
+LID_BUCKETS = 32  # language-ID tasks per round (several per worker for an even finish); never changes the answer
 
 
 def image_size_mask(width: np.ndarray, height: np.ndarray) -> np.ndarray:
@@ -91,7 +92,7 @@ class BasicFilter(BaselineFilter):
         lid = self.lid(memoize=False)  # captions arrive distinct across the block
         if isinstance(lid, FastTextLID):
             lid.load()
-        parts = 1 if ctx.executor.workers <= 1 else 8 * ctx.executor.workers  # several per worker: an even finish
+        parts = LID_BUCKETS  # fixed: a filter never reads the executor's worker count
         sorter = ctx.uid_sorter(ctx.num_candidates, self.name)
         dropped_by, block, seen, identified = Counter(), [], 0, 0
 
