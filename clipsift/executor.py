@@ -226,7 +226,8 @@ def map_shards(
 
     With ``stages`` (a :class:`~clipsift.stagecache.RunFolder`), each shard's result is kept in the
     run folder and reused by a later run of the same step on the same inputs (a killed run resumes).
-    Steps with ``threads=True`` act on driver objects and are never kept. ``resources`` is what
+    ``threads=True`` only says the step is light GIL-free numpy work: the local executor runs it in
+    threads, a cluster executor as tasks like any other. ``resources`` is what
     one task needs (``{"num_gpus": 1}`` for a CUDA step, see :func:`clipsift.devices.task_resources`).
     """
     executor = executor or LocalExecutor()
@@ -236,7 +237,7 @@ def map_shards(
     tmpdir = None
     cand = candidates
     as_array = candidates is not None and not hasattr(candidates, "mask")  # CandidateRows travel as they are
-    if as_array and hasattr(executor, "share") and not threads:
+    if as_array and hasattr(executor, "share"):
         cand = executor.share(candidates)  # sent once, not inside every task
     elif as_array and executor.workers > 1 and not threads and len(candidates) > 65536:
         tmpdir = tempfile.TemporaryDirectory(prefix="clipsift-cand-")
@@ -246,7 +247,7 @@ def map_shards(
         reader = getattr(pool, "reader", pool)  # tasks carry the small reader, not the shard list
         task = partial(_read_and_apply, fn, reader, columns, keys, cand, bad_embeddings, uids)
         stage = None
-        if stages is not None and not threads:
+        if stages is not None:
             from clipsift.stagecache import candidates_digest
 
             key = {"columns": columns, "keys": keys, "uids": uids, "candidates": candidates_digest(candidates),
@@ -258,7 +259,8 @@ def map_shards(
                 yield result
             return
         reused = done = 0
-        for (result, info), was_stored in executor.map(partial(_staged, stage, task), shards, desc=desc or "shards", resources=resources):
+        staged = partial(_staged, stage, task)
+        for (result, info), was_stored in executor.map(staged, shards, desc=desc or "shards", threads=threads, resources=resources):
             _count_dropped(dropped, info)
             reused += was_stored
             done += 1

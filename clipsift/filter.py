@@ -132,8 +132,8 @@ class RunContext:
                    resources: dict | None = None):
         """Run ``fn(ShardBatch)`` on every shard (restricted to the candidates), in shard order.
 
-        ``threads=True`` runs it in worker threads: cheaper than processes when ``fn`` is numpy or
-        pyarrow work that releases the GIL. ``uids=False``: ``fn`` does not look at uids (a pass
+        ``threads=True``: ``fn`` is light numpy/pyarrow work that releases the GIL, so the local
+        executor runs it in threads (a cluster executor runs it as tasks like any step). ``uids=False``: ``fn`` does not look at uids (a pass
         over a score column), so they are not read unless candidates restrict the rows.
         ``resources``: what one task needs, e.g. ``{"num_gpus": 1}`` (clipsift.devices.task_resources).
         """

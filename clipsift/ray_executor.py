@@ -7,9 +7,9 @@ error the task raised itself (a :class:`~clipsift.errors.ClipsiftError`) is not 
 the user as its one line. The function is put in Ray's object store once per ``map``, not pickled
 into every task.
 
-Steps that hand driver-owned objects to their function (``threads=True``: a shared sorter, say)
-run in threads on the driver, where those objects live. Every node must see the pool and the run
-folder at the same URL (shared storage), and have clipsift installed.
+Every step runs as tasks, ``threads=True`` ones included (for the local executor that flag picks
+threads over processes; no step hands driver-owned objects to its tasks). Every node must see the
+pool and the run folder at the same URL (shared storage), and have clipsift installed.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from clipsift.errors import ClipsiftError, MissingDependencyError
@@ -92,9 +91,6 @@ class RayExecutor:
         """Yield ``fn(item)`` in input order. ``resources``: Ray task options such as
         ``{"num_cpus": 1, "num_gpus": 1, "memory": bytes}`` (default one CPU per task)."""
         items = list(items)
-        if threads:
-            yield from self._map_threads(fn, items, desc, unit, total)
-            return
         ray = _import_ray()
         opts = {"num_cpus": 1, "max_retries": self.max_retries, **(resources or {})}
         key = tuple(sorted(opts.items()))
@@ -115,16 +111,6 @@ class RayExecutor:
                     ray.cancel(ref)
                 except Exception:  # noqa: BLE001 - already finished or gone
                     pass
-            bar.close()
-
-    def _map_threads(self, fn, items, desc, unit, total) -> Iterator:
-        bar = progress(total=total or len(items), desc=desc, unit=unit, disable=not self.show_progress)
-        try:
-            with ThreadPoolExecutor(max(1, min(len(os.sched_getaffinity(0)), len(items) or 1))) as pool:
-                for result in pool.map(fn, items):
-                    bar.update(1)
-                    yield result
-        finally:
             bar.close()
 
     def share(self, array):
