@@ -150,6 +150,18 @@ class RunContext:
             return f"{self.run_dir.url}/scratch/{name}"
         return str(Path(self.workdir) / name)
 
+    def scratch_dir(self, name: str) -> Path:
+        """A folder on a file system every task can reach, for stores that are memory-mapped (the
+        grouped stores of the density and ClipCov filters): inside the run folder when it is a
+        path (a shared file system on a cluster), else in the work folder."""
+        if self.run_dir is not None:
+            from clipsift.stagecache import url_fs
+
+            fs, path = url_fs(self.run_dir.url)
+            if fs is None:
+                return Path(path) / "scratch" / name
+        return Path(self.workdir) / name
+
     def uid_sorter(self, expected_rows: int, name: str = "uids", key=None) -> SortedUidParts:
         """Where kept uids go: parts on shared storage sorted by tasks into DataComp's ``.npy``
         (:class:`~clipsift.uidsort.SortedUidParts`). ``key`` (anything picklable that names the step)
