@@ -91,8 +91,9 @@ def test_sorted_parts_take_driver_adds_and_file_urls(tmp_path):
     want, want_digest, _ = _reference(records, tmp_path)
     out = SortedUidParts(f"file://{tmp_path}/sort", len(records), LocalExecutor(2, show_progress=False), task_rows=3000)
     _write_parts(out, records[:10_000], 4, seed=0)
-    for piece in np.array_split(records[10_000:], 7):  # small adds in the driver, gathered into parts
+    for i, piece in enumerate(np.array_split(records[10_000:], 7)):  # small adds in the driver, gathered into parts
         out.add(piece)
+        assert out.count == 10_000 + sum(len(p) for p in np.array_split(records[10_000:], 7)[: i + 1])  # pending rows count
     path, digest = out.write_npy(tmp_path / "got.npy")
     assert Path(path).read_bytes() == want and digest == want_digest
     assert sorted(p.name for p in (tmp_path / "sort" / "parts").glob("driver-*.part")) == ["driver-000001.part"]
