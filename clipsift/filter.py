@@ -162,10 +162,10 @@ class RunContext:
                 return Path(path) / "scratch" / name
         return Path(self.workdir) / name
 
-    def uid_sorter(self, expected_rows: int, name: str = "uids", key=None) -> SortedUidParts:
-        """Where kept uids go: parts on shared storage sorted by tasks into DataComp's ``.npy``
-        (:class:`~clipsift.uidsort.SortedUidParts`). ``key`` (anything picklable that names the step)
-        makes the folder the same in a rerun, so stored map results keep pointing at their parts."""
+    def step_url(self, name: str, key=None) -> str:
+        """A scratch folder URL for one step's per-shard files. ``key`` (anything picklable that
+        names the step) makes it the same in a rerun on the same inputs, so stored map results
+        keep pointing at their files; without it the folder is new."""
         tag = uuid.uuid4().hex[:16]
         if key is not None:
             from clipsift.executor import _pool_identity
@@ -177,7 +177,12 @@ class RunContext:
                 tag = h.hexdigest()[:16]
             except Exception:  # noqa: BLE001 - not picklable: a fresh folder
                 pass
-        sorter = SortedUidParts(self.scratch_url(f"uids-{name}-{tag}"), expected_rows, self.executor)
+        return self.scratch_url(f"{name}-{tag}")
+
+    def uid_sorter(self, expected_rows: int, name: str = "uids", key=None) -> SortedUidParts:
+        """Where kept uids go: parts on shared storage sorted by tasks into DataComp's ``.npy``
+        (:class:`~clipsift.uidsort.SortedUidParts`); ``key`` as for :meth:`step_url`."""
+        sorter = SortedUidParts(self.step_url(f"uids-{name}", key), expected_rows, self.executor)
         # parts in a run folder stay (stored map results point at them: a rerun reuses both);
         # parts in the work folder go with the selection that holds them
         sorter.scratch_owned = self.run_dir is None

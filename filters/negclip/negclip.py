@@ -11,8 +11,8 @@ import numpy as np
 
 from clipsift.budget import budget_params, require_one
 from clipsift.filter import Filter, RunContext, Selection, row_counters
-from clipsift.filters.negclip.negclip_pass import NegClipScorer, score_pool
-from clipsift.filters.negclip.rank import select
+from clipsift.filters.negclip.negclip_pass import KeptRows, NegClipScorer, release, score_pool
+from clipsift.filters.negclip.rank import KeptScores, select_streamed
 from clipsift.params import Param
 
 ARCHES = ("l14", "b32")
@@ -61,8 +61,16 @@ class NegClipFilter(Filter):
 
     def select(self, ctx: RunContext) -> Selection:
         res = score_pool(ctx, negclip_scorer(self, ctx, self.arch), all_rows=self.score_all_rows)
-        details: dict = {}
-        keep = select(res.score, res.uids, fraction=self.fraction, count=self.count, threshold=self.threshold, owner=self.name, details=details)
-        counters = row_counters(len(res.uids), len(keep), scored_rows=res.rows_read)
-        details.update(device=ctx.torch_device(), score_all=score_summary(res.score), score_kept=score_summary(res.score[keep]))
-        return Selection(res.uids[keep], counters=counters, details=details, scores=res.score[keep])
+        try:
+            details: dict = {}
+            out = KeptRows(ctx, self.name, len(res), with_scores=getattr(self, "keep_scores", False))
+            every = KeptScores()
+            for recs in res.parts():
+                every.add(recs["score"])
+            kept = select_streamed(res.parts, len(res), out.add, lambda: ctx.uid_sorter(0, f"{self.name}-ties"),
+                                   fraction=self.fraction, count=self.count, threshold=self.threshold, owner=self.name, details=details)
+        finally:
+            release(ctx, res)
+        counters = row_counters(len(res), kept.n, scored_rows=res.rows_read)
+        details.update(device=ctx.torch_device(), score_all=every.summary(), score_kept=kept.summary())
+        return out.selection(counters, details)

@@ -16,14 +16,14 @@ from importlib import resources
 import numpy as np
 
 from clipsift.budget import fraction_count
+from clipsift.candidates import CandidateRows
 from clipsift.errors import ParamError
 from clipsift.filter import Filter, RunContext, Selection, row_counters
-from clipsift.filters.negclip.negclip import ARCHES, NEGCLIP_PARAMS, negclip_scorer, score_summary
-from clipsift.filters.negclip.negclip_pass import score_pool
+from clipsift.filters.negclip.negclip import ARCHES, NEGCLIP_PARAMS, negclip_scorer
+from clipsift.filters.negclip.negclip_pass import KeptRows, release, score_pool
 from clipsift.filters.negclip.normsim import NORMSIM_PARAMS, check_normsim_params, run_normsim
-from clipsift.filters.negclip.rank import select
+from clipsift.filters.negclip.rank import select_streamed
 from clipsift.params import Param
-from clipsift.uids import sort_records
 
 PRESETS = ("small", "medium", "dynamic")
 
@@ -94,19 +94,25 @@ class NegClipNormSimFilter(Filter):
             moment_subsample=self.sigma_subsample,
         )
         res = score_pool(ctx, scorer, all_rows=self.score_all_rows, desc=self.stage1)
-        n_pool = len(res.uids)
-        keep1 = select(res.score, res.uids, fraction=self.fraction, threshold=self.threshold)
-        survivors = sort_records(res.uids[keep1])
-        counters = row_counters(n_pool, len(keep1), stage1_kept=len(keep1))
-        details = {"device": ctx.torch_device(), "stage1": self.stage1, "score_stage1_kept": score_summary(res.score[keep1])}
-        if not stage2 or len(survivors) == 0:
-            counters.update(kept=len(survivors), dropped=n_pool - len(survivors), stage2="skipped" if not stage2 else "empty")
-            return Selection(survivors, counters=counters, details=details)
+        n_pool = len(res)
+        survivors = KeptRows(ctx, f"{self.name}-stage1", n_pool, with_scores=getattr(self, "keep_scores", False) and not stage2)
+        try:
+            kept1 = select_streamed(res.parts, n_pool, survivors.add, lambda: ctx.uid_sorter(0, f"{self.name}-ties"),
+                                    fraction=self.fraction, threshold=self.threshold, owner=self.name)
+        finally:
+            release(ctx, res)
+        counters = row_counters(n_pool, kept1.n, stage1_kept=kept1.n)
+        details = {"device": ctx.torch_device(), "stage1": self.stage1, "score_stage1_kept": kept1.summary()}
+        if not stage2 or kept1.n == 0:
+            counters.update(stage2="skipped" if not stage2 else "empty")
+            return survivors.selection(counters, details)
         count = None if self.fraction_normsim is None else fraction_count(n_pool, self.fraction_normsim)
-        if count is not None and count > len(survivors):
-            self.log.warning("stage 1 kept %d rows, fewer than fraction_normsim asks (%d); keeping all of them", len(survivors), count)
-            count = len(survivors)
-        uids, vals, more = run_normsim(self, ctx.with_candidates(survivors), count=count, threshold=self.threshold_normsim, initial=res.moment)
+        if count is not None and count > kept1.n:
+            self.log.warning("stage 1 kept %d rows, fewer than fraction_normsim asks (%d); keeping all of them", kept1.n, count)
+            count = kept1.n
+        stage1 = survivors.selection(counters, details)
+        cands = CandidateRows.from_sorted_uids(ctx, stage1.sorted_chunks(), ctx.scratch_url("candidates"), expected=kept1.n)
+        uids, vals, more = run_normsim(self, ctx.with_candidates(cands), count=count, threshold=self.threshold_normsim, initial=res.moment)
         counters.update(stage2_kept=len(uids), kept=len(uids), dropped=n_pool - len(uids))
         details.update(norm=self.norm, **more)
         return Selection(uids, counters=counters, details=details, scores=None if vals is None else np.asarray(vals))

@@ -1,4 +1,5 @@
-"""Stage-1 pass: score every shard in the executor's map step, gather (uid, score) in the parent.
+"""Stage-1 pass: score every shard in the executor's map step; the (uid, score) of the candidates
+stay per shard on shared storage and the selection streams over them (:mod:`clipsift.filters.negclip.rank`).
 
 With candidates (a chained run, the reference's ``given_uids``) batches still contain every row of
 the shard by default and only the output is restricted, as in the reference; ``all_rows=False``
@@ -13,11 +14,14 @@ from functools import partial
 
 import numpy as np
 
+from clipsift.candidates import CandidateRows, sorted_chunks_of
 from clipsift.devices import task_resources
 from clipsift.executor import map_shards
 from clipsift.filters.negclip.loss import shard_scores
 from clipsift.filters.negclip.normsim_pass import shard_moment
-from clipsift.uids import UID_DTYPE, isin_sorted
+from clipsift.shuffle import PartFolder
+from clipsift.stagecache import candidates_digest
+from clipsift.uids import UID_DTYPE
 
 
 @dataclass(frozen=True)
@@ -67,52 +71,112 @@ class NegClipScorer:
         return shard_moment(emb, self.renormalize, self.moment_subsample, self.seed, batch.shard.name)
 
 
-def _flag_candidates(scorer: NegClipScorer, candidates, batch) -> dict:
-    """Score every row (the normaliser's batches span the whole shard) and flag the candidates."""
+def _score_part(scorer: NegClipScorer, candidates, folder: PartFolder, batch) -> dict:
+    """Map step: score every row read (the normaliser's batches span the whole shard), keep the
+    candidates' (uid, score) as this shard's part on shared storage; return only counts and the
+    moment. ``candidates``: per-shard masks (CandidateRows), or None when the rows read are the
+    candidates."""
     out = scorer(batch)
-    out["candidate"] = candidates.mask(batch.shard)[batch.rows]
-    return out
+    keep = None if candidates is None else candidates.mask(batch.shard)[batch.rows]
+    rows = np.empty(len(out["uids"]), dtype=SCORED_DTYPE)
+    rows["f0"], rows["f1"], rows["score"] = out["uids"]["f0"], out["uids"]["f1"], out["score"]
+    if keep is not None:
+        rows = rows[keep]
+    name = f"{batch.shard.rank:06d}"
+    folder.write(name, np.zeros(len(rows), np.uint8), rows)
+    res = {"name": name, "rows": len(rows), "rows_read": len(out["uids"])}
+    if "moment" in out:
+        res["moment"], res["moment_rows"] = out["moment"], out["moment_rows"]
+    return res
+
+
+SCORED_DTYPE = np.dtype([("f0", "<u8"), ("f1", "<u8"), ("score", "<f4")])
 
 
 @dataclass
-class PassResult:
-    uids: np.ndarray
-    score: np.ndarray
-    css: np.ndarray | None
+class ScoredRows:
+    """The candidates' scores, one part per shard on shared storage (no process holds them all)."""
+
+    folder: PartFolder
+    names: tuple[str, ...]
+    num_rows: int
+    rows_read: int
     moment: np.ndarray | None
     moment_rows: int
-    rows_read: int
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def parts(self):
+        """Each shard's (uid, score) records, in shard order."""
+        for name in self.names:
+            yield self.folder.read_range([name], 0, 1, SCORED_DTYPE)[0]
+
+    def to_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(uids, scores) of every candidate in memory, shard order (for score mixing, in memory by design)."""
+        recs = [r for r in self.parts()]
+        recs = np.concatenate(recs) if recs else np.empty(0, SCORED_DTYPE)
+        uids = np.empty(len(recs), UID_DTYPE)
+        uids["f0"], uids["f1"] = recs["f0"], recs["f1"]
+        return uids, np.ascontiguousarray(recs["score"])
+
+    def close(self) -> None:
+        self.folder.remove()
 
 
-def score_pool(ctx, scorer: NegClipScorer, all_rows: bool = True, desc: str = "negclip") -> PassResult:
-    """Run ``scorer`` on every shard; keep the rows of ``ctx.candidates`` (all rows when None)."""
+def score_pool(ctx, scorer: NegClipScorer, all_rows: bool = True, desc: str = "negclip") -> ScoredRows:
+    """Run ``scorer`` on every shard; keep the scores of ``ctx.candidates``' rows (all rows when
+    None) as per-shard parts in the run's scratch space. With ``all_rows`` (the reference) every
+    shard row is scored and the candidates are picked out in the task, by per-shard masks."""
     cands = ctx.candidates
     read_cands = None if (cands is None or all_rows) else cands
-    uids, scores, css = [], [], []
-    moment, moment_rows, rows_read = None, 0, 0
-    by_rows = read_cands is None and hasattr(cands, "mask")  # candidate masks: flagged inside the task
-    task = partial(_flag_candidates, scorer, cands) if by_rows else scorer
-    parts = map_shards(ctx.pool, task, columns=scorer.columns(), keys=scorer.keys(), candidates=read_cands, executor=ctx.executor, desc=desc,
-                       bad_embeddings=ctx.bad_embeddings, dropped=ctx.dropped, stages=ctx.run_dir,
-                       resources=task_resources(scorer.device))
+    masks = None
+    if cands is not None and read_cands is None:
+        masks = cands if hasattr(cands, "mask") else CandidateRows.from_sorted_uids(
+            ctx, sorted_chunks_of(cands), ctx.scratch_url("candidates"), expected=len(cands))
+    key = (scorer, candidates_digest(cands), all_rows)
+    folder = PartFolder(ctx.step_url(f"scores-{desc}", key), 1)
+    parts = map_shards(ctx.pool, partial(_score_part, scorer, masks, folder), columns=scorer.columns(), keys=scorer.keys(),
+                       candidates=read_cands, executor=ctx.executor, desc=desc, bad_embeddings=ctx.bad_embeddings,
+                       dropped=ctx.dropped, stages=ctx.run_dir, resources=task_resources(scorer.device))
+    names, moment, moment_rows, rows, rows_read = [], None, 0, 0, 0
     for part in parts:
-        u, s, c = part["uids"], part["score"], part.get("css")
-        rows_read += len(u)
+        rows_read += part["rows_read"]
         if "moment" in part:
             moment = part["moment"] if moment is None else moment + part["moment"]
             moment_rows += part["moment_rows"]
-        if cands is not None and read_cands is None:
-            keep = part["candidate"] if by_rows else isin_sorted(u, cands)
-            u, s, c = u[keep], s[keep], (c[keep] if c is not None else None)
-        uids.append(u)
-        scores.append(s)
-        if c is not None:
-            css.append(c)
-    return PassResult(
-        uids=np.concatenate(uids) if uids else np.empty(0, UID_DTYPE),
-        score=np.concatenate(scores) if scores else np.empty(0, np.float32),
-        css=np.concatenate(css) if css else None,
-        moment=moment,
-        moment_rows=moment_rows,
-        rows_read=rows_read,
-    )
+        if part["rows"]:
+            names.append(part["name"])
+            rows += part["rows"]
+    return ScoredRows(folder, tuple(names), rows, rows_read, moment, moment_rows)
+
+
+def release(ctx, scored: ScoredRows) -> None:
+    """Delete the score parts once selected, unless they live in a run folder (a rerun reuses them)."""
+    if ctx.run_dir is None:
+        scored.close()
+
+
+class KeptRows:
+    """Where a streamed selection's rows go: the uid sorter on shared storage, or, when a caller
+    needs the kept scores too (score mixing, in memory by design), arrays."""
+
+    def __init__(self, ctx, name: str, expected: int, with_scores: bool = False):
+        self.sorter = None if with_scores else ctx.uid_sorter(expected, name)
+        self.uids, self.scores = [], []
+
+    def add(self, uids: np.ndarray, scores: np.ndarray) -> None:
+        if self.sorter is not None:
+            self.sorter.add(uids)
+        else:
+            self.uids.append(uids)
+            self.scores.append(np.asarray(scores))
+
+    def selection(self, counters: dict, details: dict):
+        from clipsift.filter import Selection
+
+        if self.sorter is not None:
+            return Selection(sorter=self.sorter, counters=counters, details=details)
+        uids = np.concatenate(self.uids) if self.uids else np.empty(0, UID_DTYPE)
+        scores = np.concatenate(self.scores) if self.scores else np.empty(0, np.float32)
+        return Selection(uids, counters=counters, details=details, scores=scores)

@@ -144,7 +144,9 @@ def source_values(ctx: RunContext, src: Source, uids: np.ndarray, duplicates: st
         finally:
             close()
         return np.concatenate(vals) if vals else np.empty(0)  # buckets come in the same sorted order
-    sel = scoring_filter(src).select(ctx)
+    scorer = scoring_filter(src)
+    scorer.keep_scores = True  # the kept rows' scores in memory (negclip otherwise streams its uids to disk)
+    sel = scorer.select(ctx)
     if sel.scores is None:
         raise ParamError(f"filter {src.target} returns no per-uid scores; use a scoring filter (negclip, normsim) or a score file")
     return align(uids, sel.uids, sel.scores)

@@ -56,9 +56,11 @@ def target_file(tmp_path_factory):
     return path
 
 
-def run(pool_dir, name, params, workers=1, candidates=None):
+def run(pool_dir, name, params, workers=1, candidates=None, keep_scores=False):
     ctx = RunContext(Pool(str(pool_dir)), LocalExecutor(workers, show_progress=False), candidates=candidates, device="cpu")
-    return create_filter(name, params).select(ctx)
+    f = create_filter(name, params)
+    f.keep_scores = keep_scores  # the kept scores in memory too (what score mixing asks for)
+    return f.select(ctx)
 
 
 def oracle_negclip(memory, b, k, seed=0, tau=0.01):
@@ -79,7 +81,10 @@ def as_set(uids):
 def test_negclip_streaming_equals_oracle_and_workers_agree(pool_dir, memory):
     uids, scores = oracle_negclip(memory, b=40, k=2)
     want = sort_records(uids[top_n(scores, uids, int(len(uids) * 0.3))])
-    sels = [run(pool_dir, "negclip", {"fraction": 0.3, "batch_size": 40, "repeats": 2}, workers=w) for w in (1, 2)]
+    params = {"fraction": 0.3, "batch_size": 40, "repeats": 2}
+    streamed = run(pool_dir, "negclip", params, workers=2)  # uids straight to the sorter on disk
+    np.testing.assert_array_equal(streamed.uids, want)
+    sels = [run(pool_dir, "negclip", params, workers=w, keep_scores=True) for w in (1, 2)]
     for sel in sels:
         np.testing.assert_array_equal(sel.uids, want)
         order = np.lexsort((uids["f1"], uids["f0"]))
@@ -117,8 +122,10 @@ def test_given_uids_batches_use_all_shard_rows(pool_dir, memory):
     inside = isin_sorted(uids, cands)
     sub_u, sub_s = uids[inside], scores[inside]
     np.testing.assert_array_equal(sel.uids, sort_records(sub_u[top_n(sub_s, sub_u, int(len(cands) * 0.5))]))
-    alone = run(pool_dir, "negclip", {"fraction": 0.5, "batch_size": 40, "repeats": 2, "score_all_rows": False}, candidates=cands)
-    assert len(alone) == len(sel) and not np.allclose(np.sort(alone.scores), np.sort(sel.scores))
+    alone = run(pool_dir, "negclip", {"fraction": 0.5, "batch_size": 40, "repeats": 2, "score_all_rows": False}, candidates=cands,
+                keep_scores=True)
+    with_all = run(pool_dir, "negclip", {"fraction": 0.5, "batch_size": 40, "repeats": 2}, candidates=cands, keep_scores=True)
+    assert len(alone) == len(sel) and not np.allclose(np.sort(alone.scores), np.sort(with_all.scores))
 
 
 def test_two_stage_counts_and_rules(tmp_path, target_file):

@@ -235,3 +235,30 @@ def test_checklist10_dynamic_t1_sizes_and_incremental_sigma():
     keep, _ = dynamic_select(emb, uids, 20, 3, subsample=0.5, seed=4)
     again, _ = dynamic_select(emb, uids, 20, 3, subsample=0.5, seed=4)
     assert len(keep) == 20 and np.array_equal(keep, again)
+
+
+@pytest.mark.parametrize("rule", [{"fraction": 0.3}, {"count": 7}, {"count": 0}, {"count": 500}, {"threshold": 0.5}, {"fraction": 1.0}])
+def test_streamed_selection_keeps_the_rows_select_keeps(tmp_path, rule):
+    """select_streamed (parts on disk, the n-th score by an exact distributed selection, ties in
+    uid order through a sorter) keeps exactly select()'s rows: ties, NaN scores (ranked as -inf),
+    repeated uids and any chunking included."""
+    from clipsift.filters.negclip.rank import select_streamed
+    from clipsift.uids import UID_DTYPE, sort_records
+    from clipsift.uidsort import UidSorter
+
+    rng = np.random.default_rng(11)
+    for trial in range(8):
+        n = int(rng.integers(1, 300))
+        uids = np.empty(n, UID_DTYPE)
+        uids["f0"] = rng.integers(0, 30, n).astype(np.uint64)  # many repeats
+        uids["f1"] = rng.integers(0, 4, n).astype(np.uint64)
+        scores = rng.choice(np.array([0.1, 0.5, 0.5, 0.9, np.nan, -np.inf], np.float32), n) if trial % 2 else rng.random(n).astype(np.float32)
+        recs = np.empty(n, [("f0", "<u8"), ("f1", "<u8"), ("score", "<f4")])
+        recs["f0"], recs["f1"], recs["score"] = uids["f0"], uids["f1"], scores
+        cuts = np.sort(rng.integers(0, n + 1, size=rng.integers(0, 5)))
+        chunks = np.split(recs, cuts)
+        got = []
+        select_streamed(lambda: iter(chunks), n, lambda u, s: got.append(u), lambda: UidSorter(n, tmp_path), **rule)
+        got = sort_records(np.concatenate(got)) if got else np.empty(0, UID_DTYPE)
+        want = sort_records(uids[select(scores, uids, **rule)])
+        np.testing.assert_array_equal(got, want, err_msg=f"trial {trial}")

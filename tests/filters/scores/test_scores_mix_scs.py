@@ -118,7 +118,9 @@ def test_negclip_normsim_dfn_recipe(pool, uids, tmp_path):
     got = read_subset(out)
     # the same mix computed from the three filters' own scores
     ctx = ctx_for(pool, tmp_path)
-    neg = create_filter("negclip", {"threshold": -1e30}).select(ctx)
+    negclip = create_filter("negclip", {"threshold": -1e30})
+    negclip.keep_scores = True  # its kept scores in memory, as mix asks for them
+    neg = negclip.select(ctx)
     ns = create_filter("normsim", {"threshold": -1e30, "target": str(target)}).select(ctx)
     recs = sort_records(hex_to_records(uids))
     assert np.array_equal(neg.uids, recs) and np.array_equal(ns.uids, recs)
