@@ -1,6 +1,6 @@
 """Spherical k-means over pool embeddings, in bounded memory: the engine behind SemDeDup, SSP and DBP.
 
-Three steps, each usable alone (another filter can reuse them for a k-means partition):
+Four steps, each usable alone (another filter can reuse them for a k-means partition):
 
 1. :func:`training_sample` streams the pool once and keeps the ``m`` rows with the smallest uids
    (uids are hashes, so this is a uniform, seed-free, layout-independent sample) — memory ``m·d``.
@@ -10,8 +10,9 @@ Three steps, each usable alone (another filter can reuse them for a k-means part
 3. :func:`assign_to_store` streams the pool once more, assigns every row to its nearest centroid by
    inner product (:func:`assign`) and writes the rows grouped by cluster on disk
    (:class:`clipsift.grouped.GroupedStore`): ``gidx``, ``uid_hi``, ``uid_lo``, ``sim`` (cosine to
-   the centroid), optionally the raw embedding ``emb`` and numeric parquet columns. Per-cluster
-   work then reads one cluster at a time.
+   the centroid), optionally the raw embedding ``emb`` and numeric parquet columns.
+4. :func:`map_groups` runs per-cluster work as executor tasks over batches of clusters, each
+   reopening the store from its path and reading only its clusters (ClipCov uses it for classes).
 
 Vectors come from an :class:`EmbeddingSource`: an npz key of the pool (default ``l14_img``) or an
 external uid-aligned set (:class:`ExternalEmbeddings`). Rows are cast to float32 and L2-normalised
@@ -551,7 +552,7 @@ def auto_clusters(n: int, mean_size: int = 2500) -> int:
 
 
 # ---- per-group work as executor tasks ----------------------------------------------------------
-GROUP_TASK_BYTES = 8 << 20  # rows read per task: small clusters share a task, so k = 500+ costs tens of tasks
+GROUP_TASK_BYTES = 8 << 20  # bytes of rows a task reads: small clusters share a task, so k = 500+ costs tens of tasks
 
 
 def group_batches(sizes: np.ndarray, groups: np.ndarray, row_bytes: int, target_bytes: int | None = None) -> list[np.ndarray]:
@@ -585,11 +586,8 @@ def _group_batch(fn, store_path: str, batch: tuple[np.ndarray, np.ndarray | None
     from clipsift.grouped import GroupedStore
 
     groups, args = batch
-    store = GroupedStore.open(store_path)
-    try:
-        return [fn(store, int(g), None if args is None else args[i]) for i, g in enumerate(groups)]
-    finally:
-        del store  # drop the memory maps: resident memory stays one batch's rows
+    store = GroupedStore.open(store_path)  # dropped on return, with its maps: a task holds one batch's rows
+    return [fn(store, int(g), None if args is None else args[i]) for i, g in enumerate(groups)]
 
 
 def map_groups(ctx, fn, store_path, groups, sizes, *, args=None, row_bytes: int, desc: str, device: str = "cpu",
@@ -597,7 +595,9 @@ def map_groups(ctx, fn, store_path, groups, sizes, *, args=None, row_bytes: int,
     """Yield ``fn(store, g, arg)`` for each of ``groups`` in order, run by ``ctx.executor`` as tasks
     over batches of groups (:func:`group_batches`), each reading only its groups from the store at
     ``store_path`` (shared storage). ``args`` (optional, a sequence aligned with ``groups``) are
-    per-group values that travel with their batch. ``fn`` must be picklable; a CUDA ``device`` asks for one GPU per task.
+    per-group values that travel with their batch. ``fn`` must be picklable; a CUDA ``device`` asks
+    for one GPU per task. Results come back small and in group order, so the driver combines them
+    exactly as a loop over the groups would.
     """
     groups = np.asarray(groups, np.int64)
     batches = group_batches(sizes, groups, row_bytes, target_bytes)
