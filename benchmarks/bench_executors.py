@@ -231,76 +231,52 @@ def _fmt_s(x: float) -> str:
 
 
 def project(paths: list[str], cores: int, machines: list[int], shard_rows: int = 10_000) -> None:
-    """Wall time and driver memory at 128M and 12.8B rows on N machines, from measured costs.
+    """Wall time and driver load at 128M and 12.8B rows on N machines, from costs measured on Ray.
 
-    CPU seconds are used where they were measured (steady on a shared machine); wall-only figures
-    (the sorted write, semdedup's stages) are turned into CPU seconds with the run's own
-    CPU/wall ratio. Serial stages run on the driver (its ``cores`` threads at best), parallel
-    ones on N x ``cores``. ``shard_rows``: rows per shard of the projected pool (DataComp: about
-    10k), which sets the number of Ray tasks; "fixed" assumes 8 shards per task.
+    Everything but two costs runs as tasks (map steps, the fraction cut's passes, the sort of
+    the kept uids), so it divides by the N x ``cores`` of the cluster. The two serial costs are the
+    driver's: a fixed CPU cost per task (submit, wait, deserialise) and the concatenation of the
+    sorted ranges into the one ``.npy`` (read, two sha256, write) per kept row. Both are solved
+    from the ``no_filter`` and ``random`` Ray runs (1 task per shard plus one sort task per
+    ``TASK_ROWS`` kept rows). ``shard_rows``: rows per shard of the projected pool, which sets
+    the number of tasks (DataComp ships about 10k rows per shard).
     """
+    import numpy as np
+
+    from clipsift.uidsort import TASK_ROWS
+
     runs = _load(paths)
-    cs, nf = _pick(runs, "clip_score", "local"), _pick(runs, "no_filter", "local")
-    csr = _pick(runs, "clip_score", "ray")
-    sd = _pick(runs, "semdedup", "local")
-    if not (cs and nf):
-        raise SystemExit("need clip_score and no_filter local runs in the logs")
-    unit = {
-        "clip_score map CPU s/row (2 passes, workers)": cs["worker_cpu_s"] / cs["rows"],
-        "clip_score map CPU s/row on Ray workers": csr["worker_cpu_s"] / csr["rows"] if csr else float("nan"),
-        "clip_score driver CPU s/row (ingest, concat, partition, sort kept)": cs["driver_cpu_s"] / cs["rows"],
-        "clip_score driver bytes/row (peak - base)": (cs["peak_rss_mb"] - cs["driver_base_mb"]) * 2**20 / cs["rows"],
-        "no_filter driver CPU s/row (read, decode, spill; threads)": nf["driver_cpu_s"] / nf["rows"],
-        "sorted write s/row (bucket sort + write, wall)": nf["write_s"] / nf["rows"],
-        "no_filter driver MB (peak)": nf["peak_rss_mb"],
-    }
-    if csr and csr["rows"] == cs["rows"]:  # driver CPU per Ray task: submit, get, deserialise (2 passes)
-        unit["Ray driver CPU s/task"] = max(csr["driver_cpu_s"] - cs["driver_cpu_s"], 0) / (2 * cs["shards"])
-    else:
-        unit["Ray driver CPU s/task"] = float("nan")
-    print(f"measured at {cs['rows']:,} rows ({cs['shards']} shards):")
-    for k, v in unit.items():
-        print(f"  {k}: {v:.3g}")
-    sd_unit = None
-    if sd:
-        cpu = sd["driver_cpu_s"] + sd["worker_cpu_s"]
-        scale = cpu / sd["total_s"]  # CPU seconds per wall second in that run
-        k0 = -(-sd["rows"] // 2500)
-        st = sd["stages"]
-        flop = 2 * 768 / FLOPS_PER_CORE  # CPU s per row-centroid of the assignment's dot products (assumed rate)
-        assign_cpu = st.get("assign", 0) * scale
-        sd_unit = {"kmeans_cpu_s": st.get("kmeans", 0) * scale, "assign_io_cpu_per_row": max(assign_cpu - sd["rows"] * k0 * flop, 0) / sd["rows"],
-                   "assign_dot_cpu_per_row_centroid": flop, "pairwise_cpu_per_row": st.get("pairwise", 0) * scale / sd["rows"], "k": k0,
-                   "pairwise_cpu_per_cluster": st.get("pairwise", 0) * scale / k0}
-        print(f"semdedup at {sd['rows']:,} rows, k={k0}: CPU/wall {scale:.2f}; " + ", ".join(f"{k}={v:.3g}" for k, v in sd_unit.items()))
+    got = {job: _pick(runs, job, "ray") for job in ("no_filter", "random", "clip_score")}
+    if not all(got.values()):
+        raise SystemExit("need no_filter, random and clip_score Ray runs in the logs")
+    tasks = {job: r["shards"] + -(-r["kept"] // TASK_ROWS) for job, r in got.items()}
+    nf, rd = got["no_filter"], got["random"]
+    # driver CPU = tasks * per_task + kept * per_row, for no_filter and random: two equations
+    a = np.array([[tasks["no_filter"], nf["kept"]], [tasks["random"], rd["kept"]]], dtype=float)
+    per_task, per_row = np.linalg.solve(a, np.array([nf["driver_cpu_s"], rd["driver_cpu_s"]]))
+    worker = {job: r["worker_cpu_s"] / r["rows"] for job, r in got.items()}
+    passes = max(1.0, (got["clip_score"]["driver_cpu_s"] - per_row * got["clip_score"]["kept"]) / per_task / got["clip_score"]["shards"])
+    print(f"measured on Ray at {nf['rows']:,} rows ({nf['shards']} shards):")
+    print(f"  driver CPU per task: {per_task * 1e3:.2f} ms; driver CPU per kept row (concatenate, hash, write): {per_row:.3g} s")
+    for job, w in worker.items():
+        print(f"  {job}: worker CPU per pool row {w:.3g} s; driver peak {got[job]['peak_rss_mb']:.0f} MB")
+    print(f"  clip_score: about {passes:.1f} tasks per shard (the cut's histogram passes and the keep pass)")
     out = []
     for rows in (128_000_000, 12_800_000_000):
+        shards = rows / shard_rows
         for n in machines:
-            par, ser = n * cores, cores
-            kept = 0.3 * rows
-            cs_map = unit["clip_score map CPU s/row (2 passes, workers)"] * rows / par
-            cs_drv = unit["clip_score driver CPU s/row (ingest, concat, partition, sort kept)"] * rows
-            write = unit["sorted write s/row (bucket sort + write, wall)"]
-            nf_drv = unit["no_filter driver CPU s/row (read, decode, spill; threads)"] * rows / ser
-            tasks = 2 * rows / shard_rows * unit["Ray driver CPU s/task"]  # one driver submits every task
-            row = {"rows": f"{rows / 1e6:,.0f}M", "machines": n, "cores": par,
-                   "clip_score today": _fmt_s(cs_map + cs_drv + write * kept + tasks),
-                   "of which Ray tasks": _fmt_s(tasks),
-                   "clip_score driver GB": f"{unit['clip_score driver bytes/row (peak - base)'] * rows / 2**30:,.1f}",
-                   "clip_score fixed": _fmt_s((cs_map * par + cs_drv + write * kept) / par + tasks / 8),
-                   "no_filter today": _fmt_s(nf_drv + write * rows),
-                   "no_filter fixed": _fmt_s((nf_drv * ser + write * rows) / par + tasks / 16)}
-            if sd_unit:
-                def semdedup(k, spread, rows=rows, par=par, ser=ser):
-                    kmeans = sd_unit["kmeans_cpu_s"] * k / sd_unit["k"] / ser  # on the driver (faiss threads)
-                    assign = (sd_unit["assign_io_cpu_per_row"] + sd_unit["assign_dot_cpu_per_row_centroid"] * k) * rows / par
-                    pair = sd_unit["pairwise_cpu_per_row"] * rows / (par if spread else ser)
-                    return _fmt_s(kmeans + assign + pair)
-                k = -(-rows // 2500)
-                row["semdedup today (k=n/2500)"] = semdedup(k, False)
-                row["semdedup fixed (k=50k, clusters as tasks)"] = semdedup(50_000, True)
-                # per-shard cluster counts (shards x k int64) and the kept uids (96 % of 16 B/row), both in the driver
-                row["semdedup driver GB"] = f"{(rows / shard_rows * k * 8 + 0.96 * rows * 16) / 2**30:,.1f}"
+            par = n * cores
+            row = {"rows": f"{rows / 1e6:,.0f}M", "machines": n, "cores": par}
+            for job, frac, per_shard in (("no_filter", 1.0, 1), ("clip_score", 0.3, passes)):
+                kept = frac * rows
+                n_tasks = shards * per_shard + kept / TASK_ROWS
+                work = worker[job] * rows / par
+                driver_tasks = n_tasks * per_task
+                concat = kept * per_row
+                row[f"{job} wall"] = _fmt_s(max(work, driver_tasks) + concat)
+                row[f"{job}: driver per-task / concat"] = f"{_fmt_s(driver_tasks)} / {_fmt_s(concat)}"
+                batched = n_tasks / 64 * per_task  # 64 shards per task
+                row[f"{job} wall, 64 shards per task"] = _fmt_s(max(work, batched) + concat)
             out.append(row)
     print(table(out, list(out[0])))
 

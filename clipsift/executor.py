@@ -178,6 +178,24 @@ def _staged(stage, task, shard):
     return result, False
 
 
+def _each(task, shards) -> list:
+    """One task over several shards: their results, in order."""
+    return [task(shard) for shard in shards]
+
+
+def _map_batched(executor, task, shards, desc: str, threads: bool, resources) -> Iterator:
+    """``executor.map(task, shards)``, with several shards per task where the executor asks for it
+    (``shards_per_task``: a cluster's driver pays a fixed cost per task, so at millions of shards
+    one task per shard would make the driver the bottleneck). Results come back per shard, in order."""
+    per_task = getattr(executor, "shards_per_task", lambda n: 1)(len(shards))
+    if per_task <= 1:
+        yield from executor.map(task, shards, desc=desc, threads=threads, resources=resources)
+        return
+    batches = [shards[i : i + per_task] for i in range(0, len(shards), per_task)]
+    for results in executor.map(partial(_each, task), batches, desc=desc, threads=threads, resources=resources, unit="batch"):
+        yield from results
+
+
 def _pool_identity(pool) -> str:
     """Shard names, rows, sizes and modification times: a changed file gives another identity."""
     ident = getattr(pool, "_identity", None)
@@ -254,13 +272,13 @@ def map_shards(
                    "bad_embeddings": bad_embeddings, "pool": _pool_identity(pool)}
             stage = stages.stage(desc, key, fn)
         if stage is None:
-            for result, info in executor.map(task, shards, desc=desc or "shards", threads=threads, resources=resources):
+            for result, info in _map_batched(executor, task, shards, desc or "shards", threads, resources):
                 _count_dropped(dropped, info)
                 yield result
             return
         reused = done = 0
         staged = partial(_staged, stage, task)
-        for (result, info), was_stored in executor.map(staged, shards, desc=desc or "shards", threads=threads, resources=resources):
+        for (result, info), was_stored in _map_batched(executor, staged, shards, desc or "shards", threads, resources):
             _count_dropped(dropped, info)
             reused += was_stored
             done += 1

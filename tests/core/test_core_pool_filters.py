@@ -351,3 +351,39 @@ def test_gpu_steps_declare_one_gpu_per_task(tmp_path):
     spy.seen = []
     NegClipFilter(fraction=0.5, batch_size=8).select(RunContext(Pool(str(root)), spy, workdir=tmp_path / "w2", device="cpu"))
     assert spy.seen and all(r is None for _, r in spy.seen)
+
+
+@pytest.mark.parametrize("name, params", [("clip_score", {"arch": "l14", "fraction": 0.3}), ("no_filter", {}),
+                                          ("semdedup", {"k": 3, "eps": 0.5}), ("negclip", {"fraction": 0.5, "batch_size": 16})])
+def test_several_shards_per_task_give_the_same_bytes(tmp_path, name, params):
+    """An executor that asks for several shards per task (as Ray does at many shards, so the
+    driver's per-task cost stays small) gets per-shard results back in order: same output, and a
+    run folder written that way is reused shard by shard."""
+    from clipsift.executor import LocalExecutor
+    from clipsift.filter import RunContext
+    from clipsift.pool import Pool
+    from clipsift.registry import create_filter
+    from clipsift.stagecache import RunFolder
+
+    class Batching(LocalExecutor):
+        def shards_per_task(self, n):
+            return 3
+
+    root = write_pool(tmp_path / "pool", [20, 0, 15, 25, 10, 30, 5], seed=5)
+    one = create_filter(name, params).select(RunContext(Pool(str(root)), LocalExecutor(2, show_progress=False), workdir=tmp_path / "a"))
+    run = RunFolder(str(tmp_path / "run"))
+    ctx = lambda w: RunContext(Pool(str(root)), Batching(2, show_progress=False), workdir=tmp_path / w, run_dir=run)  # noqa: E731
+    batched = create_filter(name, params).select(ctx("b"))
+    again = create_filter(name, params).select(ctx("c"))
+    assert len(one) > 0
+    np.testing.assert_array_equal(one.uids, batched.uids)
+    np.testing.assert_array_equal(one.uids, again.uids)
+
+
+def test_ray_batches_shards_when_there_are_many():
+    from clipsift.ray_executor import MAX_SHARDS_PER_TASK, RayExecutor
+
+    ex = object.__new__(RayExecutor)  # the arithmetic only: no cluster
+    ex.workers = 2
+    assert ex.shards_per_task(4) == 1 and ex.shards_per_task(1000) == 31
+    assert ex.shards_per_task(1_280_000) == MAX_SHARDS_PER_TASK
