@@ -59,6 +59,12 @@ class CandidateRows:
     def __getstate__(self):
         return {**self.__dict__, "counts": None}
 
+    def release(self, ctx) -> None:
+        """Delete the masks once the steps that read them are done, unless they live in a run
+        folder (a rerun reuses them there)."""
+        if ctx.run_dir is None:
+            PartFolder(self.url, 1).remove()
+
     def _mask_url(self, rank: int) -> str:
         return f"{self.url}/masks/{rank:06d}.bits"
 

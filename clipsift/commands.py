@@ -273,7 +273,11 @@ def cmd_filter(args) -> int:
         ctx = RunContext(pool, _executor(args), None, workdir, device, bad_embeddings=args.bad_embeddings, run_dir=run_dir)
         if listed is not None:
             ctx = ctx.with_candidates(candidate_rows(ctx, listed))
-        path, manifest = run_to_subset(step, ctx, args.out, recipe_text)
+        try:
+            path, manifest = run_to_subset(step, ctx, args.out, recipe_text)
+        finally:
+            if listed is not None:
+                ctx.candidates.release(ctx)
     print(f"{path}: kept {manifest['output_count']} of {manifest['input_count']} in {manifest['wall_time_s']} s")
     return 0
 

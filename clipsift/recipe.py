@@ -40,13 +40,17 @@ class Chain:
     def select(self, ctx: RunContext) -> Selection:
         """Each step runs on the rows the previous one kept; what passes between steps is one
         candidate mask per shard on shared storage (:mod:`clipsift.candidates`), never a uid array."""
-        stages, sel, seen = [], None, ctx.num_candidates
-        for i, step in enumerate(self.steps):
-            sel = step.select(ctx)
-            stages.append({**step.describe(), "input": ctx.num_candidates, "output": len(sel), "counters": sel.counters})
-            if i + 1 < len(self.steps):
-                kept = CandidateRows.from_sorted_uids(ctx, sel.sorted_chunks(), ctx.scratch_url("candidates"), expected=len(sel))
-                ctx = ctx.with_candidates(kept)
+        stages, sel, seen, masks = [], None, ctx.num_candidates, []
+        try:
+            for i, step in enumerate(self.steps):
+                sel = step.select(ctx)
+                stages.append({**step.describe(), "input": ctx.num_candidates, "output": len(sel), "counters": sel.counters})
+                if i + 1 < len(self.steps):
+                    masks.append(CandidateRows.from_sorted_uids(ctx, sel.sorted_chunks(), ctx.scratch_url("candidates"), expected=len(sel)))
+                    ctx = ctx.with_candidates(masks[-1])
+        finally:
+            for rows in masks:
+                rows.release(ctx)
         sel.counters, sel.details = row_counters(seen, len(sel)), {"stages": stages}
         return sel
 

@@ -82,7 +82,7 @@ class ClipCovFilter(Filter):
         # rows left out for bad embeddings (--bad-embeddings drop) change the grouped rows: part of the key
         policy = getattr(ctx, "bad_embeddings", "error")
         extra = [] if policy == "error" else [f"bad_embeddings={policy}"]
-        return ctx.workdir / "clipcov" / _digest([pool_fp, cand, self.embeddings, self.partition, self.clusters, self.kmeans_iters, *files, *extra])
+        return ctx.scratch_dir("clipcov") / _digest([pool_fp, cand, self.embeddings, self.partition, self.clusters, self.kmeans_iters, *files, *extra])
 
     def select(self, ctx: RunContext) -> Selection:
         run_dir = self._run_dir(ctx)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clipsift.candidates import CandidateRows, sorted_chunks_of
 from clipsift.clustering import (
     EMBEDDING_PARAMS,
     KMEANS_PARAMS,
@@ -36,7 +37,7 @@ from clipsift.clustering import (
     records,
 )
 from clipsift.errors import ParamError
-from clipsift.filter import Filter, RunContext, Selection
+from clipsift.filter import Filter, RunContext, Selection, collect_rows
 from clipsift.filters.density import allocation as density
 from clipsift.filters.density.semdedup import (
     DEFAULT_EPS,
@@ -44,9 +45,10 @@ from clipsift.filters.density.semdedup import (
     run_semdedup,
 )
 from clipsift.filters.density.ssp import keep_target
+from clipsift.kth import fraction_cut
 from clipsift.log import get_logger
 from clipsift.params import Param
-from clipsift.uids import UID_DTYPE, sort_records, unique_sorted
+from clipsift.uids import UID_DTYPE, sort_records
 
 log = get_logger("filters.dbp")
 
@@ -62,25 +64,50 @@ def clip_threshold(scores: np.ndarray, fraction: float) -> float:
     return float(fraction_threshold(np.asarray(scores, dtype=np.float64), fraction))
 
 
-def _scores(column: str, batch):
-    return batch.uids, batch.numpy(column, np.float64)
+class _Scores:
+    """A score column as float64 (picklable map step of the fraction cut)."""
+
+    def __init__(self, column: str):
+        self.column = column
+
+    def __call__(self, batch) -> np.ndarray:
+        return batch.numpy(self.column, np.float64)
 
 
-def run_clip_stage(ctx: RunContext, column: str, fraction: float | None, threshold: float | None) -> tuple[np.ndarray, dict]:
-    """(uids with score ≥ T, details) over ``ctx``'s candidates."""
-    parts = list(ctx.map_shards(partial(_scores, column), columns=(column,), desc="dbp: clip score"))
-    uids = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, UID_DTYPE)
-    scores = np.concatenate([p[1] for p in parts]) if parts else np.empty(0)
+class _AtLeast:
+    """Row step: rows whose float64 score is ≥ T (NaN never)."""
+
+    def __init__(self, column: str, threshold: float):
+        self.column, self.threshold = column, threshold
+
+    def __call__(self, batch):
+        with np.errstate(invalid="ignore"):
+            keep = batch.numpy(self.column, np.float64) >= self.threshold
+        return batch.uids[keep], {"score": int(len(keep) - keep.sum())}, len(keep)
+
+
+def run_clip_stage(ctx: RunContext, column: str, fraction: float | None, threshold: float | None) -> tuple[Selection, dict]:
+    """(rows with score ≥ T, details) over ``ctx``'s candidates, in map steps: T is given or
+    DataComp's fraction cut by the exact distributed selection (:func:`clipsift.kth.fraction_cut`,
+    the rule :func:`clip_threshold` states), and the kept uids go to the sorter, not the driver."""
     if threshold is not None:
         thr = float(threshold)
+    elif ctx.num_candidates == 0:
+        thr = float("inf")
     else:
-        thr = clip_threshold(scores, fraction) if len(scores) else float("inf")
+        t, _ = fraction_cut(ctx, _Scores(column), fraction, (column,), "dbp: clip score threshold")
+        thr = float(t)
     if np.isnan(thr):
-        log.warning("dbp: clip_fraction=%g reaches past the %d non-NaN %s scores: DataComp's rule keeps no row",
-                    fraction, int((~np.isnan(scores)).sum()), column)
-    with np.errstate(invalid="ignore"):
-        keep = scores >= thr
-    return uids[keep], {"column": column, "threshold": thr, "fraction": fraction, "input": int(len(uids)), "kept": int(keep.sum())}
+        log.warning("dbp: clip_fraction=%g reaches past the non-NaN %s scores: DataComp's rule keeps no row", fraction, column)
+    kept = collect_rows(ctx, _AtLeast(column, thr), columns=(column,), desc="dbp: clip score")
+    return kept, {"column": column, "threshold": thr, "fraction": fraction, "input": kept.counters["input"], "kept": len(kept)}
+
+
+def _next_candidates(ctx: RunContext, kept) -> RunContext:
+    """The next stage's context: the rows kept so far, as per-shard masks (clipsift.candidates)."""
+    chunks = kept.sorted_chunks() if hasattr(kept, "sorted_chunks") else sorted_chunks_of(sort_records(kept))
+    rows = CandidateRows.from_sorted_uids(ctx, chunks, ctx.scratch_url("candidates"), expected=len(kept))
+    return ctx.with_candidates(rows)
 
 
 # ---- stages 3-6: density-based budgets ---------------------------------------------------------
@@ -108,7 +135,7 @@ def run_density(ctx: RunContext, *, source: EmbeddingSource, k: int = 500, niter
                 num_nn: int = 20, balance: float = 0.0, density_rule: str = "dintra*dinter", keep: str = "hard",
                 seed: int = 0, centroids: np.ndarray | None = None, desc: str = "dbp") -> tuple[np.ndarray, dict, dict]:
     """Density-based pruning of ``ctx``'s candidates to N rows: (kept uid records, counters, details)."""
-    work = Path(ctx.workdir) / f"{desc}-{uuid.uuid4().hex[:8]}"
+    work = ctx.scratch_dir(f"{desc}-{uuid.uuid4().hex[:8]}")  # every task reads the store: the run folder on a cluster
     info: dict = {}
     clock = StageClock()
     if centroids is None:
@@ -214,7 +241,15 @@ class DBPFilter(Filter):
         return EmbeddingSource.create(key, ext, self.missing, workdir / "dedup-ext", bad_embeddings), main
 
     def select(self, ctx: RunContext) -> Selection:
-        dedup_src, main_src = self._sources(Path(ctx.workdir), getattr(ctx, "bad_embeddings", "error"))
+        stages: list = []  # the candidate masks handed from stage to stage, released at the end
+        try:
+            return self._select(ctx, stages)
+        finally:
+            for rows in stages:
+                rows.release(ctx)
+
+    def _select(self, ctx: RunContext, stages: list) -> Selection:
+        dedup_src, main_src = self._sources(ctx.scratch_dir(""), getattr(ctx, "bad_embeddings", "error"))
         counters = {"input": int(ctx.num_candidates)}
         details: dict = {}
         if self.dedup:
@@ -224,7 +259,8 @@ class DBPFilter(Filter):
                 seed=self.seed, block=self.block, cap=self.cap, desc="dbp-semdedup")
             counters["after_dedup"] = int(len(kept))
             details["dedup"] = {**c, **d}
-            ctx = ctx.with_candidates(unique_sorted(sort_records(kept)))
+            ctx = _next_candidates(ctx, kept)
+            stages.append(ctx.candidates)
         if self.clip_filter:
             clock = StageClock()
             kept, d = run_clip_stage(ctx, self.clip_column, self.clip_fraction, self.clip_threshold)
@@ -232,7 +268,11 @@ class DBPFilter(Filter):
             d["seconds"], d["cpu_seconds"] = clock.wall["clip"], clock.cpu["clip"]
             counters["after_clip_score"] = int(len(kept))
             details["clip_score"] = d
-            ctx = ctx.with_candidates(unique_sorted(sort_records(kept)))
+            if not self.prune:
+                kept.counters, kept.details = {**counters, "kept": len(kept), "dropped": counters["input"] - len(kept)}, details
+                return kept
+            ctx = _next_candidates(ctx, kept)
+            stages.append(ctx.candidates)
         if not self.prune:
             counters.update({"kept": int(len(kept)), "dropped": counters["input"] - int(len(kept))})
             return Selection(kept, counters=counters, details=details)

@@ -20,7 +20,6 @@ import shutil
 import uuid
 from fractions import Fraction
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 
@@ -171,7 +170,7 @@ def run_semdedup(ctx: RunContext, *, source: EmbeddingSource, k: int | None = No
                  cap: int = 32768, centroids: np.ndarray | None = None, desc: str = "semdedup") -> tuple[np.ndarray, dict, dict]:
     """SemDeDup over ``ctx``'s candidates: (kept uid records, counters, details)."""
     n_in = ctx.num_candidates
-    work = Path(ctx.workdir) / f"{desc}-{uuid.uuid4().hex[:8]}"
+    work = ctx.scratch_dir(f"{desc}-{uuid.uuid4().hex[:8]}")  # every task reads the store: the run folder on a cluster
     info: dict = {}
     clock = StageClock()
     lap = clock.lap
@@ -250,7 +249,7 @@ class SemDeDupFilter(Filter):
         return () if self.embeddings else (self.key,)
 
     def select(self, ctx: RunContext) -> Selection:
-        source = EmbeddingSource.create(self.key, self.embeddings, self.missing, ctx.workdir, getattr(ctx, "bad_embeddings", "error"))
+        source = EmbeddingSource.create(self.key, self.embeddings, self.missing, ctx.scratch_dir(""), getattr(ctx, "bad_embeddings", "error"))
         kept, counters, details = run_semdedup(
             ctx, source=source, k=self.k, niter=self.niter, kmeans_seed=self.kmeans_seed, train_rows=self.train_rows,
             eps=self.eps, target=self.target, keep=self.keep, seed=self.seed, block=self.block, cap=self.cap)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import shutil
 import uuid
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 
@@ -97,7 +96,7 @@ def run_ssp(ctx: RunContext, *, source: EmbeddingSource, k: int = 500, niter: in
             train_rows: int | None = None, fraction: float | None = None, count: int | None = None, mode: str = "global",
             balance: float = 0.5, centroids: np.ndarray | None = None, desc: str = "ssp") -> tuple[np.ndarray, dict, dict]:
     """SSP over ``ctx``'s candidates: (kept uid records, counters, details)."""
-    work = Path(ctx.workdir) / f"{desc}-{uuid.uuid4().hex[:8]}"
+    work = ctx.scratch_dir(f"{desc}-{uuid.uuid4().hex[:8]}")  # every task reads the store: the run folder on a cluster
     info: dict = {}
     if centroids is None:
         centroids, info = fit_centroids(ctx, source, k, niter=niter, seed=kmeans_seed, train_rows=train_rows, desc=f"{desc} k-means")
@@ -168,7 +167,7 @@ class SSPFilter(Filter):
         return () if self.embeddings else (self.key,)
 
     def select(self, ctx: RunContext) -> Selection:
-        source = EmbeddingSource.create(self.key, self.embeddings, self.missing, ctx.workdir, getattr(ctx, "bad_embeddings", "error"))
+        source = EmbeddingSource.create(self.key, self.embeddings, self.missing, ctx.scratch_dir(""), getattr(ctx, "bad_embeddings", "error"))
         kept, counters, details = run_ssp(
             ctx, source=source, k=self.k, niter=self.niter, kmeans_seed=self.kmeans_seed, train_rows=self.train_rows,
             fraction=self.fraction, count=self.count, mode=self.mode, balance=self.balance)

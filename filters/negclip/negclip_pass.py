@@ -140,6 +140,11 @@ def score_pool(ctx, scorer: NegClipScorer, all_rows: bool = True, desc: str = "n
                        candidates=read_cands, executor=ctx.executor, desc=desc, bad_embeddings=ctx.bad_embeddings,
                        dropped=ctx.dropped, stages=ctx.run_dir, resources=task_resources(scorer.device))
     names, moment, moment_rows, rows, rows_read = [], None, 0, 0, 0
+    try:
+        parts = list(parts)
+    finally:
+        if masks is not None and masks is not cands:  # made here from a uid array
+            masks.release(ctx)
     for part in parts:
         rows_read += part["rows_read"]
         if "moment" in part:
