@@ -136,6 +136,7 @@ for p in range({passes}):
                    "stages": stage_seconds(sel.details)}})
     del sel
 result = {{"rows": pool.num_rows, "shards": len(pool.shards), "start_s": round(start_s, 3),
+          "shards_per_task": getattr(ex, "shards_per_task", lambda n: 1)(len(pool.shards)),
           **min(passes, key=lambda q: q["total_s"]), "first_total_s": passes[0]["total_s"], "passes": len(passes),
           "same_bytes_across_passes": len({{q["sha256"] for q in passes}}) == 1, **base}}
 if {kind!r} == "ray":
@@ -249,13 +250,14 @@ def project(paths: list[str], cores: int, machines: list[int], shard_rows: int =
     got = {job: _pick(runs, job, "ray") for job in ("no_filter", "random", "clip_score")}
     if not all(got.values()):
         raise SystemExit("need no_filter, random and clip_score Ray runs in the logs")
-    tasks = {job: r["shards"] + -(-r["kept"] // TASK_ROWS) for job, r in got.items()}
+    # map tasks: one per shard in runs made before shards were batched (no shards_per_task in the log)
+    tasks = {job: -(-r["shards"] // r.get("shards_per_task", 1)) + -(-r["kept"] // TASK_ROWS) for job, r in got.items()}
     nf, rd = got["no_filter"], got["random"]
     # driver CPU = tasks * per_task + kept * per_row, for no_filter and random: two equations
     a = np.array([[tasks["no_filter"], nf["kept"]], [tasks["random"], rd["kept"]]], dtype=float)
     per_task, per_row = np.linalg.solve(a, np.array([nf["driver_cpu_s"], rd["driver_cpu_s"]]))
     worker = {job: r["worker_cpu_s"] / r["rows"] for job, r in got.items()}
-    passes = max(1.0, (got["clip_score"]["driver_cpu_s"] - per_row * got["clip_score"]["kept"]) / per_task / got["clip_score"]["shards"])
+    passes = max(1.0, (got["clip_score"]["driver_cpu_s"] - per_row * got["clip_score"]["kept"]) / per_task / -(-got["clip_score"]["shards"] // got["clip_score"].get("shards_per_task", 1)))
     print(f"measured on Ray at {nf['rows']:,} rows ({nf['shards']} shards):")
     print(f"  driver CPU per task: {per_task * 1e3:.2f} ms; driver CPU per kept row (concatenate, hash, write): {per_row:.3g} s")
     for job, w in worker.items():
