@@ -313,7 +313,8 @@ class SortedUidParts:
 
     def __init__(self, url: str, expected_rows: int, executor=None, *, bucket_rows: int = BUCKET_ROWS,
                  task_rows: int = TASK_ROWS):
-        self.bits = bucket_bits(max(int(expected_rows), 0), bucket_rows)
+        # one sort range holds everything up to task_rows: then no partitioning (no argsort per part)
+        self.bits = 0 if int(expected_rows) <= int(task_rows) else bucket_bits(max(int(expected_rows), 0), bucket_rows)
         self.num_buckets = 1 << self.bits
         self.url = str(url).rstrip("/")
         self.writer = UidPartWriter(PartFolder(f"{self.url}/parts", self.num_buckets), self.bits)
