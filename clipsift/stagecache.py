@@ -172,6 +172,7 @@ class Stage:
         fs, path = url_fs(f"{self.url}/{DONE}")
         data = json.dumps(info, indent=1).encode()
         if fs is None:
+            os.makedirs(os.path.dirname(path), exist_ok=True)  # a step none of whose results could be stored
             tmp = f"{path}.tmp"
             with open(tmp, "wb") as fh:
                 fh.write(data)

@@ -95,8 +95,11 @@ def make(name: str, params: dict):
     return create_filter(name, params)
 
 
-def run_bytes(filter_, pool_dir: Path, executor, out: Path, counters: dict | None = None) -> bytes:
-    ctx = RunContext(Pool(str(pool_dir)), executor, workdir=out.parent / f"{out.stem}-work")
+def run_bytes(filter_, pool_dir: Path, executor, out: Path, counters: dict | None = None, run_dir: Path | None = None) -> bytes:
+    from clipsift.stagecache import RunFolder
+
+    ctx = RunContext(Pool(str(pool_dir)), executor, workdir=out.parent / f"{out.stem}-work",
+                     run_dir=RunFolder(str(run_dir)) if run_dir else None)
     sel = filter_.select(ctx)
     path, _ = sel.write(out)
     if counters is not None:
@@ -150,7 +153,8 @@ def test_filter_contract_and_same_bytes_everywhere(name, assets, ray_executor, t
     local1 = run_bytes(make(name, params), pool_dir, LocalExecutor(1, show_progress=False), tmp_path / "l1.npy", counters)
     check_counters(name, counters)
     local2 = run_bytes(make(name, params), pool_dir, LocalExecutor(2, show_progress=False), tmp_path / "l2.npy")
-    on_ray = run_bytes(make(name, params), pool_dir, ray_executor, tmp_path / "ray.npy")
+    # on Ray, everything the tasks exchange goes through the run folder (parts, masks, stores)
+    on_ray = run_bytes(make(name, params), pool_dir, ray_executor, tmp_path / "ray.npy", run_dir=tmp_path / "run")
     assert local1 == local2, f"{name}: 1 and 2 local workers differ"
     assert local1 == on_ray, f"{name}: the Ray cluster differs from the local executor"
     assert len(np.load(tmp_path / "l1.npy")) > 0
