@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clipsift.budget import keep_count
+from clipsift.budget import budget_params, keep_count, require_one
 from clipsift.errors import ParamError
 from clipsift.filter import Filter, RunContext, Selection
 from clipsift.filters.clipcov.partition import file_digest
@@ -47,8 +47,7 @@ class ClipCovFilter(Filter):
         Param("class_embeddings", str, None, "npz from `clipsift clipcov class-embeddings` (same model as the pool's embeddings)"),
         Param("labels", str, None, "parquet with uid and integer label for partition=labels"),
         Param("embeddings", str, "b32", "embedding set used throughout", choices=("b32", "l14")),
-        Param("fraction", float, None, "keep int(N*fraction) rows", min=0.0, max=1.0),
-        Param("count", int, None, "keep this many rows", min=0),
+        *budget_params("candidate rows"),
         Param("batch", int, 200, "B: a class refreshes its scores at class counts B-1, 2B-1, ...", min=1),
         Param("threshold", float, 0.0, "tau: cross similarities <= tau count as 0"),
         Param("cap", int, None, "split classes larger than this by k-means (deviation from the reference; off by default)", min=1),
@@ -63,8 +62,7 @@ class ClipCovFilter(Filter):
     columns = ("uid",)
 
     def validate(self) -> None:
-        if (self.fraction is None) == (self.count is None):
-            raise ParamError("clipcov: give exactly one of fraction or count")
+        require_one(self, "fraction", "count")
         if self.partition == "zeroshot" and not self.class_embeddings:
             raise ParamError("clipcov: partition=zeroshot needs class_embeddings=FILE (make it with `clipsift clipcov class-embeddings`), or use partition=kmeans")
         if self.partition == "labels" and not self.labels:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clipsift.budget import budget_params, require_one
 from clipsift.candidates import CandidateRows, sorted_chunks_of
 from clipsift.clustering import (
     EMBEDDING_PARAMS,
@@ -183,8 +184,7 @@ class DBPFilter(Filter):
     params = EMBEDDING_PARAMS + (
         Param("k", int, 500, "clusters of the density stage (DataComp-medium recipe: 100)", min=1, max=2**31 - 1),
     ) + KMEANS_PARAMS + (
-        Param("fraction", float, None, "share of the density stage's input to keep: N = int(fraction·n)", min=0.0, max=1.0),
-        Param("count", int, None, "N, the number of rows to keep", min=0),
+        *budget_params("density stage's input rows (N)"),
         Param("tau", float, 0.1, "softmax temperature τ", min=1e-12),
         Param("num_nn", int, 20, "l, nearest other centroids averaged in d_inter", min=1, max=2**31 - 1),
         Param("balance", float, 0.0, "r: lower bound int(N/k·r) per cluster (0: at least 1 in clusters of ≥ 2 items)", min=0.0, max=1e6),
@@ -210,8 +210,8 @@ class DBPFilter(Filter):
     requires = ("faiss", "torch")
 
     def validate(self) -> None:
-        if self.prune and (self.fraction is None) == (self.count is None):
-            raise ParamError("dbp: give exactly one of fraction or count")
+        if self.prune:
+            require_one(self, "fraction", "count")
         if not (self.dedup or self.clip_filter or self.prune):
             raise ParamError("dbp: every stage is off; enable dedup, clip_filter or prune")
         if self.dedup_eps is not None and self.dedup_target is not None:

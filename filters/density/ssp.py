@@ -18,6 +18,7 @@ from functools import partial
 
 import numpy as np
 
+from clipsift.budget import budget_params, require_one
 from clipsift.clustering import (
     EMBEDDING_PARAMS,
     KMEANS_PARAMS,
@@ -152,16 +153,14 @@ class SSPFilter(Filter):
     params = EMBEDDING_PARAMS + (
         Param("k", int, 500, "number of clusters", min=1, max=2**31 - 1),
     ) + KMEANS_PARAMS + (
-        Param("fraction", float, None, "share of the input to keep: int(fraction·n)", min=0.0, max=1.0),
-        Param("count", int, None, "number of rows to keep", min=0),
+        *budget_params("input rows"),
         Param("mode", str, "global", "global: hardest N overall; uniform: same kept fraction in every cluster", choices=("global", "uniform")),
         Param("balance", float, 0.5, "cluster balancing r: each cluster keeps at least min(int(N/k·r), size) (0 = plain Sorscher)", min=0.0, max=1e6),
     )
     requires = ("faiss",)
 
     def validate(self) -> None:
-        if (self.fraction is None) == (self.count is None):
-            raise ParamError("ssp: give exactly one of fraction or count")
+        require_one(self, "fraction", "count")
 
     def input_keys(self) -> tuple[str, ...]:
         return () if self.embeddings else (self.key,)
