@@ -95,3 +95,22 @@ def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "epoch_latest.pt"
     torch.save({"epoch": 1, "name": "t", "state_dict": model.state_dict()}, path)
     return path
+
+
+def two_node_ray(test_module):
+    """Yield a RayExecutor on a two-node ``ray.cluster_utils.Cluster`` started on this machine (one
+    CPU per node), shut down afterwards; ``test_module``'s own functions travel to the workers by
+    value (Ray workers cannot import test modules). For module-scoped fixtures."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    from clipsift.ray_executor import RayExecutor
+
+    ray.cloudpickle.register_pickle_by_value(test_module)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    executor = RayExecutor(address=cluster.address, show_progress=False)
+    assert executor.workers == 2 and len(ray.nodes()) == 2
+    yield executor
+    ray.shutdown()
+    cluster.shutdown()

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_pool
+from conftest import two_node_ray, write_pool
 
 from clipsift.executor import LocalExecutor
 from clipsift.filter import RowFilter, RunContext
@@ -119,20 +119,7 @@ def check_counters(name: str, c: dict) -> None:
 
 @pytest.fixture(scope="module")
 def ray_executor():
-    ray = pytest.importorskip("ray")
-    from ray.cluster_utils import Cluster
-
-    from clipsift.ray_executor import RayExecutor
-
-    # the plugin above lives in a test module Ray workers cannot import: ship it by value
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
-    executor = RayExecutor(address=cluster.address, show_progress=False)
-    assert executor.workers == 2 and len(ray.nodes()) == 2
-    yield executor
-    ray.shutdown()
-    cluster.shutdown()
+    yield from two_node_ray(sys.modules[__name__])  # this module's steps travel to the workers by value
 
 
 @pytest.mark.slow

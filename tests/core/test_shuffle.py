@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_pool
+from conftest import two_node_ray, write_pool
 
 import clipsift.shuffle as shuffle
 from clipsift.errors import ClipsiftError
@@ -265,19 +265,7 @@ def _drop_all(fn, batch):
 # ---- on a Ray cluster: tasks on two nodes share only the folder ---------------------------------------
 @pytest.fixture(scope="module")
 def ray_executor():
-    ray = pytest.importorskip("ray")
-    from ray.cluster_utils import Cluster
-
-    from clipsift.ray_executor import RayExecutor
-
-    # the map steps above live in a test module Ray workers cannot import: ship it by value
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
-    executor = RayExecutor(address=cluster.address, show_progress=False)
-    yield executor
-    ray.shutdown()
-    cluster.shutdown()
+    yield from two_node_ray(sys.modules[__name__])  # this module's steps travel to the workers by value
 
 
 def _kept_part(writer, batch):

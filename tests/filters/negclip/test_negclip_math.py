@@ -257,8 +257,8 @@ def test_streamed_selection_keeps_the_rows_select_keeps(tmp_path, rule):
         recs["f0"], recs["f1"], recs["score"] = uids["f0"], uids["f1"], scores
         cuts = np.sort(rng.integers(0, n + 1, size=rng.integers(0, 5)))
         chunks = np.split(recs, cuts)
-        got = []
-        select_streamed(lambda: iter(chunks), n, lambda u, s: got.append(u), lambda: UidSorter(n, tmp_path), **rule)
+        got: list = []
+        select_streamed(lambda c=chunks: iter(c), n, lambda u, s, out=got: out.append(u), lambda n=n: UidSorter(n, tmp_path), **rule)
         got = sort_records(np.concatenate(got)) if got else np.empty(0, UID_DTYPE)
         want = sort_records(uids[select(scores, uids, **rule)])
         np.testing.assert_array_equal(got, want, err_msg=f"trial {trial}")
