@@ -227,8 +227,10 @@ def _register_filter(sub) -> None:
     p.add_argument("--workdir", help="folder for this run's scratch folder (default: TMPDIR); removed after the run")
     p.add_argument(
         "--run-dir", metavar="URL",
-        help="keep each map step's per-shard results here (path or fsspec URL every worker can reach): "
-        "a rerun after a crash or kill reuses what was finished; kept after the run",
+        help="the run folder (path or fsspec URL every worker can reach; a shared file system for the "
+        "density and ClipCov filters): each step's per-shard results and what tasks hand each other "
+        "(kept-uid parts, candidate masks, grouped stores); a rerun after a crash or kill reuses what "
+        "was finished; kept after the run",
     )
     add_run_args(p)
     _add_exec_args(p)
