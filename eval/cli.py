@@ -257,7 +257,7 @@ def _register_demo(sub) -> None:
     p.add_argument("--out", required=True, help="demo folder (resumable)")
     p.add_argument("--rows", type=int, default=None, help="pool size (default from the demo plan)")
     p.add_argument("--fraction", type=float, default=None, help="budget: share of the pool kept by each filter")
-    p.add_argument("--filters", default=None, help="comma-separated filter names (default: no_filter,clip_score,clipcov,dbp)")
+    p.add_argument("--filters", default=None, help="comma-separated filter names (default: clip_score,clipcov,dbp)")
     p.add_argument("--seed", type=int, default=0, help="the pool's seed")
     p.add_argument("--seeds", default="0,1", help="training seeds per method, comma-separated (default 0,1: mean ± std and ties)")
     p.add_argument("--train-num-samples", type=int, default=None, help="samples seen per run (default 32768, the tiny scale's length)")
