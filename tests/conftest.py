@@ -114,3 +114,25 @@ def two_node_ray(test_module):
     yield executor
     ray.shutdown()
     cluster.shutdown()
+
+
+def random_records(n: int, seed: int, hi_values=None) -> np.ndarray:
+    """``n`` uniform random uid records (``hi`` drawn from ``hi_values`` when given: skew, ties)."""
+    from clipsift.uids import UID_DTYPE
+
+    rng = np.random.default_rng(seed)
+    r = np.empty(n, dtype=UID_DTYPE)
+    r["f0"] = rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True) if hi_values is None else rng.choice(hi_values, n)
+    r["f1"] = rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True)
+    return r
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one thread avoids OpenMP barrier waits on a busy machine (restored after)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import random_records as _records
 from conftest import write_pool
 
 import clipsift.filters.random_subset as random_subset
@@ -25,14 +26,6 @@ from clipsift.uidsort import UidSorter, bucket_bits
 def mid_pool(tmp_path_factory):
     """12k rows in uneven shards (one empty): large enough that the random window is a small part."""
     return write_pool(tmp_path_factory.mktemp("mid") / "pool", [4000, 0, 3000, 5000], npz=False)
-
-
-def _records(n, seed, hi_values=None):
-    rng = np.random.default_rng(seed)
-    r = np.empty(n, dtype=UID_DTYPE)
-    r["f0"] = rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True) if hi_values is None else rng.choice(hi_values, n)
-    r["f1"] = rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True)
-    return r
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import random_records as _records
 from conftest import two_node_ray, write_pool
 
 import clipsift.shuffle as shuffle
@@ -25,14 +26,6 @@ from clipsift.shuffle import PartFolder, ShuffleError, group_by_partition, pack,
 from clipsift.stagecache import dumps, loads
 from clipsift.uids import UID_DTYPE
 from clipsift.uidsort import SortedUidParts, UidSorter
-
-
-def _records(n, seed, hi_values=None):
-    rng = np.random.default_rng(seed)
-    r = np.empty(n, dtype=UID_DTYPE)
-    r["f0"] = rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True) if hi_values is None else rng.choice(hi_values, n)
-    r["f1"] = rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True)
-    return r
 
 
 def _with_duplicates(r):

@@ -24,15 +24,10 @@ from clipsift.uids import UID_DTYPE, isin_sorted, sort_records
 
 SHARDS = [120, 0, 90, 150]
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one torch thread
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: one thread avoids OpenMP barrier waits on a busy machine (restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
 
 @pytest.fixture(scope="module")
 def pool_dir(tmp_path_factory):

@@ -15,14 +15,8 @@ from clipsift.filters.negclip.normsim_math import normsim2, normsim_inf, quad_fo
 from clipsift.filters.negclip.rank import select, top_n
 from clipsift.uids import UID_DTYPE
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one torch thread
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: one thread avoids OpenMP barrier waits on a busy machine (restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 def u(deg):
     r = np.radians(deg)
