@@ -5,8 +5,9 @@ Each task is written in DataComp's evaluation-set layout (``wds_<key>_test/`` wi
 ``test/0.tar``; retrieval sets add ``dataset_type.txt``), so it runs through the same
 clip_benchmark path as DataComp's 38 tasks. Images come from the pool's own renderer at the pool's
 image size, with a separate random stream, so no evaluation image is a training image.
-Classification tasks are class-balanced: the attribute under test is drawn uniformly, everything
-else from the world's distribution.
+Classification tasks are class-balanced: the concept under test is drawn uniformly, everything
+else from the world's distribution. The attribute frames (shape, colour, texture, count) also
+serve the DataComp stand-in sets (``clipsift.eval.standin``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ log = get_logger("eval.tiny_suite")
 IMAGE_SIDE = 64  # the synthetic pool's stored image side
 JPEG_QUALITY = 95
 SUITE_MARKER = "tiny_suite.json"
-SUITE_VERSION = 5  # 4: concept and tail-concept tasks; colour and rendered text dropped. 5: twice the concept and tail images (less evaluation noise)
+SUITE_VERSION = 6  # 4: concept and tail-concept tasks; colour and rendered text dropped. 5: twice the concept and tail images (less evaluation noise). 6: shape, texture and count dropped (not learnable from data quality: docs/tiny_track.md)
 
 # Prompt ensembles in the world's own caption frames: each template fixes the attributes the task
 # does not ask about to one random combination, and the classifier averages over 16 of them (as
@@ -39,7 +40,6 @@ FRAMES = {
     "colour": ("{count} {c} {shapes} on a {texture} background", "a {texture} background with {count} {c} {shapes}"),
     "texture": ("{count} {colour} {shapes} on a {c} background", "a {c} background with {count} {colour} {shapes}"),
     "count": ("{c} {colour} {shapes} on a {texture} background", "a {texture} background with {c} {colour} {shapes}"),
-    "rendered_text": ("{c}", "the word {c}", "a sign that says {c}"),
     # concepts: the world's singular-noun caption frames (the ImageNet analogue)
     "concept": ("{c} clipart, {colour}, {texture} background, free download", "cute {colour} {c} {shape} illustration",
                 "new {c} design in {colour}, {shape} shape", "{c} icon set, {colour} {shapes} on {texture} paper"),
@@ -53,8 +53,6 @@ def templates(world, name: str, rng: np.random.Generator) -> list[str]:
     from clipsift.synth import vocab
 
     frames = FRAMES[name]
-    if name == "rendered_text":
-        return list(frames)
     out = []
     for i in range(N_TEMPLATES):
         out.append(frames[i % len(frames)].format(
@@ -69,16 +67,6 @@ def templates(world, name: str, rng: np.random.Generator) -> list[str]:
 
 
 def _classes(world, name: str) -> list[str]:
-    from clipsift.synth import vocab
-
-    if name == "shape":
-        return list(vocab.SHAPES_PLURAL)
-    if name in ("colour", "rendered_text"):
-        return list(world.colours)
-    if name == "texture":
-        return list(world.textures)
-    if name == "count":
-        return list(vocab.COUNT_WORDS)
     if name in ("concept", "concept_tail"):
         return list(world.concept_names)
     raise ClipsiftError(f"tiny task {name!r} has no class definition")
@@ -106,7 +94,8 @@ def _write_tar(path: Path, images: np.ndarray, labels=None, captions=None) -> No
 
 
 def _classification(world, name: str, n: int, rng: np.random.Generator):
-    """(images, labels, classnames) with the attribute under test balanced over its classes."""
+    """(images, labels, classnames) with the concept balanced over its classes; everything else
+    drawn from the world's distribution."""
     classes = _classes(world, name)
     if name == "concept_tail":  # the full classifier, images of the rarest concepts only
         tail = world.tail_concepts()
@@ -115,21 +104,8 @@ def _classification(world, name: str, n: int, rng: np.random.Generator):
         labels = np.arange(n) % len(classes)
     rng.shuffle(labels)
     lat = world.sample_latents(n, rng)
-    texts = None
-    if name == "shape":
-        lat["shape"] = labels
-        lat["count"] = rng.integers(2, 6, n)  # plural class names
-    elif name == "colour":
-        lat["colour"] = labels
-    elif name == "texture":
-        lat["texture"] = labels
-    elif name == "count":
-        lat["count"] = labels + 1
-    elif name == "rendered_text":
-        texts = [classes[k] for k in labels]
-    elif name in ("concept", "concept_tail"):
-        lat["concept"] = labels
-    return world.render(lat, size=IMAGE_SIDE, texts=texts), labels, classes
+    lat["concept"] = labels
+    return world.render(lat, size=IMAGE_SIDE), labels, classes
 
 
 def _retrieval(world, n: int, rng: np.random.Generator):

@@ -31,11 +31,13 @@ def read_records(path):
 
 def test_suite_layout(suite):
     tasks = load_tasks("tiny")
-    assert [t.key for t in tasks] == ["tiny/concept", "tiny/concept_tail", "tiny/shape", "tiny/texture", "tiny/count", "tiny/retrieval"]
+    assert [t.key for t in tasks] == ["tiny/concept", "tiny/concept_tail", "tiny/retrieval"]
     for t in tasks:
         root = suite / t.folder
         assert (root / "test" / "nshards.txt").read_text().strip() == "1" and (root / "test" / "0.tar").exists()
-    assert (suite / "wds_tiny-shape_test" / "classnames.txt").read_text().split("\n")[:2] == ["circles", "squares"]
+    from clipsift.synth import World
+
+    assert (suite / "wds_tiny-concept_test" / "classnames.txt").read_text().split() == list(World(0).concept_names)
     assert (suite / "wds_tiny-retrieval_test" / "dataset_type.txt").read_text().strip() == "retrieval"
     assert missing_tasks(suite, "tiny") == []
     assert make_tiny_suite(suite, __import__("clipsift.synth", fromlist=["World"]).World(0), size=24) == suite  # reused
@@ -67,7 +69,7 @@ def test_records_resume_and_checks(tmp_path, suite, checkpoint, monkeypatch):
     real = ev.run_task
     monkeypatch.setattr(ev, "run_task", lambda task, *a, **k: calls.append(task.key) or real(task, *a, **k))
     ev.evaluate(out, out, str(suite), "tiny", batch_size=16, num_workers=0)
-    assert calls == ["tiny/retrieval"] and len(read_records(out / "eval_results.jsonl")) == 6
+    assert calls == ["tiny/retrieval"] and len(read_records(out / "eval_results.jsonl")) == 3
 
     # a different training run's info.pkl in the output dir aborts
     other = tmp_path / "other"
@@ -104,7 +106,7 @@ def test_datacomp_task_reads_local_webdataset(tmp_path, suite, checkpoint):
     import shutil
 
     data = tmp_path / "evalsets"
-    shutil.copytree(suite / "wds_tiny-shape_test", data / "wds_cifar10_test")
+    shutil.copytree(suite / "wds_tiny-concept_test", data / "wds_cifar10_test")
     out = tmp_path / "dc"
     recs = ev.evaluate(out, out, str(data), "datacomp38", batch_size=16, use_model=f"clipsift-tiny {checkpoint}", num_workers=0, tasks=["cifar10"])
     assert [(r["key"], r["dataset"]) for r in recs] == [("cifar10", "CIFAR-10")]
