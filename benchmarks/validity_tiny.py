@@ -56,6 +56,9 @@ def run_plan(fraction: float) -> list[dict]:
     for name in ("clip_score", "random", "dbp", "clipcov", "negclip", "basic_filter"):
         plan.append({"label": name, "filter": name, "fraction": fraction, "seen": 1.0,
                      "tables": ("a", "b") if name == "clip_score" else ("a",)})
+    # ClipCov with a refresh interval inside every class's budget (about 120 picks per class here)
+    plan.append({"label": "clipcov_b20", "filter": "clipcov", "fraction": fraction, "seen": 1.0, "tables": ("a",),
+                 "set": {"batch": 20}})
     plan.append({"label": "clipcov_10", "filter": "clipcov", "fraction": 0.1, "seen": 1.0, "tables": ("c",)})
     plan.append({"label": "clip_score_10", "filter": "clip_score", "fraction": 0.1, "seen": 1.0, "tables": ("c",)})
     # the reason found for (c): at B = 200 no class of a small pool ever refreshes its scores (a class
