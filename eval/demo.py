@@ -119,14 +119,15 @@ def tied(a: tuple, b: tuple) -> bool:
 
 
 def summary_table(runs: list[dict], quality: dict) -> str:
-    """Methods by mean Average: mean ± std over seeds, the concept groups, ties, seedless quality."""
+    """Methods by mean Average: mean ± std over seeds of the Average and of each task, ties, seedless quality."""
     by: dict[str, list[dict]] = {}
     for r in runs:
         by.setdefault(r["method"], []).append(r)
     rows = []
     for method, rs in by.items():
         avg = _ms([r["average"] for r in rs])
-        groups = {g: _ms([r.get("scores", {}).get(k) for r in rs]) for g, k in (("concepts", "tiny/concept"), ("tail", "tiny/concept_tail"))}
+        groups = {g: _ms([r.get("scores", {}).get(k) for r in rs]) for g, k in (("concepts", "tiny/concept"), ("tail", "tiny/concept_tail"),
+                                                                           ("retrieval", "tiny/retrieval"))}
         rows.append((method, rs, avg, groups))
     rows.sort(key=lambda x: -(x[2][0] or 0))
     best = rows[0][2] if rows else None
@@ -134,7 +135,7 @@ def summary_table(runs: list[dict], quality: dict) -> str:
     def f(ms):
         return "—" if ms[0] is None else f"{ms[0]:.3f} ± {ms[1]:.3f}"
 
-    head = ["method", "seeds", "size", "average", "concepts", "tail concepts", "vs best", "mismatched %", "repeats %",
+    head = ["method", "seeds", "size", "average", "concepts", "tail concepts", "retrieval", "vs best", "mismatched %", "repeats %",
             "non-English %", "concepts covered", "tail %"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, rs, avg, groups in rows:
@@ -145,7 +146,7 @@ def summary_table(runs: list[dict], quality: dict) -> str:
             vs = "—"  # no score, or one seed: no std to judge a tie by
         else:
             vs = "tied" if tied(avg, best) else f"{avg[0] - best[0]:+.3f}"
-        cells = [method, str(len(rs)), str(rs[0]["dataset_size"]), f(avg), f(groups["concepts"]), f(groups["tail"]), vs,
+        cells = [method, str(len(rs)), str(rs[0]["dataset_size"]), f(avg), f(groups["concepts"]), f(groups["tail"]), f(groups["retrieval"]), vs,
                  *(("—" if q.get(k) is None else f"{q[k]:.1f}") for k in ("mismatched", "duplicated", "non_english")),
                  f"{q.get('concepts', '—')}/{q.get('concepts_of', '—')}", "—" if q.get("tail") is None else f"{q['tail']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")

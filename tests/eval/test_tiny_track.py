@@ -105,11 +105,13 @@ def _run(method, average, seed, **scores):
 def test_demo_table_marks_ties_by_two_seed_std():
     from clipsift.eval.demo import summary_table
 
-    runs = [_run("a", 0.40, 0), _run("a", 0.42, 1), _run("b", 0.39, 0), _run("b", 0.41, 1),
+    runs = [_run("a", 0.40, 0, **{"tiny/retrieval": 0.30}), _run("a", 0.42, 1, **{"tiny/retrieval": 0.32}),
+            _run("b", 0.39, 0), _run("b", 0.41, 1),
             _run("c", 0.20, 0), _run("c", 0.21, 1)]
     quality = {"a": {"mismatched": 1.0, "duplicated": 2.0, "non_english": 3.0, "concepts": 31, "concepts_of": 32, "tail": 5.5}}
     table = summary_table(runs, quality).splitlines()
-    assert table[2].startswith("| a | 2 | 100 | 0.410 ± 0.014") and "| best |" in table[2]
+    assert table[0].startswith("| method | seeds | size | average | concepts | tail concepts | retrieval | vs best |")
+    assert table[2].startswith("| a | 2 | 100 | 0.410 ± 0.014 | — | — | 0.310 ± 0.014 | best |")
     assert table[3].startswith("| b |") and "| tied |" in table[3]
     assert table[4].startswith("| c |") and "| -0.205 |" in table[4]
     assert "| 1.0 | 2.0 | 3.0 | 31/32 | 5.5 |" in table[2]
