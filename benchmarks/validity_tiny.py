@@ -160,7 +160,7 @@ def report(out: Path, plan: list[dict], tables: list[str], seeds: list[int]) -> 
         refs = {"oracle": ["no_filter"], "a": ["clip_score", "random"], "b": ["no_filter", "clip_score"],
                 "c": ["clip_score_10"]}[tab]
         subjects = {"oracle": ["oracle"], "a": [x for x in labels if x not in ("clip_score", "random")] + ["clip_score"],
-                    "b": ["dbp_seen30"], "c": ["clipcov_10", "clipcov_10_b20"]}[tab]
+                    "b": ["dbp_seen30"], "c": [x for x in labels if x != "clip_score_10"]}[tab]
         lines.append("")
         for sub in subjects:
             for ref in refs:
@@ -217,11 +217,15 @@ def main() -> None:
         (out / "quality.json").write_text(json.dumps(quality, indent=1))
         # table order first (oracle, then a, ...), all seeds of a label before the next seed round
         # priority: the oracle table, then the runs that complete tables (b) and (c), then (a), seed by seed
-        rank = {"oracle": 0, "no_filter": 0, "clip_score": 1, "dbp_seen30": 2, "clipcov_10": 3, "clip_score_10": 3, "clipcov_10_b20": 3}
+        tables_of = {e["label"]: set(e["tables"]) for e in plan}
+
+        def rank(label: str) -> int:
+            t = tables_of[label]
+            return 0 if "oracle" in t else 1 if {"a", "b"} <= t else 2 if "b" in t else 3 if "c" in t else 4
 
         def order(item):
             i, (seed, sp) = item
-            r = rank.get(sp.method, 4)
+            r = rank(sp.method)
             return (r, seed if r >= 3 else 0, i)
 
         specs = [sp for _, (_, sp) in sorted(enumerate(specs), key=order)]
