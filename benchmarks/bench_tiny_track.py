@@ -20,6 +20,17 @@ from _harness import table
 from clipsift.log import configure_logging
 
 
+def _step_seconds(log: str) -> float | None:
+    """Seconds between the first and the last step line of open_clip's out.log (start-up excluded)."""
+    stamps = re.findall(r"^(\d{4}-\d\d-\d\d),(\d\d:\d\d:\d\d) \| INFO \| Train Epoch", log, re.M)
+    if len(stamps) < 2:
+        return None
+    import datetime as dtm
+
+    first, last = (dtm.datetime.strptime(" ".join(s), "%Y-%m-%d %H:%M:%S") for s in (stamps[0], stamps[-1]))
+    return (last - first).total_seconds()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=8000)
@@ -50,24 +61,22 @@ def main() -> None:
         dt = time.perf_counter() - t0
         rows.append({"stage": "reshard", "items": res.processed_count, "seconds": round(dt, 1), "per_s": round(res.processed_count / dt, 1)})
 
-        t0 = time.perf_counter()
-        out = run_training(TrainConfig(scale="tiny", data_dir=str(work / "shards"), output_dir=str(work / "run"), train_num_samples=args.samples))
-        dt = time.perf_counter() - t0
-        log = (work / "run" / "tiny_scale" / "out.log").read_text()
-        stamps = re.findall(r"^(\d{4}-\d\d-\d\d),(\d\d:\d\d:\d\d) \| INFO \| Train Epoch", log, re.M)
-        loop = None
-        if len(stamps) >= 2:
-            import datetime as dtm
-
-            first, last = (dtm.datetime.strptime(" ".join(s), "%Y-%m-%d %H:%M:%S") for s in (stamps[0], stamps[-1]))
-            loop = (last - first).total_seconds()
-        rows.append({"stage": "train (wall, incl. start-up)", "items": out["samples_seen"], "seconds": round(dt, 1), "per_s": round(out["samples_seen"] / dt, 1)})
-        if loop:
-            rows.append({"stage": "train (steps only)", "items": out["samples_seen"], "seconds": round(loop, 1), "per_s": round(out["samples_seen"] / loop, 1)})
+        # the default layout first, then channels-last (what training uses on CPU), one after the other
+        for layout, flag in (("default layout", "0"), ("channels-last", "1")):
+            os.environ["CLIPSIFT_CHANNELS_LAST"] = flag
+            run_dir = work / f"run_cl{flag}"
+            t0 = time.perf_counter()
+            out = run_training(TrainConfig(scale="tiny", data_dir=str(work / "shards"), output_dir=str(run_dir), train_num_samples=args.samples))
+            dt = time.perf_counter() - t0
+            loop = _step_seconds((run_dir / "tiny_scale" / "out.log").read_text())
+            rows.append({"stage": f"train, {layout} (wall, incl. start-up)", "items": out["samples_seen"], "seconds": round(dt, 1), "per_s": round(out["samples_seen"] / dt, 1)})
+            if loop:
+                rows.append({"stage": f"train, {layout} (steps only)", "items": out["samples_seen"], "seconds": round(loop, 1), "per_s": round(out["samples_seen"] / loop, 1)})
+        os.environ.pop("CLIPSIFT_CHANNELS_LAST")
 
         suite = make_tiny_suite(work / "suite", work / "pool")
         t0 = time.perf_counter()
-        recs = evaluate(work / "run" / "tiny_scale", work / "run", str(suite), "tiny", num_workers=0)
+        recs = evaluate(run_dir / "tiny_scale", run_dir, str(suite), "tiny", num_workers=0)
         dt = time.perf_counter() - t0
         from clipsift.leaderboards.tasks import tiny_tasks_path
 

@@ -134,3 +134,25 @@ def test_blur_field_rejected(tmp_path):
 
     with pytest.raises(ClipsiftError, match="blur-field"):
         run_training(TrainConfig(scale="tiny", data_dir=str(tmp_path), output_dir=str(tmp_path), blur_field="face_bboxes"))
+
+
+def test_channels_last_on_cpu_converts_and_restores(monkeypatch):
+    """On CPU the trainer's models come back in channels-last order; the patch is undone after."""
+    import open_clip_train.main as oc_main
+    import torch
+
+    from clipsift.eval.train import channels_last_on_cpu, register_model_configs
+
+    register_model_configs()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    original = oc_main.create_model_and_transforms
+    conv = lambda model: model.visual.conv1.weight  # noqa: E731 - the tiny ResNet's stem
+    with channels_last_on_cpu():
+        model, *_ = oc_main.create_model_and_transforms("clipsift-tiny")
+        assert conv(model).is_contiguous(memory_format=torch.channels_last)
+        assert not conv(model).is_contiguous()
+    assert oc_main.create_model_and_transforms is original
+    monkeypatch.setenv("CLIPSIFT_CHANNELS_LAST", "0")
+    with channels_last_on_cpu():
+        model, *_ = oc_main.create_model_and_transforms("clipsift-tiny")
+        assert conv(model).is_contiguous()
