@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -187,6 +188,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="track runs at once (one torch thread each)")
     ap.add_argument("--labels", nargs="+", default=None,
                     help="train only these run labels (e.g. dbp_seen30); a second process can then take other labels")
+    ap.add_argument("--open-clip-args", default="",
+                    help="extra open_clip training flags for every run, e.g. '--lr 2e-3' (recipe experiments, in a fresh --out: the last flag wins)")
     ap.add_argument("--report-only", action="store_true", help="print the tables from finished runs")
     args = ap.parse_args()
     configure_logging(-1)
@@ -210,7 +213,8 @@ def main() -> None:
             quality[e["label"]] = run_quality(pool, read_subset(subset))
             for s in args.seeds:
                 cfg = TrainConfig(scale="tiny", data_dir="", output_dir="", seed=s,
-                                  train_num_samples=int(args.train_num_samples * e["seen"]))
+                                  train_num_samples=int(args.train_num_samples * e["seen"]),
+                                  extra_args=shlex.split(args.open_clip_args))
                 specs.append((s, TrackSpec(subset=str(subset), shards=str(pool / "shards"), out=str(out / "runs" / f"{e['label']}_s{s}"),
                                            train=cfg, suite="tiny", eval_data_dir=str(suite), pool=str(pool),
                                            method=e["label"], reshard_workers=1)))
@@ -246,7 +250,8 @@ def main() -> None:
                     print(f"{Path(sp.out).name}: failed ({exc})", file=sys.stderr, flush=True)
     backfill_quality(out)
     text = (f"tiny track validity: pool {args.rows} rows (track world), budget {args.fraction:.0%}, "
-            f"seeds {args.seeds}, {args.train_num_samples} samples seen" + report(out, plan, args.tables, args.seeds))
+            f"seeds {args.seeds}, {args.train_num_samples} samples seen"
+            + (f", open_clip args {args.open_clip_args!r}" if args.open_clip_args else "") + report(out, plan, args.tables, args.seeds))
     (out / "validity.md").write_text(text + "\n")
     print(text)
 

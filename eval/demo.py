@@ -30,8 +30,8 @@ log = get_logger("eval.demo")
 
 # 8,000 rows of the track's world and 32,768 samples seen per run (the tiny scale's own length):
 # at 16,384 the oracle learned no task but retrieval (docs/tiny_track.md#training-length), so the
-# demo trains 3 methods x 2 seeds at the full length, about 12.5 minutes on 2 idle cores (a pair of
-# runs took 230-262 s); benchmarks/validity_tiny.py runs every method.
+# demo trains 3 methods x 2 seeds at the full length, 8.2 minutes on 2 idle cores with channels-last
+# training (docs/tiny_track.md#demo-budget); benchmarks/validity_tiny.py runs every method.
 DEFAULT_ROWS = 8_000
 DEFAULT_FRACTION = 0.3
 DEFAULT_DEMO_SAMPLES = 32_768

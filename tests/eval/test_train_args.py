@@ -66,6 +66,17 @@ def test_scale_specific_flags():
     assert tail == ["--report-to", "wandb", "--wandb-project-name", "datanet", "--train-data-upsampling-factors", "1::2", "--grad-clip-norm", "1.0"]
 
 
+def test_extra_args_come_last_so_open_clip_reads_them():
+    """benchmarks/validity_tiny.py --open-clip-args relies on this: argparse keeps the last value."""
+    from open_clip_train.params import parse_args
+
+    args = build_open_clip_args(cfg("tiny", extra_args=["--lr", "2e-3", "--batch-size", "64"]), 1, train_data="D")
+    assert args[-4:] == ["--lr", "2e-3", "--batch-size", "64"]
+    parsed = parse_args(args)
+    assert (parsed.lr, parsed.batch_size) == (2e-3, 64)
+    assert parse_args(build_open_clip_args(cfg("tiny"), 1, train_data="D")).lr == get_scale_config("tiny")["learning_rate"]
+
+
 def test_scale_table():
     assert available_scales() == ["debug", "large", "medium", "small", "tiny", "xlarge"]
     assert get_scale_config("small") == {"batch_size": 4096, "learning_rate": 5e-4, "train_num_samples": 12_800_000, "warmup": 500, "model": "ViT-B-32", "beta2": None}

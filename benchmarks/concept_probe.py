@@ -1,0 +1,107 @@
+"""Which tower varies from seed to seed on the tiny suite's Concepts task: image or text?
+
+For each checkpoint, on the suite's concept images (``wds_tiny-concept_test``):
+
+* ``zero-shot``: accuracy of the bare class names as the classifier (no templates);
+* ``probe``: a linear probe on the image features (multinomial logistic regression, 4-fold
+  cross-validation), i.e. how well the image tower separates the concepts whatever the text says;
+* ``text cos``: the mean cosine between the class names' text embeddings (1 = the text tower
+  cannot tell the names apart).
+
+    .venv/bin/python benchmarks/concept_probe.py --suite OUT/tiny_evalsets OUT/runs/oracle_s0 OUT/runs/oracle_s1 ...
+
+A run folder is one written by ``clipsift track`` or ``benchmarks/validity_tiny.py``; its model
+architecture comes from its ``info.pkl`` (read with clipsift's restricted unpickler).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+
+def load_concept_images(suite: Path) -> tuple[list, np.ndarray, list[str]]:
+    """(PIL images, labels, class names) of the suite's Concepts task."""
+    from PIL import Image
+
+    root = suite / "wds_tiny-concept_test"
+    classes = [c for c in (root / "classnames.txt").read_text().split("\n") if c]
+    samples: dict[str, dict[str, bytes]] = {}
+    for shard in sorted((root / "test").glob("*.tar")):
+        with tarfile.open(shard) as tf:
+            for m in tf.getmembers():
+                key, ext = m.name.split(".", 1)
+                samples.setdefault(f"{shard.name}/{key}", {})[ext] = tf.extractfile(m).read()
+    keys = sorted(samples)
+    images = [Image.open(io.BytesIO(samples[k]["jpg"])).convert("RGB") for k in keys]
+    return images, np.array([int(samples[k]["cls"]) for k in keys]), classes
+
+
+def _fit_softmax(x, y, n_cls: int, l2: float):
+    """(w, b) of an L2-regularised multinomial logistic regression fitted with L-BFGS."""
+    import torch
+
+    w = torch.zeros(x.shape[1], n_cls, requires_grad=True)
+    b = torch.zeros(n_cls, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ w + b, y) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach(), b.detach()
+
+
+def probe_accuracy(feats: np.ndarray, labels: np.ndarray, folds: int = 4, l2: float = 1e-3) -> float:
+    """Mean held-out accuracy of the linear probe over ``folds`` folds (a fixed shuffle)."""
+    import torch
+
+    x, y = torch.from_numpy(feats).float(), torch.from_numpy(labels).long()
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    accs = []
+    for k in range(folds):
+        held = torch.zeros(len(y), dtype=torch.bool)
+        held[order[k::folds]] = True
+        w, b = _fit_softmax(x[~held], y[~held], int(y.max()) + 1, l2)
+        accs.append(((x[held] @ w + b).argmax(1) == y[held]).float().mean().item())
+    return float(np.mean(accs))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--suite", required=True, type=Path, help="the tiny suite folder (OUT/tiny_evalsets)")
+    ap.add_argument("runs", nargs="+", type=Path, help="run folders (each with info.pkl and a checkpoint)")
+    args = ap.parse_args()
+    import torch
+
+    from clipsift.eval.zeroshot import load_model
+    from clipsift.safeload import load_info_pkl
+
+    torch.set_num_threads(1)
+    images, labels, classes = load_concept_images(args.suite)
+    print("run | zero-shot (bare names) | image probe | text cos between classes")
+    for run in args.runs:
+        info = load_info_pkl(run / "info.pkl")
+        ckpt = next(iter(sorted(run.glob("*/checkpoints/epoch_latest.pt"))), None)
+        if ckpt is None:
+            print(f"{run.name}: no checkpoint (*/checkpoints/epoch_latest.pt), skipped")
+            continue
+        lm = load_model(info["scale_config"]["model"], ckpt)
+        with torch.no_grad():
+            img = torch.cat([lm.model.encode_image(torch.stack([lm.transform(i) for i in images[a:a + 256]]), normalize=True)
+                             for a in range(0, len(images), 256)]).numpy()
+            txt = lm.model.encode_text(lm.tokenizer(classes), normalize=True).numpy()
+        zero_shot = float((np.argmax(img @ txt.T, 1) == labels).mean())
+        text_cos = float((txt @ txt.T)[~np.eye(len(txt), dtype=bool)].mean())
+        print(f"{run.name} | {zero_shot:.3f} | {probe_accuracy(img, labels):.3f} | {text_cos:.3f}")
+
+
+if __name__ == "__main__":
+    main()
