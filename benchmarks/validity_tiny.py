@@ -116,6 +116,16 @@ def verdict(a: list[float], b: list[float]) -> str:
     return f"{word} ({d:+.3f}, 2σ {bound:.3f})"
 
 
+def welch_p(a: list[float], b: list[float]) -> str:
+    """Two-sided p of Welch's t-test on the means: unlike the 2-std rule, it sharpens with seeds."""
+    from scipy.stats import ttest_ind
+
+    a, b = [v for v in a if v is not None], [v for v in b if v is not None]
+    if len(a) < 2 or len(b) < 2 or (_ms(a)[1] == 0 and _ms(b)[1] == 0):
+        return "n/a"
+    return f"{ttest_ind(a, b, equal_var=False).pvalue:.3f}"
+
+
 def backfill_quality(out: Path) -> None:
     """Add the subset's seedless figures to run.json files written without them (older runs)."""
     if not (out / "quality.json").exists() or not (out / "runs").is_dir():
@@ -170,6 +180,9 @@ def report(out: Path, plan: list[dict], tables: list[str], seeds: list[int]) -> 
                 per_task = ", ".join(f"{c.replace('tiny/', '')} {verdict([r.get(c) for r in runs[sub]], [r.get(c) for r in runs[ref]]).split(' ')[0]}"
                                      for c in cols)
                 lines.append(f"* {sub} vs {ref}: average {verdict([r['average'] for r in runs[sub]], [r['average'] for r in runs[ref]])}; {per_task}")
+                if tab == "oracle":
+                    pvals = ", ".join(f"{c.replace('tiny/', '')} {welch_p([r.get(c) for r in runs[sub]], [r.get(c) for r in runs[ref]])}" for c in cols)
+                    lines.append(f"* {sub} vs {ref}, Welch's t-test on the means (two-sided p): {pvals}")
     cpu = [r["cpu_s"] for rs in runs.values() for r in rs if r.get("cpu_s")]
     if cpu:
         lines.append(f"\nCPU seconds per run (train + evaluate): median {statistics.median(cpu):.0f}, max {max(cpu):.0f}")
