@@ -189,6 +189,21 @@ def report(out: Path, plan: list[dict], tables: list[str], seeds: list[int]) -> 
     return "\n".join(lines)
 
 
+def _check_recipe(out: Path, open_clip_args: str) -> None:
+    """Finished runs are reused, so one folder holds one recipe: refuse other flags than its runs'."""
+    recipe = out / "open_clip_args.json"
+    if recipe.exists():
+        before = json.loads(recipe.read_text())
+        if before != open_clip_args:
+            sys.exit(f"{out}: its runs were trained with --open-clip-args {before!r}, not {open_clip_args!r}; "
+                     "use a fresh --out for another recipe")
+    elif (out / "runs").is_dir() and any((out / "runs").iterdir()) and open_clip_args:
+        sys.exit(f"{out}: holds runs of the default recipe; use a fresh --out for --open-clip-args")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(recipe, open_clip_args)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
@@ -210,6 +225,7 @@ def main() -> None:
     pool = out / "pool"
     plan = [e for e in run_plan(args.fraction) if set(e["tables"]) & set(args.tables)]
     if not args.report_only:
+        _check_recipe(out, args.open_clip_args)
         from clipsift.eval.tiny_suite import make_tiny_suite
         from clipsift.subset import read_subset
         from clipsift.synth import make_pool
