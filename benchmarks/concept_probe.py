@@ -1,6 +1,7 @@
 """Which tower varies from seed to seed on the tiny suite's Concepts task: image or text?
 
-For each checkpoint, on the suite's concept images (``wds_tiny-concept_test``):
+For each checkpoint, on the suite's concept images (``wds_tiny-concept_test``, read by the
+evaluation's own loader):
 
 * ``zero-shot``: accuracy of the bare class names as the classifier (no templates);
 * ``probe``: a linear probe on the image features (multinomial logistic regression with L2 5e-5,
@@ -18,28 +19,9 @@ architecture comes from its ``info.pkl`` (read with clipsift's restricted unpick
 from __future__ import annotations
 
 import argparse
-import io
-import tarfile
 from pathlib import Path
 
 import numpy as np
-
-
-def load_concept_images(suite: Path) -> tuple[list, np.ndarray, list[str]]:
-    """(PIL images, labels, class names) of the suite's Concepts task."""
-    from PIL import Image
-
-    root = suite / "wds_tiny-concept_test"
-    classes = [c for c in (root / "classnames.txt").read_text().split("\n") if c]
-    samples: dict[str, dict[str, bytes]] = {}
-    for shard in sorted((root / "test").glob("*.tar")):
-        with tarfile.open(shard) as tf:
-            for m in tf.getmembers():
-                key, ext = m.name.split(".", 1)
-                samples.setdefault(f"{shard.name}/{key}", {})[ext] = tf.extractfile(m).read()
-    keys = sorted(samples)
-    images = [Image.open(io.BytesIO(samples[k]["jpg"])).convert("RGB") for k in keys]
-    return images, np.array([int(samples[k]["cls"]) for k in keys]), classes
 
 
 def _fit_softmax(x, y, n_cls: int, l2: float):
@@ -82,11 +64,13 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
+    from clipsift.eval import zeroshot
+    from clipsift.eval.tasks import load_tasks
     from clipsift.eval.zeroshot import load_model
     from clipsift.safeload import load_info_pkl
 
     torch.set_num_threads(1)
-    images, labels, classes = load_concept_images(args.suite)
+    task = next(t for t in load_tasks("tiny") if t.key == "tiny/concept")
     print("run | zero-shot (bare names) | image probe | text cos between classes")
     for run in args.runs:
         info = load_info_pkl(run / "info.pkl")
@@ -95,10 +79,13 @@ def main() -> None:
             print(f"{run.name}: no checkpoint (*/checkpoints/epoch_latest.pt), skipped")
             continue
         lm = load_model(info["scale_config"]["model"], ckpt)
+        # the evaluation's own reader: the same images, transform and class names as the Concepts task
+        dataset, loader = zeroshot._webdataset(task, lm.transform, str(args.suite), 256, 0)
         with torch.no_grad():
-            img = torch.cat([lm.model.encode_image(torch.stack([lm.transform(i) for i in images[a:a + 256]]), normalize=True)
-                             for a in range(0, len(images), 256)]).numpy()
-            txt = lm.model.encode_text(lm.tokenizer(classes), normalize=True).numpy()
+            batches = [(lm.model.encode_image(x, normalize=True), y) for x, y in loader]
+            txt = lm.model.encode_text(lm.tokenizer(dataset.classes), normalize=True).numpy()
+        img = torch.cat([f for f, _ in batches]).numpy()
+        labels = torch.cat([y for _, y in batches]).numpy()
         zero_shot = float((np.argmax(img @ txt.T, 1) == labels).mean())
         text_cos = float((txt @ txt.T)[~np.eye(len(txt), dtype=bool)].mean())
         print(f"{run.name} | {zero_shot:.3f} | {probe_accuracy(img, labels):.3f} | {text_cos:.3f}")
