@@ -1,7 +1,7 @@
 """The seed methods' claims in miniature on the tiny track (3 seeds per run, track world).
 
-Tables (each cell mean ± std over seeds; "wins"/"loses" only when the difference exceeds 2 seed stds
-of the difference, taken seed by seed (``clipsift.seedstats``), "tied" otherwise):
+Tables (each cell mean ± std over seeds; "wins"/"loses" only when the difference exceeds 2 × the
+larger seed std, "tied" otherwise):
 
 * ``oracle``: every task must be learnable — a run on the pool's clean ground-truth subset
   (``clipsift.synth.quality.oracle_mask``) against ``no_filter``.
@@ -44,7 +44,6 @@ from clipsift.eval.track import TrackSpec
 from clipsift.eval.train import TrainConfig
 from clipsift.io import write_json
 from clipsift.log import configure_logging
-from clipsift.seedstats import mean_std, seed_gap
 
 PARAMS = dict(FILTER_PARAMS)
 
@@ -99,19 +98,22 @@ def _read(run_dir: Path) -> dict | None:
             "size": run["dataset_size"], "seen": run["samples_seen"], "cpu_s": run.get("timings", {}).get("cpu_s")}
 
 
-def verdict(a: list[tuple], b: list[tuple]) -> str:
-    """'wins' / 'loses' when a − b exceeds 2 seed stds of the difference (paired by seed), else 'tied'."""
-    gap = seed_gap(a, b)
-    return "n/a (a side has fewer than 2 seeds)" if gap is None else gap.text()
+def _ms(vals):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return None, None
+    return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
-def _by_seed(rs: list[dict], col: str) -> list[tuple]:
-    return [(r["seed"], r.get(col)) for r in rs]
-
-
-def unpaired_verdict(a: list[tuple], b: list[tuple]) -> str:
-    """The same rule without pairing: 2 × the larger of the two runs' seed stds."""
-    return verdict([(None, v) for _, v in a], [(None, v) for _, v in b])
+def verdict(a: list[float], b: list[float]) -> str:
+    """'wins' / 'loses' when mean(a) - mean(b) exceeds 2 × the larger seed std, else 'tied'."""
+    a, b = [v for v in a if v is not None], [v for v in b if v is not None]
+    if len(a) < 2 or len(b) < 2:
+        return "n/a (a side has fewer than 2 seeds)"
+    (ma, sa), (mb, sb) = _ms(a), _ms(b)
+    d, bound = ma - mb, 2 * max(sa or 0.0, sb or 0.0)
+    word = "wins" if d > bound else "loses" if d < -bound else "tied"
+    return f"{word} ({d:+.3f}, 2σ {bound:.3f})"
 
 
 def welch_p(a: list[float], b: list[float]) -> str:
@@ -119,7 +121,7 @@ def welch_p(a: list[float], b: list[float]) -> str:
     from scipy.stats import ttest_ind
 
     a, b = [v for v in a if v is not None], [v for v in b if v is not None]
-    if len(a) < 2 or len(b) < 2 or (mean_std(a)[1] == 0 and mean_std(b)[1] == 0):
+    if len(a) < 2 or len(b) < 2 or (_ms(a)[1] == 0 and _ms(b)[1] == 0):
         return "n/a"
     return f"{ttest_ind(a, b, equal_var=False).pvalue:.3f}"
 
@@ -139,7 +141,7 @@ def backfill_quality(out: Path) -> None:
 
 def report(out: Path, plan: list[dict], tables: list[str], seeds: list[int]) -> str:
     cols = [t.key for t in load_tasks("tiny")] + ["average"]
-    runs = {e["label"]: [r | {"seed": s} for s in seeds if (r := _read(out / "runs" / f"{e['label']}_s{s}"))] for e in plan}
+    runs = {e["label"]: [r for s in seeds if (r := _read(out / "runs" / f"{e['label']}_s{s}"))] for e in plan}
     quality = json.loads((out / "quality.json").read_text()) if (out / "quality.json").exists() else {}
     titles = {"oracle": "Oracle (clean ground truth) against no_filter: is every task learnable?",
               "a": "(a) 30% budget, equal samples seen: every filter against clip_score and random",
@@ -162,8 +164,8 @@ def report(out: Path, plan: list[dict], tables: list[str], seeds: list[int]) -> 
                 continue
             cells = []
             for c in cols:
-                m, s = mean_std([r.get(c) for r in rs])
-                cells.append("—" if m is None else f"{m:.3f} ± {s or 0.0:.3f}")
+                m, s = _ms([r.get(c) for r in rs])
+                cells.append("—" if m is None else f"{m:.3f} ± {s:.3f}")
             lines.append(f"| {lab} | {len(rs)} | {rs[0]['size']} | {rs[0]['seen']} | " + " | ".join(cells) + " | "
                          + " | ".join(qcells) + " |")
         refs = {"oracle": ["no_filter"], "a": ["clip_score", "random"], "b": ["no_filter", "clip_score"],
@@ -175,12 +177,10 @@ def report(out: Path, plan: list[dict], tables: list[str], seeds: list[int]) -> 
             for ref in refs:
                 if sub == ref or not runs[sub] or not runs[ref]:
                     continue
-                per_task = ", ".join(f"{c.replace('tiny/', '')} {verdict(_by_seed(runs[sub], c), _by_seed(runs[ref], c)).split(' ')[0]}" for c in cols)
-                lines.append(f"* {sub} vs {ref}: average {verdict(_by_seed(runs[sub], 'average'), _by_seed(runs[ref], 'average'))}; {per_task}")
+                per_task = ", ".join(f"{c.replace('tiny/', '')} {verdict([r.get(c) for r in runs[sub]], [r.get(c) for r in runs[ref]]).split(' ')[0]}"
+                                     for c in cols)
+                lines.append(f"* {sub} vs {ref}: average {verdict([r['average'] for r in runs[sub]], [r['average'] for r in runs[ref]])}; {per_task}")
                 if tab == "oracle":
-                    unpaired = ", ".join(f"{c.replace('tiny/', '')} {unpaired_verdict(_by_seed(runs[sub], c), _by_seed(runs[ref], c)).split(' ')[0]}"
-                                         for c in cols)
-                    lines.append(f"* {sub} vs {ref}, unpaired (2 × the larger seed std): {unpaired}")
                     pvals = ", ".join(f"{c.replace('tiny/', '')} {welch_p([r.get(c) for r in runs[sub]], [r.get(c) for r in runs[ref]])}" for c in cols)
                     lines.append(f"* {sub} vs {ref}, Welch's t-test on the means (two-sided p): {pvals}")
     cpu = [r["cpu_s"] for rs in runs.values() for r in rs if r.get("cpu_s")]

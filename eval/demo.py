@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import statistics
 import sys
 import time
 from contextlib import contextmanager
@@ -24,7 +25,6 @@ from clipsift.eval.track import RUN_FILE, TrackSpec, run_track
 from clipsift.eval.train import TrainConfig
 from clipsift.io import write_json
 from clipsift.log import get_logger
-from clipsift.seedstats import mean_std, seed_gap
 
 log = get_logger("eval.demo")
 
@@ -107,9 +107,15 @@ def _leaderboard(runs_dir: Path, out_dir: Path) -> Path | None:
 
 
 def _ms(vals: list[float]) -> tuple[float | None, float | None]:
-    """(mean, std) over seeds; std 0.0 for a single seed (the summary JSON's convention)."""
-    m, s = mean_std(vals)
-    return m, (None if m is None else (s or 0.0))
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return None, None
+    return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def tied(a: tuple, b: tuple) -> bool:
+    """Two (mean, std) are tied when their difference is below 2 x the larger std."""
+    return abs(a[0] - b[0]) < 2 * max(a[1] or 0.0, b[1] or 0.0)
 
 
 def summary_table(runs: list[dict], quality: dict) -> str:
@@ -124,7 +130,7 @@ def summary_table(runs: list[dict], quality: dict) -> str:
                                                                            ("retrieval", "tiny/retrieval"))}
         rows.append((method, rs, avg, groups))
     rows.sort(key=lambda x: -(x[2][0] or 0))
-    best = rows[0] if rows else None
+    best = rows[0][2] if rows else None
 
     def f(ms):
         return "—" if ms[0] is None else f"{ms[0]:.3f} ± {ms[1]:.3f}"
@@ -134,13 +140,12 @@ def summary_table(runs: list[dict], quality: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, rs, avg, groups in rows:
         q = quality.get(method, {})
-        gap = seed_gap([(r.get("seed"), r["average"]) for r in rs], [(r.get("seed"), r["average"]) for r in best[1]])
-        if method == best[0]:
+        if avg is best:
             vs = "best"
-        elif gap is None:
+        elif avg[0] is None or best[0] is None or len(rs) < 2:
             vs = "—"  # no score, or one seed: no std to judge a tie by
         else:
-            vs = "tied" if gap.tied else f"{gap.diff:+.3f}"
+            vs = "tied" if tied(avg, best) else f"{avg[0] - best[0]:+.3f}"
         cells = [method, str(len(rs)), str(rs[0]["dataset_size"]), f(avg), f(groups["concepts"]), f(groups["tail"]), f(groups["retrieval"]), vs,
                  *(("—" if q.get(k) is None else f"{q[k]:.1f}") for k in ("mismatched", "duplicated", "non_english")),
                  f"{q.get('concepts', '—')}/{q.get('concepts_of', '—')}", "—" if q.get("tail") is None else f"{q['tail']:.1f}"]

@@ -26,7 +26,6 @@ from clipsift.leaderboards.tables import (
     score_columns,
 )
 from clipsift.leaderboards.tasks import DATACOMP, task_list
-from clipsift.seedstats import seed_gap, unpaired_gap
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px;color:#222;background:#fff}
@@ -111,11 +110,13 @@ def _td(text: str, value=None, cls: str = "") -> str:
     return f"<td{c}{attr}>{escape(text)}</td>"
 
 
-def ties(board: Leaderboard) -> list[list[str]]:
-    """Per row: the other methods whose Average is within 2 seed stds of it (``clipsift.seedstats``).
+TIE_SIGMAS = 2.0
 
-    Rows with per-seed Averages compare seed by seed where they share two seeds; rows with only a
-    mean ± std use 2 x the larger std. Rows without a std (one seed, published rows) are not compared.
+
+def ties(board: Leaderboard) -> list[list[str]]:
+    """Per row: the other methods whose Average differs from it by less than 2 x the larger seed std.
+
+    Only rows with a std (two or more seeds) are compared; published rows have none.
     """
     out: list[list[str]] = []
     for r in board.rows:
@@ -124,11 +125,7 @@ def ties(board: Leaderboard) -> list[list[str]]:
             for o in board.rows:
                 if o is r or o.average is None or o.average_std is None:
                     continue
-                if r.seed_averages and o.seed_averages:
-                    gap = seed_gap(r.seed_averages, o.seed_averages)
-                else:
-                    gap = unpaired_gap(r.average, r.average_std, o.average, o.average_std)
-                if gap is not None and gap.tied:
+                if abs(r.average - o.average) < TIE_SIGMAS * max(r.average_std, o.average_std):
                     names.append(o.method)
         out.append(names)
     return out
@@ -223,9 +220,7 @@ def heatmap_table(groups: list[RunGroup], tasks_file=None) -> str:
 LEADERBOARD_LEDE = (
     "Scores are main metrics; Average over the suite's tasks, 38 for DataComp (partial results are unranked and "
     "name their missing tasks); your runs are highlighted, seeds shown as mean ± std (sample std); methods whose "
-    "Averages differ by less than 2 std of the difference are marked as tied: their order is within seed noise. "
-    "Runs with the same seed start from the same weights, so where two methods share seeds the difference is "
-    "taken seed by seed."
+    "Averages differ by less than 2 std are marked as tied: their order is within seed noise."
 )
 
 QUALITY_COLUMNS = (

@@ -43,8 +43,6 @@ class LeaderboardRow:
     link: str = ""
     groups: dict[str, float | None] = field(default_factory=dict)
     rank: int | None = None
-    # [seed, Average] per run of your seed group, so that ties pair by seed (JSON only, not the CSV/markdown)
-    seed_averages: list = field(default_factory=list, compare=False)
 
     @property
     def rankable(self) -> bool:
@@ -103,7 +101,6 @@ def row_from_group(group: RunGroup) -> LeaderboardRow:
         missing=[n + " (null metric)" if n in nulls else n for n in group.absent],
         link=str(group.first.path),
         groups=groups,
-        seed_averages=[[r.seed, r.aggregate.scores.get(AVERAGE)] for r in group.runs] if complete else [],
     )
 
 

@@ -122,7 +122,7 @@ def _tiny_runs(root: Path) -> Path:
     from clipsift.leaderboards.tasks import tiny_tasks
 
     tasks = tiny_tasks().tasks
-    for method, base, jitter, mis in (("clip_score", 0.40, 0.01, 0.7), ("clipcov", 0.395, -0.012, 0.6), ("no_filter", 0.25, 0.01, 13.3)):
+    for method, base, jitter, mis in (("clip_score", 0.40, 0.01, 0.7), ("clipcov", 0.395, 0.012, 0.6), ("no_filter", 0.25, 0.01, 13.3)):
         for seed in (0, 1):
             run = root / "runs" / f"{method}_s{seed}"
             run.mkdir(parents=True)
@@ -144,7 +144,6 @@ def test_tiny_leaderboard_page_shows_std_ties_and_quality(tmp_path):
     write_leaderboards(store, out, formats=("plots", "html"), include_published=False)
     dom = check_page(out / "index.html", tmp_path, "tiny_leaderboard_page")
     assert "0.400 ± 0.014" in dom  # mean ± sample std over the two seeds
-    # clipcov is 0.017 above clip_score on seed 0 and 0.027 below on seed 1: 2 std of that = 0.062
-    assert "tied with clipcov" in dom and "tied with clip_score" in dom
+    assert "tied with clipcov" in dom and "tied with clip_score" in dom  # 0.005 apart, 2 std = 0.034
     assert dom.count("separated") == 1  # no_filter: far below both
     assert "Data quality from the ground truth (seedless)" in dom and "13.3" in dom and "32/32" in dom
