@@ -44,6 +44,7 @@ from clipsift.eval.track import TrackSpec
 from clipsift.eval.train import TrainConfig
 from clipsift.io import write_json
 from clipsift.log import configure_logging
+from clipsift.seedstats import mean_std, seed_gap
 
 PARAMS = dict(FILTER_PARAMS)
 
@@ -98,22 +99,10 @@ def _read(run_dir: Path) -> dict | None:
             "size": run["dataset_size"], "seen": run["samples_seen"], "cpu_s": run.get("timings", {}).get("cpu_s")}
 
 
-def _ms(vals):
-    vals = [v for v in vals if v is not None]
-    if not vals:
-        return None, None
-    return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
-
-
 def verdict(a: list[float], b: list[float]) -> str:
     """'wins' / 'loses' when mean(a) - mean(b) exceeds 2 × the larger seed std, else 'tied'."""
-    a, b = [v for v in a if v is not None], [v for v in b if v is not None]
-    if len(a) < 2 or len(b) < 2:
-        return "n/a (a side has fewer than 2 seeds)"
-    (ma, sa), (mb, sb) = _ms(a), _ms(b)
-    d, bound = ma - mb, 2 * max(sa or 0.0, sb or 0.0)
-    word = "wins" if d > bound else "loses" if d < -bound else "tied"
-    return f"{word} ({d:+.3f}, 2σ {bound:.3f})"
+    gap = seed_gap(a, b)
+    return "n/a (a side has fewer than 2 seeds)" if gap is None else gap.text()
 
 
 def welch_p(a: list[float], b: list[float]) -> str:
@@ -121,7 +110,7 @@ def welch_p(a: list[float], b: list[float]) -> str:
     from scipy.stats import ttest_ind
 
     a, b = [v for v in a if v is not None], [v for v in b if v is not None]
-    if len(a) < 2 or len(b) < 2 or (_ms(a)[1] == 0 and _ms(b)[1] == 0):
+    if len(a) < 2 or len(b) < 2 or (mean_std(a)[1] == 0 and mean_std(b)[1] == 0):
         return "n/a"
     return f"{ttest_ind(a, b, equal_var=False).pvalue:.3f}"
 
@@ -164,8 +153,8 @@ def report(out: Path, plan: list[dict], tables: list[str], seeds: list[int]) -> 
                 continue
             cells = []
             for c in cols:
-                m, s = _ms([r.get(c) for r in rs])
-                cells.append("—" if m is None else f"{m:.3f} ± {s:.3f}")
+                m, s = mean_std([r.get(c) for r in rs])
+                cells.append("—" if m is None else f"{m:.3f} ± {s or 0.0:.3f}")
             lines.append(f"| {lab} | {len(rs)} | {rs[0]['size']} | {rs[0]['seen']} | " + " | ".join(cells) + " | "
                          + " | ".join(qcells) + " |")
         refs = {"oracle": ["no_filter"], "a": ["clip_score", "random"], "b": ["no_filter", "clip_score"],

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import statistics
 import sys
 import time
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from clipsift.eval.track import RUN_FILE, TrackSpec, run_track
 from clipsift.eval.train import TrainConfig
 from clipsift.io import write_json
 from clipsift.log import get_logger
+from clipsift.seedstats import gap_from_stats, mean_std
 
 log = get_logger("eval.demo")
 
@@ -107,15 +107,9 @@ def _leaderboard(runs_dir: Path, out_dir: Path) -> Path | None:
 
 
 def _ms(vals: list[float]) -> tuple[float | None, float | None]:
-    vals = [v for v in vals if v is not None]
-    if not vals:
-        return None, None
-    return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
-
-
-def tied(a: tuple, b: tuple) -> bool:
-    """Two (mean, std) are tied when their difference is below 2 x the larger std."""
-    return abs(a[0] - b[0]) < 2 * max(a[1] or 0.0, b[1] or 0.0)
+    """(mean, std) over seeds; std 0.0 for a single seed (the summary JSON's convention)."""
+    m, s = mean_std(vals)
+    return m, (None if m is None else (s or 0.0))
 
 
 def summary_table(runs: list[dict], quality: dict) -> str:
@@ -145,7 +139,7 @@ def summary_table(runs: list[dict], quality: dict) -> str:
         elif avg[0] is None or best[0] is None or len(rs) < 2:
             vs = "—"  # no score, or one seed: no std to judge a tie by
         else:
-            vs = "tied" if tied(avg, best) else f"{avg[0] - best[0]:+.3f}"
+            vs = "tied" if gap_from_stats(*avg, *best).tied else f"{avg[0] - best[0]:+.3f}"
         cells = [method, str(len(rs)), str(rs[0]["dataset_size"]), f(avg), f(groups["concepts"]), f(groups["tail"]), f(groups["retrieval"]), vs,
                  *(("—" if q.get(k) is None else f"{q[k]:.1f}") for k in ("mismatched", "duplicated", "non_english")),
                  f"{q.get('concepts', '—')}/{q.get('concepts_of', '—')}", "—" if q.get("tail") is None else f"{q['tail']:.1f}"]

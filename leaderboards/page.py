@@ -26,6 +26,7 @@ from clipsift.leaderboards.tables import (
     score_columns,
 )
 from clipsift.leaderboards.tasks import DATACOMP, task_list
+from clipsift.seedstats import gap_from_stats
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px;color:#222;background:#fff}
@@ -110,11 +111,8 @@ def _td(text: str, value=None, cls: str = "") -> str:
     return f"<td{c}{attr}>{escape(text)}</td>"
 
 
-TIE_SIGMAS = 2.0
-
-
 def ties(board: Leaderboard) -> list[list[str]]:
-    """Per row: the other methods whose Average differs from it by less than 2 x the larger seed std.
+    """Per row: the other methods whose Average is within seed noise of it (``clipsift.seedstats``).
 
     Only rows with a std (two or more seeds) are compared; published rows have none.
     """
@@ -125,7 +123,7 @@ def ties(board: Leaderboard) -> list[list[str]]:
             for o in board.rows:
                 if o is r or o.average is None or o.average_std is None:
                     continue
-                if abs(r.average - o.average) < TIE_SIGMAS * max(r.average_std, o.average_std):
+                if gap_from_stats(r.average, r.average_std, o.average, o.average_std).tied:
                     names.append(o.method)
         out.append(names)
     return out
