@@ -1,0 +1,85 @@
+"""How often each oracle criterion would pass, for the gap and seed spread the oracle tables measured.
+
+The tiny track's validity check asks the oracle (clean ground truth) to beat ``no_filter`` on every
+task. This script reads finished oracle tables (``validity_tiny.py --out DIR --tables oracle``, one
+folder per world), pools per task the oracle − ``no_filter`` gap (mean over the folders) and each
+side's seed std (root mean square over the folders), then draws seed scores from normal
+distributions with those parameters to estimate, for several numbers of seeds, how often:
+
+* ``2-std``: the gap exceeds 2 × the larger of the two seed stds (the rule in ``clipsift.seedstats``);
+* ``Welch 2-sided`` / ``Welch 1-sided``: Welch's t-test on the means gives p < 0.05 (two-sided, or
+  one-sided for oracle > no_filter).
+
+Each cell gives the chance for Concepts, Tail concepts, both on one world, and both on three worlds
+(the cube of one world's, assuming worlds alike and independent). The two tasks are drawn
+independently; in the runs their seed scores rise and fall together, so "both" is a lower bound.
+
+    .venv/bin/python benchmarks/oracle_power.py /tmp/w0 /tmp/w1 /tmp/w2 [--seeds 3 5 8 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import ttest_ind
+from validity_tiny import _read
+
+from clipsift.seedstats import TIE_SIGMAS, mean_std
+
+TASKS = {"tiny/concept": "Concepts", "tiny/concept_tail": "Tail concepts"}
+
+
+def measured(folders: list[Path]) -> dict[str, tuple[float, float, float]]:
+    """Per task: (mean gap, RMS oracle std, RMS no_filter std) over the folders' seeds."""
+    per: dict[str, list[tuple[float, float, float]]] = {k: [] for k in TASKS}
+    for out in folders:
+        runs = {lab: [r for d in sorted((out / "runs").glob(f"{lab}_s*")) if (r := _read(d))] for lab in ("oracle", "no_filter")}
+        if len(runs["oracle"]) < 2 or len(runs["no_filter"]) < 2:
+            sys.exit(f"{out}: needs at least 2 finished oracle and no_filter runs (benchmarks/validity_tiny.py --out {out} --tables oracle)")
+        for key in TASKS:
+            (mo, so), (mn, sn) = mean_std([r[key] for r in runs["oracle"]]), mean_std([r[key] for r in runs["no_filter"]])
+            per[key].append((mo - mn, so, sn))
+    return {k: (float(np.mean([g for g, _, _ in v])), float(np.sqrt(np.mean([so**2 for _, so, _ in v]))),
+                float(np.sqrt(np.mean([sn**2 for _, _, sn in v])))) for k, v in per.items()}
+
+
+def pass_rates(gap: float, s_oracle: float, s_none: float, n: int, draws: int, rng) -> dict[str, np.ndarray]:
+    """Per criterion, whether each of ``draws`` simulated n-seed tables passes."""
+    o, f = rng.normal(gap, s_oracle, (draws, n)), rng.normal(0.0, s_none, (draws, n))
+    d = o.mean(1) - f.mean(1)
+    return {
+        "2-std": d > TIE_SIGMAS * np.maximum(o.std(1, ddof=1), f.std(1, ddof=1)),
+        "Welch 2-sided": ttest_ind(o, f, axis=1, equal_var=False).pvalue < 0.05,
+        "Welch 1-sided": ttest_ind(o, f, axis=1, equal_var=False, alternative="greater").pvalue < 0.05,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("folders", nargs="+", type=Path, help="validity_tiny.py --out folders with oracle tables")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[3, 5, 8, 10])
+    ap.add_argument("--draws", type=int, default=20000)
+    ap.add_argument("--rng", type=int, default=0)
+    args = ap.parse_args()
+    params = measured(args.folders)
+    print(f"measured over {len(args.folders)} world(s): " + "; ".join(
+        f"{TASKS[k]} gap {g:+.3f}, seed std oracle {so:.3f}, no_filter {sn:.3f} (gap / larger std {g / max(so, sn):.2f})"
+        for k, (g, so, sn) in params.items()))
+    rng = np.random.default_rng(args.rng)
+    names = ["2-std", "Welch 2-sided", "Welch 1-sided"]
+    print("\n| seeds | " + " | ".join(f"{n}: Concepts / Tail / both / 3 worlds" for n in names) + " |\n|---|" + "---|" * len(names))
+    for n in args.seeds:
+        res = {k: pass_rates(*params[k], n, args.draws, rng) for k in TASKS}
+        cells = []
+        for name in names:
+            c, t = res["tiny/concept"][name], res["tiny/concept_tail"][name]
+            both = float((c & t).mean())
+            cells.append(f"{c.mean():.2f} / {t.mean():.2f} / {both:.2f} / {both**3:.2f}")
+        print(f"| {n} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
