@@ -32,16 +32,33 @@ from clipsift.seedstats import TIE_SIGMAS, mean_std
 TASKS = {"tiny/concept": "Concepts", "tiny/concept_tail": "Tail concepts"}
 
 
+def _runs(out: Path, label: str) -> dict[int, dict]:
+    """{seed: scores} of the finished runs ``OUT/runs/<label>_s<seed>``."""
+    found = {int(d.name.rsplit("_s", 1)[1]): _read(d) for d in (out / "runs").glob(f"{label}_s*") if d.name.rsplit("_s", 1)[1].isdigit()}
+    return {s: r for s, r in sorted(found.items()) if r}
+
+
 def measured(folders: list[Path]) -> dict[str, tuple[float, float, float]]:
-    """Per task: (mean gap, RMS oracle std, RMS no_filter std) over the folders' seeds."""
+    """Per task: (mean gap, RMS oracle std, RMS no_filter std) over the folders' seeds.
+
+    Also logs, per folder, the correlation of the two methods' scores over their shared seeds: a
+    seed fixes the initialisation, and a strong correlation would make a paired comparison worth it.
+    """
     per: dict[str, list[tuple[float, float, float]]] = {k: [] for k in TASKS}
     for out in folders:
-        runs = {lab: [r for d in sorted((out / "runs").glob(f"{lab}_s*")) if (r := _read(d))] for lab in ("oracle", "no_filter")}
-        if len(runs["oracle"]) < 2 or len(runs["no_filter"]) < 2:
+        oracle, none = _runs(out, "oracle"), _runs(out, "no_filter")
+        if len(oracle) < 2 or len(none) < 2:
             sys.exit(f"{out}: needs at least 2 finished oracle and no_filter runs (benchmarks/validity_tiny.py --out {out} --tables oracle)")
+        shared = sorted(oracle.keys() & none.keys())
+        corr = []
         for key in TASKS:
-            (mo, so), (mn, sn) = mean_std([r[key] for r in runs["oracle"]]), mean_std([r[key] for r in runs["no_filter"]])
+            (mo, so), (mn, sn) = mean_std([r[key] for r in oracle.values()]), mean_std([r[key] for r in none.values()])
             per[key].append((mo - mn, so, sn))
+            if len(shared) > 2:
+                r = np.corrcoef([oracle[s][key] for s in shared], [none[s][key] for s in shared])[0, 1]
+                corr.append(f"{TASKS[key]} {r:+.2f}")
+        print(f"{out}: {len(oracle)} oracle and {len(none)} no_filter seeds; correlation over the {len(shared)} shared seeds: "
+              + (", ".join(corr) or "n/a"))
     return {k: (float(np.mean([g for g, _, _ in v])), float(np.sqrt(np.mean([so**2 for _, so, _ in v]))),
                 float(np.sqrt(np.mean([sn**2 for _, _, sn in v])))) for k, v in per.items()}
 
