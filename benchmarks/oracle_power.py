@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import ttest_ind
+from scipy.stats import ttest_ind, ttest_rel
 from validity_tiny import _read
 
 from clipsift.seedstats import TIE_SIGMAS, mean_std
@@ -41,8 +41,9 @@ def _runs(out: Path, label: str) -> dict[int, dict]:
 def measured(folders: list[Path]) -> dict[str, tuple[float, float, float]]:
     """Per task: (mean gap, RMS oracle std, RMS no_filter std) over the folders' seeds.
 
-    Also logs, per folder, the correlation of the two methods' scores over their shared seeds: a
-    seed fixes the initialisation, and a strong correlation would make a paired comparison worth it.
+    Also prints, per folder and task, the measured verdicts: the gap against 2 × the larger seed std,
+    Welch's p, and over the shared seeds the paired view (a seed fixes the initialisation): the
+    correlation of the two methods' scores, 2 std of the per-seed difference, and the paired t-test's p.
     """
     per: dict[str, list[tuple[float, float, float]]] = {k: [] for k in TASKS}
     for out in folders:
@@ -50,15 +51,19 @@ def measured(folders: list[Path]) -> dict[str, tuple[float, float, float]]:
         if len(oracle) < 2 or len(none) < 2:
             sys.exit(f"{out}: needs at least 2 finished oracle and no_filter runs (benchmarks/validity_tiny.py --out {out} --tables oracle)")
         shared = sorted(oracle.keys() & none.keys())
-        corr = []
+        cells = []
         for key in TASKS:
-            (mo, so), (mn, sn) = mean_std([r[key] for r in oracle.values()]), mean_std([r[key] for r in none.values()])
+            a, b = [r[key] for r in oracle.values()], [r[key] for r in none.values()]
+            (mo, so), (mn, sn) = mean_std(a), mean_std(b)
             per[key].append((mo - mn, so, sn))
+            cell = f"{TASKS[key]} {mo - mn:+.3f}, 2σ {TIE_SIGMAS * max(so, sn):.3f}, Welch p {ttest_ind(a, b, equal_var=False).pvalue:.3f}"
             if len(shared) > 2:
-                r = np.corrcoef([oracle[s][key] for s in shared], [none[s][key] for s in shared])[0, 1]
-                corr.append(f"{TASKS[key]} {r:+.2f}")
-        print(f"{out}: {len(oracle)} oracle and {len(none)} no_filter seeds; correlation over the {len(shared)} shared seeds: "
-              + (", ".join(corr) or "n/a"))
+                pa, pb = [oracle[s][key] for s in shared], [none[s][key] for s in shared]
+                d = mean_std(np.subtract(pa, pb))
+                cell += (f"; paired over {len(shared)} seeds: r {np.corrcoef(pa, pb)[0, 1]:+.2f}, 2σ of the difference "
+                         f"{TIE_SIGMAS * d[1]:.3f}, paired t p {ttest_rel(pa, pb).pvalue:.3f}")
+            cells.append(cell)
+        print(f"{out}: {len(oracle)} oracle and {len(none)} no_filter seeds\n  " + "\n  ".join(cells))
     return {k: (float(np.mean([g for g, _, _ in v])), float(np.sqrt(np.mean([so**2 for _, so, _ in v]))),
                 float(np.sqrt(np.mean([sn**2 for _, _, sn in v])))) for k, v in per.items()}
 
