@@ -27,7 +27,7 @@ import numpy as np
 from scipy.stats import ttest_ind, ttest_rel
 from validity_tiny import _read
 
-from clipsift.seedstats import TIE_SIGMAS, mean_std
+from clipsift.seedstats import TIE_SIGMAS, gap_from_stats, mean_std
 
 TASKS = {"tiny/concept": "Concepts", "tiny/concept_tail": "Tail concepts"}
 
@@ -56,7 +56,7 @@ def measured(folders: list[Path]) -> dict[str, tuple[float, float, float]]:
             a, b = [r[key] for r in oracle.values()], [r[key] for r in none.values()]
             (mo, so), (mn, sn) = mean_std(a), mean_std(b)
             per[key].append((mo - mn, so, sn))
-            cell = f"{TASKS[key]} {mo - mn:+.3f}, 2σ {TIE_SIGMAS * max(so, sn):.3f}, Welch p {ttest_ind(a, b, equal_var=False).pvalue:.3f}"
+            cell = f"{TASKS[key]} {gap_from_stats(mo, so, mn, sn).text()}, Welch p {ttest_ind(a, b, equal_var=False).pvalue:.3f}"
             if len(shared) > 2:
                 pa, pb = [oracle[s][key] for s in shared], [none[s][key] for s in shared]
                 d = mean_std(np.subtract(pa, pb))
