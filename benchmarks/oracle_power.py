@@ -8,7 +8,11 @@ distributions with those parameters to estimate, for several numbers of seeds, h
 
 * ``2-std``: the gap exceeds 2 × the larger of the two seed stds (the rule in ``clipsift.seedstats``);
 * ``Welch 2-sided`` / ``Welch 1-sided``: Welch's t-test on the means gives p < 0.05 (two-sided, or
-  one-sided for oracle > no_filter).
+  one-sided for oracle > no_filter);
+* ``paired 2 SE``: the learnability rule ``validity_tiny.py`` applies (``clipsift.seedstats.paired_gap``):
+  the mean per-seed difference exceeds 2 standard errors. Its draws share a seed factor with the
+  correlation measured between the two methods' seed scores (mean over the folders); the other
+  criteria ignore pairing, so for them the factor does not matter.
 
 Each cell gives the chance for Concepts, Tail concepts, both on one world, and both on three worlds
 (the cube of one world's, assuming worlds alike and independent). The two tasks are drawn
@@ -27,7 +31,7 @@ import numpy as np
 from scipy.stats import ttest_ind, ttest_rel
 from validity_tiny import _read
 
-from clipsift.seedstats import TIE_SIGMAS, gap_from_stats, mean_std
+from clipsift.seedstats import TIE_SIGMAS, gap_from_stats, mean_std, paired_gap
 
 TASKS = {"tiny/concept": "Concepts", "tiny/concept_tail": "Tail concepts"}
 
@@ -38,14 +42,15 @@ def _runs(out: Path, label: str) -> dict[int, dict]:
     return {s: r for s, r in sorted(found.items()) if r}
 
 
-def measured(folders: list[Path]) -> dict[str, tuple[float, float, float]]:
-    """Per task: (mean gap, RMS oracle std, RMS no_filter std) over the folders' seeds.
+def measured(folders: list[Path]) -> dict[str, tuple[float, float, float, float]]:
+    """Per task: (mean gap, RMS oracle std, RMS no_filter std, mean seed correlation) over the folders.
 
     Also prints, per folder and task, the measured verdicts: the gap against 2 × the larger seed std,
     Welch's p, and over the shared seeds the paired view (a seed fixes the initialisation): the
     correlation of the two methods' scores, 2 std of the per-seed difference, and the paired t-test's p.
     """
     per: dict[str, list[tuple[float, float, float]]] = {k: [] for k in TASKS}
+    corr: dict[str, list[float]] = {k: [] for k in TASKS}
     for out in folders:
         oracle, none = _runs(out, "oracle"), _runs(out, "no_filter")
         if len(oracle) < 2 or len(none) < 2:
@@ -60,19 +65,27 @@ def measured(folders: list[Path]) -> dict[str, tuple[float, float, float]]:
             if len(shared) > 2:
                 pa, pb = [oracle[s][key] for s in shared], [none[s][key] for s in shared]
                 d = mean_std(np.subtract(pa, pb))
-                cell += (f"; paired over {len(shared)} seeds: r {np.corrcoef(pa, pb)[0, 1]:+.2f}, 2σ of the difference "
-                         f"{TIE_SIGMAS * d[1]:.3f}, paired t p {ttest_rel(pa, pb).pvalue:.3f}")
+                corr[key].append(float(np.corrcoef(pa, pb)[0, 1]))
+                cell += (f"; paired over {len(shared)} seeds: r {corr[key][-1]:+.2f}, 2σ of the difference "
+                         f"{TIE_SIGMAS * d[1]:.3f}, paired t p {ttest_rel(pa, pb).pvalue:.3f}; "
+                         f"learnability rule: {paired_gap(dict(zip(shared, pa)), dict(zip(shared, pb))).text()}")
             cells.append(cell)
         print(f"{out}: {len(oracle)} oracle and {len(none)} no_filter seeds\n  " + "\n  ".join(cells))
     return {k: (float(np.mean([g for g, _, _ in v])), float(np.sqrt(np.mean([so**2 for _, so, _ in v]))),
-                float(np.sqrt(np.mean([sn**2 for _, _, sn in v])))) for k, v in per.items()}
+                float(np.sqrt(np.mean([sn**2 for _, _, sn in v]))), float(np.mean(corr[k])) if corr[k] else 0.0)
+            for k, v in per.items()}
 
 
-def pass_rates(gap: float, s_oracle: float, s_none: float, n: int, draws: int, rng) -> dict[str, np.ndarray]:
-    """Per criterion, whether each of ``draws`` simulated n-seed tables passes."""
-    o, f = rng.normal(gap, s_oracle, (draws, n)), rng.normal(0.0, s_none, (draws, n))
+def pass_rates(gap: float, s_oracle: float, s_none: float, r: float, n: int, draws: int, rng) -> dict[str, np.ndarray]:
+    """Per criterion, whether each of ``draws`` simulated n-seed tables passes (seed correlation r)."""
+    shared = rng.normal(size=(draws, n)) * np.sqrt(max(r, 0.0))
+    own = np.sqrt(1 - max(r, 0.0))
+    o = gap + s_oracle * (shared + own * rng.normal(size=(draws, n)))
+    f = s_none * (shared + own * rng.normal(size=(draws, n)))
     d = o.mean(1) - f.mean(1)
+    per_seed = o - f
     return {
+        "paired 2 SE": per_seed.mean(1) > TIE_SIGMAS * per_seed.std(1, ddof=1) / np.sqrt(n),
         "2-std": d > TIE_SIGMAS * np.maximum(o.std(1, ddof=1), f.std(1, ddof=1)),
         "Welch 2-sided": ttest_ind(o, f, axis=1, equal_var=False).pvalue < 0.05,
         "Welch 1-sided": ttest_ind(o, f, axis=1, equal_var=False, alternative="greater").pvalue < 0.05,
@@ -88,10 +101,10 @@ def main() -> None:
     args = ap.parse_args()
     params = measured(args.folders)
     print(f"measured over {len(args.folders)} world(s): " + "; ".join(
-        f"{TASKS[k]} gap {g:+.3f}, seed std oracle {so:.3f}, no_filter {sn:.3f} (gap / larger std {g / max(so, sn):.2f})"
-        for k, (g, so, sn) in params.items()))
+        f"{TASKS[k]} gap {g:+.3f}, seed std oracle {so:.3f}, no_filter {sn:.3f} (gap / larger std {g / max(so, sn):.2f}), "
+        f"seed correlation {r:+.2f}" for k, (g, so, sn, r) in params.items()))
     rng = np.random.default_rng(args.rng)
-    names = ["2-std", "Welch 2-sided", "Welch 1-sided"]
+    names = ["2-std", "Welch 2-sided", "Welch 1-sided", "paired 2 SE"]
     print("\n| seeds | " + " | ".join(f"{n}: Concepts / Tail / both / 3 worlds" for n in names) + " |\n|---|" + "---|" * len(names))
     for n in args.seeds:
         res = {k: pass_rates(*params[k], n, args.draws, rng) for k in TASKS}
