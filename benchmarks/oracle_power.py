@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy.stats import ttest_ind, ttest_rel
-from validity_tiny import _read
+from validity_tiny import read_run
 
 from clipsift.seedstats import TIE_SIGMAS, gap_from_stats, mean_std, paired_gap
 
@@ -38,7 +38,7 @@ TASKS = {"tiny/concept": "Concepts", "tiny/concept_tail": "Tail concepts"}
 
 def _runs(out: Path, label: str) -> dict[int, dict]:
     """{seed: scores} of the finished runs ``OUT/runs/<label>_s<seed>``."""
-    found = {int(d.name.rsplit("_s", 1)[1]): _read(d) for d in (out / "runs").glob(f"{label}_s*") if d.name.rsplit("_s", 1)[1].isdigit()}
+    found = {int(d.name.rsplit("_s", 1)[1]): read_run(d) for d in (out / "runs").glob(f"{label}_s*") if d.name.rsplit("_s", 1)[1].isdigit()}
     return {s: r for s, r in sorted(found.items()) if r}
 
 

@@ -96,7 +96,8 @@ def _subset(entry: dict, pool: Path, out: Path, rows: int) -> Path | None:
                         out / "subsets" / f"{entry['filter']}{tag}.npy")
 
 
-def _read(run_dir: Path) -> dict | None:
+def read_run(run_dir: Path) -> dict | None:
+    """A finished run's main metrics, average, subset size, samples seen and CPU seconds; None if unfinished."""
     state = run_dir / "track_state.json"
     if not (run_dir / "run.json").exists() or not state.exists() or not json.loads(state.read_text()).get("complete"):
         return None
@@ -146,9 +147,10 @@ def backfill_quality(out: Path) -> None:
 
 def report(out: Path, plan: list[dict], tables: list[str], seeds: list[int], oracle_seeds: list[int]) -> str:
     cols = [t.key for t in load_tasks("tiny")] + ["average"]
+    short = {c: c.removeprefix("tiny/") for c in cols}
     chance = {t.key: t.random_score for t in tiny_tasks().tasks}
     by_seed = {e["label"]: {s: r for s in sorted(set(seeds) | set(oracle_seeds))
-                            if (r := _read(out / "runs" / f"{e['label']}_s{s}"))} for e in plan}
+                            if (r := read_run(out / "runs" / f"{e['label']}_s{s}"))} for e in plan}
     quality = json.loads((out / "quality.json").read_text()) if (out / "quality.json").exists() else {}
     titles = {"oracle": "Oracle (clean ground truth) against no_filter: is every task learnable?",
               "a": "(a) 30% budget, equal samples seen: every filter against clip_score and random",
@@ -160,7 +162,7 @@ def report(out: Path, plan: list[dict], tables: list[str], seeds: list[int], ora
         tab_seeds = oracle_seeds if tab == "oracle" else seeds
         runs = {lab: [by_seed[lab][s] for s in tab_seeds if s in by_seed[lab]] for lab in labels}
         lines += ["", f"### {titles[tab]}", "",
-                  "| run | seeds | size | seen | " + " | ".join(c.replace("tiny/", "") for c in cols)
+                  "| run | seeds | size | seen | " + " | ".join(short[c] for c in cols)
                   + " | mismatched % | repeats % | non-English % | concepts | tail % |",
                   "|---|---|---|---|" + "---|" * (len(cols) + 5)]
         for lab in labels:
@@ -186,7 +188,7 @@ def report(out: Path, plan: list[dict], tables: list[str], seeds: list[int], ora
             for ref in refs:
                 if sub == ref or not runs[sub] or not runs[ref]:
                     continue
-                per_task = ", ".join(f"{c.replace('tiny/', '')} {verdict([r.get(c) for r in runs[sub]], [r.get(c) for r in runs[ref]]).split(' ')[0]}"
+                per_task = ", ".join(f"{short[c]} {verdict([r.get(c) for r in runs[sub]], [r.get(c) for r in runs[ref]]).split(' ')[0]}"
                                      for c in cols)
                 lines.append(f"* {sub} vs {ref}: average {verdict([r['average'] for r in runs[sub]], [r['average'] for r in runs[ref]])}; {per_task}")
                 if tab == "oracle":
@@ -195,8 +197,8 @@ def report(out: Path, plan: list[dict], tables: list[str], seeds: list[int], ora
                                              chance.get(c)) for c in cols if c != "average"}
                     lines.append(f"* learnable ({sub}'s lead over {ref} paired by seed > 2 standard errors, "
                                  f"at least {LEARNABLE_MIN_SEEDS} seeds; the oracle at least {WELL_ABOVE_CHANCE:g}× chance and 2 standard errors above it):")
-                    lines += [f"  * {c.replace('tiny/', '')}: {'yes' if ok else 'no'}: {text}" for c, (ok, text) in verdicts.items()]
-                    failed = [c.replace("tiny/", "") for c, (ok, _) in verdicts.items() if not ok]
+                    lines += [f"  * {short[c]}: {'yes' if ok else 'no'}: {text}" for c, (ok, text) in verdicts.items()]
+                    failed = [short[c] for c, (ok, _) in verdicts.items() if not ok]
                     lines.append("* every task learnable: " + ("yes" if not failed else f"no ({', '.join(failed)})"))
     cpu = [r["cpu_s"] for rs in by_seed.values() for r in rs.values() if r.get("cpu_s")]
     if cpu:
@@ -281,7 +283,7 @@ def main() -> None:
             return (r, seed if r >= 3 else 0, i)
 
         specs = [sp for _, (_, sp) in sorted(enumerate(specs), key=order)]
-        todo = [sp for sp in specs if _read(Path(sp.out)) is None and (args.labels is None or sp.method in args.labels)]
+        todo = [sp for sp in specs if read_run(Path(sp.out)) is None and (args.labels is None or sp.method in args.labels)]
         t0 = time.perf_counter()
         print(f"validity: {len(todo)} runs to do here ({len(specs) - len(todo)} done or left to another process), {args.jobs} at a time", file=sys.stderr, flush=True)
         import multiprocessing as mp
