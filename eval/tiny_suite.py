@@ -15,13 +15,14 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from clipsift.errors import ClipsiftError
-from clipsift.eval.tasks import load_tasks
+from clipsift.eval.tasks import EvalTask, load_tasks
 from clipsift.io import atomic_dir, write_json
 from clipsift.log import get_logger
 
@@ -67,8 +68,17 @@ def templates(world, name: str, rng: np.random.Generator) -> list[str]:
 
 
 def _classes(world, name: str) -> list[str]:
+    from clipsift.synth import vocab
+
     if name in ("concept", "concept_tail"):
         return list(world.concept_names)
+    # the attribute tasks dropped in version 6, still rendered for studies (benchmarks/dropped_tasks.py)
+    if name == "shape":
+        return list(vocab.SHAPES_PLURAL)
+    if name == "texture":
+        return list(world.textures)
+    if name == "count":
+        return list(vocab.COUNT_WORDS)
     raise ClipsiftError(f"tiny task {name!r} has no class definition")
 
 
@@ -94,8 +104,8 @@ def _write_tar(path: Path, images: np.ndarray, labels=None, captions=None) -> No
 
 
 def _classification(world, name: str, n: int, rng: np.random.Generator):
-    """(images, labels, classnames) with the concept balanced over its classes; everything else
-    drawn from the world's distribution."""
+    """(images, labels, classnames) with the concept (or attribute) under test balanced over its
+    classes; everything else drawn from the world's distribution."""
     classes = _classes(world, name)
     if name == "concept_tail":  # the full classifier, images of the rarest concepts only
         tail = world.tail_concepts()
@@ -104,7 +114,15 @@ def _classification(world, name: str, n: int, rng: np.random.Generator):
         labels = np.arange(n) % len(classes)
     rng.shuffle(labels)
     lat = world.sample_latents(n, rng)
-    lat["concept"] = labels
+    if name == "shape":
+        lat["shape"] = labels
+        lat["count"] = rng.integers(2, 6, n)  # plural class names
+    elif name == "texture":
+        lat["texture"] = labels
+    elif name == "count":
+        lat["count"] = labels + 1
+    else:
+        lat["concept"] = labels
     return world.render(lat, size=IMAGE_SIDE), labels, classes
 
 
@@ -127,22 +145,26 @@ def _world_of(pool_or_world):
     return World.from_json(p)
 
 
-def make_tiny_suite(out_dir, pool_or_world, *, seed: int = 1234, overwrite: bool = False, size: int | None = None) -> Path:
+def make_tiny_suite(out_dir, pool_or_world, *, seed: int = 1234, overwrite: bool = False, size: int | None = None,
+                    tasks: Sequence[EvalTask] | None = None) -> Path:
     """Write every tiny task under ``out_dir`` (an evaluation ``--data-dir``); returns out_dir.
 
-    Reuses an existing suite made from the same world, seed and size unless ``overwrite``;
-    ``size`` replaces the task list's sample counts (small suites for tests).
+    Reuses an existing suite made from the same world, seed, size and tasks unless ``overwrite``;
+    ``size`` replaces the task list's sample counts (small suites for tests); ``tasks`` replaces the
+    suite's task list (keys ``tiny/<frame>``, e.g. the dropped ``tiny/count`` for a study).
     """
     world = _world_of(pool_or_world)
     out = Path(out_dir)
     marker = {"format": "clipsift-tiny-suite", "version": SUITE_VERSION, "world_seed": world.seed,
               "n_concepts": world.n_concepts, "zipf": world.zipf, "seed": seed, "size": size}
+    if tasks is not None:
+        marker["tasks"] = [t.key for t in tasks]
     if (out / SUITE_MARKER).exists() and not overwrite:
         if json.loads((out / SUITE_MARKER).read_text()) == marker:
             return out
         raise ClipsiftError(f"{out}: holds a tiny suite of another world or seed; pass --overwrite or another folder")
     out.mkdir(parents=True, exist_ok=True)
-    for t_index, task in enumerate(load_tasks("tiny")):
+    for t_index, task in enumerate(load_tasks("tiny") if tasks is None else tasks):
         name = task.key.split("/", 1)[1]
         rng = np.random.default_rng([seed, world.seed, t_index])
         n = size or task.size or 500

@@ -43,6 +43,24 @@ def test_suite_layout(suite):
     assert make_tiny_suite(suite, __import__("clipsift.synth", fromlist=["World"]).World(0), size=24) == suite  # reused
 
 
+def test_a_task_list_of_dropped_attributes_renders_their_classes_in_its_own_suite(tmp_path, suite):
+    import tarfile
+
+    from clipsift.eval.tasks import EvalTask
+    from clipsift.synth import World, vocab
+
+    count = EvalTask("tiny/count", "Count", "acc1", 10, 5)
+    other = make_tiny_suite(tmp_path / "dropped", World(0), tasks=[count])
+    root = other / count.folder
+    assert (root / "classnames.txt").read_text().split() == list(vocab.COUNT_WORDS)
+    with tarfile.open(root / "test" / "0.tar") as tar:
+        labels = sorted(int(tar.extractfile(m).read()) for m in tar.getmembers() if m.name.endswith(".cls"))
+    assert labels == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]  # balanced over the five counts
+    assert not (other / "wds_tiny-concept_test").exists()
+    with pytest.raises(ClipsiftError, match="another world or seed"):  # the marker names its tasks
+        make_tiny_suite(suite, World(0), size=24, tasks=[count])
+
+
 def test_records_resume_and_checks(tmp_path, suite, checkpoint, monkeypatch):
     out = tmp_path / "eval"
     recs = ev.evaluate(out, out, str(suite), "tiny", batch_size=16, use_model=f"clipsift-tiny {checkpoint}", num_workers=0)
