@@ -117,7 +117,7 @@ def learnable(oracle: dict[int, float | None], no_filter: dict[int, float | None
     """The oracle table's verdict for one task: its lead paired by seed, and its distance from chance."""
     gap = paired_gap(oracle, no_filter)
     if gap is None:
-        return False, "n/a (fewer than 2 seeds on both sides)"
+        return False, "n/a (the two sides share fewer than 2 seeds)"
     from scipy.stats import t as student_t
 
     p = float(2 * student_t.sf(abs(gap.t), gap.n - 1)) if gap.se > 0 else 0.0
