@@ -10,9 +10,12 @@ distributions with those parameters to estimate, for several numbers of seeds, h
 * ``Welch 2-sided`` / ``Welch 1-sided``: Welch's t-test on the means gives p < 0.05 (two-sided, or
   one-sided for oracle > no_filter);
 * ``paired 2 SE``: the learnability rule ``validity_tiny.py`` applies (``clipsift.seedstats.paired_gap``):
-  the mean per-seed difference exceeds 2 standard errors. Its draws share a seed factor with the
-  correlation measured between the two methods' seed scores (mean over the folders); the other
-  criteria ignore pairing, so for them the factor does not matter.
+  the mean per-seed difference exceeds 2 standard errors.
+
+Every draw shares a seed factor between the two methods, with the correlation measured between
+their seed scores (mean over the folders). The 2-std and Welch rules ignore the pairing, but the
+shared factor still narrows the real difference of the means, so they pass more often than with
+independent seeds.
 
 Each cell gives the chance for Concepts, Tail concepts, both on one world, and both on three worlds
 (the cube of one world's, assuming worlds alike and independent). The two tasks are drawn
