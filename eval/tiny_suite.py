@@ -158,7 +158,7 @@ def make_tiny_suite(out_dir, pool_or_world, *, seed: int = 1234, overwrite: bool
     marker = {"format": "clipsift-tiny-suite", "version": SUITE_VERSION, "world_seed": world.seed,
               "n_concepts": world.n_concepts, "zipf": world.zipf, "seed": seed, "size": size}
     if tasks is not None:
-        marker["tasks"] = [t.key for t in tasks]
+        marker["tasks"] = [[t.key, t.size] for t in tasks]  # a key and its image count
     if (out / SUITE_MARKER).exists() and not overwrite:
         if json.loads((out / SUITE_MARKER).read_text()) == marker:
             return out
