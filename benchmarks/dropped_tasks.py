@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from validity_tiny import learnable, read_run
+from validity_tiny import learnable, read_run, seed_runs
 
 from clipsift.eval.tasks import EvalTask
 from clipsift.seedstats import mean_std, seed_gap
@@ -35,7 +35,7 @@ def scores(run: Path, suite: Path) -> dict[str, float] | None:
     from clipsift.eval.evaluate import run_task
     from clipsift.safeload import load_info_pkl
 
-    if read_run(run) is None:  # unfinished: its checkpoint may still be written
+    if read_run(run) is None or not (run / "info.pkl").exists():  # unfinished: its checkpoint may still be written
         return None
     info = load_info_pkl(run / "info.pkl")
     if not Path(info["checkpoint"]).exists():
@@ -56,14 +56,8 @@ def main() -> None:
         if not (out / "pool" / "world.json").exists():
             sys.exit(f"{out}: no pool/world.json; run benchmarks/validity_tiny.py --out {out} --tables oracle first")
         suite = make_tiny_suite(out / "dropped_evalsets", out / "pool", tasks=[t for t, _ in DROPPED])
-        runs: dict[str, dict[int, dict[str, float]]] = {}
-        for label in ("oracle", "no_filter"):
-            found = {}
-            for d in sorted((out / "runs").glob(f"{label}_s*")):
-                seed = d.name.rsplit("_s", 1)[1]
-                if seed.isdigit() and (r := scores(d, suite)) is not None:
-                    found[int(seed)] = r
-            runs[label] = found
+        runs = {label: {s: r for s, d in seed_runs(out, label).items() if (r := scores(d, suite)) is not None}
+                for label in ("oracle", "no_filter")}
         print(f"\n{out}: {len(runs['oracle'])} oracle and {len(runs['no_filter'])} no_filter checkpoints")
         print("| task | chance | oracle | no_filter | tie rule (2 × larger single-run std) | learnable (paired by seed, 2 SE) |")
         print("|---|---|---|---|---|---|")

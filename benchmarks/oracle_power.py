@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy.stats import ttest_ind, ttest_rel
-from validity_tiny import read_run
+from validity_tiny import read_run, seed_runs
 
 from clipsift.seedstats import TIE_SIGMAS, gap_from_stats, mean_std, paired_gap
 
@@ -41,8 +41,7 @@ TASKS = {"tiny/concept": "Concepts", "tiny/concept_tail": "Tail concepts"}
 
 def _runs(out: Path, label: str) -> dict[int, dict]:
     """{seed: scores} of the finished runs ``OUT/runs/<label>_s<seed>``."""
-    found = {int(d.name.rsplit("_s", 1)[1]): read_run(d) for d in (out / "runs").glob(f"{label}_s*") if d.name.rsplit("_s", 1)[1].isdigit()}
-    return {s: r for s, r in sorted(found.items()) if r}
+    return {s: r for s, d in seed_runs(out, label).items() if (r := read_run(d))}
 
 
 def measured(folders: list[Path]) -> dict[str, tuple[float, float, float, float]]:
@@ -67,11 +66,11 @@ def measured(folders: list[Path]) -> dict[str, tuple[float, float, float, float]
             cell = f"{TASKS[key]} {gap_from_stats(mo, so, mn, sn).text()}, Welch p {ttest_ind(a, b, equal_var=False).pvalue:.3f}"
             if len(shared) > 2:
                 pa, pb = [oracle[s][key] for s in shared], [none[s][key] for s in shared]
-                d = mean_std(np.subtract(pa, pb))
+                paired = paired_gap(dict(zip(shared, pa)), dict(zip(shared, pb)))
                 corr[key].append(float(np.corrcoef(pa, pb)[0, 1]))
                 cell += (f"; paired over {len(shared)} seeds: r {corr[key][-1]:+.2f}, 2σ of the difference "
-                         f"{TIE_SIGMAS * d[1]:.3f}, paired t p {ttest_rel(pa, pb).pvalue:.3f}; "
-                         f"learnability rule: {paired_gap(dict(zip(shared, pa)), dict(zip(shared, pb))).text()}")
+                         f"{TIE_SIGMAS * paired.se * np.sqrt(paired.n):.3f}, paired t p {ttest_rel(pa, pb).pvalue:.3f}; "
+                         f"learnability rule: {paired.text()}")
             cells.append(cell)
         print(f"{out}: {len(oracle)} oracle and {len(none)} no_filter seeds\n  " + "\n  ".join(cells))
     return {k: (float(np.mean([g for g, _, _ in v])), float(np.sqrt(np.mean([so**2 for _, so, _ in v]))),
@@ -85,10 +84,10 @@ def pass_rates(gap: float, s_oracle: float, s_none: float, r: float, n: int, dra
     own = np.sqrt(1 - max(r, 0.0))
     o = gap + s_oracle * (shared + own * rng.normal(size=(draws, n)))
     f = s_none * (shared + own * rng.normal(size=(draws, n)))
-    d = o.mean(1) - f.mean(1)
     per_seed = o - f
+    d = per_seed.mean(1)
     return {
-        "paired 2 SE": per_seed.mean(1) > TIE_SIGMAS * per_seed.std(1, ddof=1) / np.sqrt(n),
+        "paired 2 SE": d > TIE_SIGMAS * per_seed.std(1, ddof=1) / np.sqrt(n),
         "2-std": d > TIE_SIGMAS * np.maximum(o.std(1, ddof=1), f.std(1, ddof=1)),
         "Welch 2-sided": ttest_ind(o, f, axis=1, equal_var=False).pvalue < 0.05,
         "Welch 1-sided": ttest_ind(o, f, axis=1, equal_var=False, alternative="greater").pvalue < 0.05,

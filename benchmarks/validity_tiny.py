@@ -107,6 +107,16 @@ def read_run(run_dir: Path) -> dict | None:
             "size": run["dataset_size"], "seen": run["samples_seen"], "cpu_s": run.get("timings", {}).get("cpu_s")}
 
 
+def seed_runs(out: Path, label: str) -> dict[int, Path]:
+    """{seed: folder} of the runs ``OUT/runs/<label>_s<seed>``, in seed order (finished or not)."""
+    found = {}
+    for d in (out / "runs").glob(f"{label}_s*"):
+        seed = d.name.rsplit("_s", 1)[1]
+        if seed.isdigit():
+            found[int(seed)] = d
+    return dict(sorted(found.items()))
+
+
 def verdict(a: list[float], b: list[float]) -> str:
     """'wins' / 'loses' when mean(a) - mean(b) exceeds 2 × the larger seed std, else 'tied'."""
     gap = seed_gap(a, b)
